@@ -1,0 +1,116 @@
+"""The registry of named distillation losses and the one signature they share.
+
+Every loss (EVL-ECG's terms, CE, each baseline) is a :class:`DistillLoss`: an ``nn.Module`` (its trainable
+parts, such as MHCA or a projection, belong to it and so to the objective, never to the student) that sees
+only :class:`~evl_ecg.outputs.SideOutputs` of both sides and returns a :class:`LossOutput`. Register one with
+``@register("name")``; build one by name with :func:`build_loss`.
+
+Normalisation. A token-mean divides by the number of its valid units. Under gradient accumulation or data
+parallelism that number must be the *global* count over the accumulated batch (../shared/SPEC.md section 2),
+so the trainer passes :class:`Denominators`; a loss that gets ``None`` uses its local count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from evl_ecg.outputs import SideOutputs
+
+
+@dataclass
+class Denominators:
+    """Global counts of the units losses average over (summed over accumulation steps and ranks).
+
+    Each is the count for the *whole* accumulated batch; ``None`` means "use the local count".
+
+    Attributes:
+        response_tokens: supervised student tokens (CE, logit losses), i.e. ``next_token_targets`` mask sum.
+        teacher_response_tokens: supervised teacher tokens (teacher-space logit losses).
+        student_positions: student positions taking part in hidden-state losses (MHCA).
+        student_pairs: (sample, i, j) pairs of such positions, i != j (relation losses).
+        samples: samples (per-sample means such as OT).
+    """
+
+    response_tokens: float | Tensor | None = None
+    teacher_response_tokens: float | Tensor | None = None
+    student_positions: float | Tensor | None = None
+    student_pairs: float | Tensor | None = None
+    samples: float | Tensor | None = None
+
+    def get(self, unit: str, local: float | Tensor) -> Tensor | float:
+        """The global count of ``unit`` if known, else ``local``; never below 1."""
+        value = getattr(self, unit)
+        value = local if value is None else value
+        if isinstance(value, Tensor):
+            return value.clamp_min(1)
+        return max(float(value), 1.0)
+
+
+@dataclass
+class LossOutput:
+    """A loss value (scalar tensor) and named figures to log (floats or 0-d tensors)."""
+
+    loss: Tensor
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+class DistillLoss(nn.Module):
+    """Base class of every registered loss.
+
+    Subclasses set ``name`` (by ``@register``) and ``requires`` (the optional :class:`SideOutputs` fields they
+    read, e.g. ``{"visual"}``, ``{"all_hidden", "attentions"}``), so that adapters compute only what is needed.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: the unit of the loss's mean: a field name of :class:`Denominators`.
+    unit: ClassVar[str] = "response_tokens"
+
+    def forward(
+        self,
+        student: SideOutputs,
+        teacher: SideOutputs | None,
+        denominators: Denominators | None = None,
+    ) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+_REGISTRY: dict[str, type[DistillLoss]] = {}
+
+
+def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
+    """Class decorator: register a :class:`DistillLoss` subclass under ``name``."""
+
+    def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def registered() -> dict[str, type[DistillLoss]]:
+    """All registered losses, by name (importing :mod:`evl_ecg.distill` registers the built-in ones)."""
+    return dict(_REGISTRY)
+
+
+def build_loss(name: str, **kwargs: Any) -> DistillLoss:
+    """Instantiate the loss registered as ``name`` with its keyword options."""
+    if name not in _REGISTRY:
+        raise KeyError(f"no loss registered as {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def masked_mean_denominator(mask: Tensor) -> Tensor:
+    """The local count of ``True`` entries as a float tensor (for :meth:`Denominators.get`)."""
+    return mask.sum().to(torch.float32)

@@ -1,0 +1,1 @@
+"""evl_ecg.train"""
