@@ -58,8 +58,6 @@ def _attach() -> None:
             app.command(name=name)(getattr(mod, attr))
 
 
-
-
 @app.callback()
 def _root() -> None:
     """EVL-ECG: distil a large ECG vision-language model into a small one, offline."""

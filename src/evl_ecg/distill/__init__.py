@@ -3,6 +3,14 @@
 Losses see tensors and masks only (:class:`~evl_ecg.outputs.SideOutputs`); no model code.
 """
 
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossOutput, build_loss, register, registered
+from evl_ecg.distill.registry import (
+    Denominators,
+    DistillLoss,
+    LossContext,
+    LossOutput,
+    build_loss,
+    register,
+    registered,
+)
 
-__all__ = ["Denominators", "DistillLoss", "LossOutput", "build_loss", "register", "registered"]
+__all__ = ["Denominators", "DistillLoss", "LossContext", "LossOutput", "build_loss", "register", "registered"]

@@ -52,6 +52,38 @@ class Denominators:
 
 
 @dataclass
+class LossContext:
+    """What a loss may need to know of the two models when it is built (sizes, vocabularies), never the models.
+
+    The trainer fills it from the adapters; tests fill it by hand. Fields a loss does not use may stay ``None``.
+
+    Attributes:
+        student_hidden / teacher_hidden: hidden sizes D_s, D_t of the language models.
+        student_visual / teacher_visual: widths of the visual tokens fed into each language model.
+        student_vocab / teacher_vocab: token strings by id (cross-vocabulary maps).
+        student_layers / teacher_layers: decoder layer counts (TinyBERT's layer map).
+        student_heads / teacher_heads: attention head counts.
+    """
+
+    student_hidden: int | None = None
+    teacher_hidden: int | None = None
+    student_visual: int | None = None
+    teacher_visual: int | None = None
+    student_vocab: list[str] | None = None
+    teacher_vocab: list[str] | None = None
+    student_layers: int | None = None
+    teacher_layers: int | None = None
+    student_heads: int | None = None
+    teacher_heads: int | None = None
+
+    def need(self, *names: str, loss: str = "loss") -> None:
+        """Raise a clear error if any of ``names`` is unset."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{loss} needs LossContext.{', '.join(missing)}")
+
+
+@dataclass
 class LossOutput:
     """A loss value (scalar tensor) and named figures to log (floats or 0-d tensors)."""
 
@@ -104,11 +136,14 @@ def registered() -> dict[str, type[DistillLoss]]:
     return dict(_REGISTRY)
 
 
-def build_loss(name: str, **kwargs: Any) -> DistillLoss:
-    """Instantiate the loss registered as ``name`` with its keyword options."""
+def build_loss(name: str, context: LossContext | None = None, **kwargs: Any) -> DistillLoss:
+    """Instantiate the loss registered as ``name``: ``cls(context=context, **kwargs)``.
+
+    Every registered class takes ``context`` (a :class:`LossContext`) as a keyword argument, plus its own options.
+    """
     if name not in _REGISTRY:
         raise KeyError(f"no loss registered as {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY[name](context=context or LossContext(), **kwargs)
 
 
 def masked_mean_denominator(mask: Tensor) -> Tensor:

@@ -36,23 +36,43 @@ FINDINGS: dict[str, Finding] = {
         Finding("SR", "sinus rhythm", "rhythm", "P before every QRS, regular RR, rate 60-100 bpm"),
         Finding("SB", "sinus bradycardia", "rhythm", "sinus rhythm with rate < 60 bpm"),
         Finding("STACH", "sinus tachycardia", "rhythm", "sinus rhythm with rate > 100 bpm"),
-        Finding("AF", "atrial fibrillation", "rhythm",
-                "irregularly irregular RR, no P waves, fibrillatory baseline (f waves, 4-9 Hz)"),
+        Finding(
+            "AF",
+            "atrial fibrillation",
+            "rhythm",
+            "irregularly irregular RR, no P waves, fibrillatory baseline (f waves, 4-9 Hz)",
+        ),
         Finding("IAVB", "first degree AV block", "conduction", "PR interval > 200 ms, every P conducted"),
-        Finding("RBBB", "right bundle branch block", "conduction",
-                "QRS >= 120 ms, rsR' in V1-V2, wide slurred S in I, aVL, V5-V6"),
-        Finding("LBBB", "left bundle branch block", "conduction",
-                "QRS >= 120 ms, broad notched R in I, aVL, V5-V6, absent septal q, deep QS/rS in V1-V2"),
-        Finding("MI", "myocardial infarction", "morphology",
-                "pathological Q waves (>= 40 ms, >= 25% of R) with ST elevation in a coronary territory"),
+        Finding(
+            "RBBB",
+            "right bundle branch block",
+            "conduction",
+            "QRS >= 120 ms, rsR' in V1-V2, wide slurred S in I, aVL, V5-V6",
+        ),
+        Finding(
+            "LBBB",
+            "left bundle branch block",
+            "conduction",
+            "QRS >= 120 ms, broad notched R in I, aVL, V5-V6, absent septal q, deep QS/rS in V1-V2",
+        ),
+        Finding(
+            "MI",
+            "myocardial infarction",
+            "morphology",
+            "pathological Q waves (>= 40 ms, >= 25% of R) with ST elevation in a coronary territory",
+        ),
         Finding("STD", "ST depression", "morphology", "horizontal/downsloping ST depression >= 0.1 mV"),
         Finding("TINV", "T wave inversion", "morphology", "inverted T waves in leads where T is upright"),
-        Finding("LVH", "left ventricular hypertrophy", "morphology",
-                "Sokolow-Lyon voltage: S(V1) + R(V5 or V6) >= 3.5 mV"),
-        Finding("PAC", "premature atrial complex", "ectopy",
-                "early beat with an abnormal P wave and a narrow QRS"),
-        Finding("PVC", "premature ventricular complex", "ectopy",
-                "early beat without P wave, wide (>= 120 ms) bizarre QRS, discordant T"),
+        Finding(
+            "LVH", "left ventricular hypertrophy", "morphology", "Sokolow-Lyon voltage: S(V1) + R(V5 or V6) >= 3.5 mV"
+        ),
+        Finding("PAC", "premature atrial complex", "ectopy", "early beat with an abnormal P wave and a narrow QRS"),
+        Finding(
+            "PVC",
+            "premature ventricular complex",
+            "ectopy",
+            "early beat without P wave, wide (>= 120 ms) bizarre QRS, discordant T",
+        ),
     ]
 }
 
@@ -112,8 +132,16 @@ LONG_NAMES: dict[str, dict[str, str]] = {
 # Canonical finding -> label in each vocabulary (None: the vocabulary has no such class).
 _PTBXL_OF = {"MI": "MI", "STD": "STTC", "TINV": "STTC", "IAVB": "CD", "RBBB": "CD", "LBBB": "CD", "LVH": "HYP"}
 _CODE15_OF = {"IAVB": "1dAVb", "RBBB": "RBBB", "LBBB": "LBBB", "SB": "SB", "STACH": "ST", "AF": "AF"}
-_CPSC_OF = {"AF": "AF", "IAVB": "I-AVB", "LBBB": "LBBB", "RBBB": "RBBB", "PAC": "PAC", "PVC": "PVC",
-            "STD": "STD", "MI": "STE"}
+_CPSC_OF = {
+    "AF": "AF",
+    "IAVB": "I-AVB",
+    "LBBB": "LBBB",
+    "RBBB": "RBBB",
+    "PAC": "PAC",
+    "PVC": "PVC",
+    "STD": "STD",
+    "MI": "STE",
+}
 
 #: Findings that make an ECG abnormal (anything but sinus rhythm at a normal rate).
 ABNORMAL_FINDINGS: frozenset[str] = frozenset(FINDINGS) - {"SR"}
