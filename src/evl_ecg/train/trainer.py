@@ -1,0 +1,260 @@
+"""The transformers ``Trainer`` for both phases: SFT (CE) and KD (any objective preset).
+
+The Trainer is the engine: it brings gradient accumulation, mixed precision, DeepSpeed/FSDP, checkpoint/resume and
+logging. What this subclass adds:
+
+* :class:`DistillModule`, the trainable whole handed to the Trainer: the student model and the objective's own
+  modules (MHCA, projections). The teacher is *not* part of it: it stays frozen, in eval mode, under ``no_grad``.
+* global loss denominators (:class:`~evl_ecg.distill.registry.Denominators`): every token-mean is divided by the count
+  of its units in the whole accumulated batch on all ranks, so the loss does not depend on how a batch is split
+  (../shared/SPEC.md section 2); the loss is therefore already scaled for gradient accumulation.
+* two optimizer groups: the student's vision projector/merger and the objective's modules at ``projector_lr``.
+* every loss term, feature norms and throughput in the logs.
+* checkpoints that hold the student as a plain transformers checkpoint (``student/``) and the objective's modules
+  beside it (``objective.safetensors``), so a run resumes with both and the student exports without the objective.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer
+
+from evl_ecg.distill.registry import Denominators, LossOutput
+from evl_ecg.outputs import IGNORE_INDEX
+
+OBJECTIVE_FILE = "objective.safetensors"
+STUDENT_DIR = "student"
+
+
+class DistillModule(nn.Module):
+    """The student and the objective's trainable modules, as one ``nn.Module`` for the Trainer.
+
+    ``forward(student_batch, teacher_outputs, denominators)`` runs the student through its adapter and returns the
+    objective's :class:`~evl_ecg.distill.registry.LossOutput`.
+    """
+
+    def __init__(self, adapter: Any, objective: nn.Module, *, needs: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.student = adapter.model
+        self.objective = objective
+        self.needs = needs
+        object.__setattr__(self, "_adapter", adapter)  # not a submodule: its model is self.student
+
+    def forward(
+        self,
+        student_batch: dict[str, torch.Tensor],
+        teacher_outputs: Any = None,
+        denominators: Denominators | None = None,
+    ) -> LossOutput:
+        student_outputs = self._adapter.forward(student_batch, needs=self.needs)
+        return self.objective(student_outputs, teacher_outputs, denominators)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.student.gradient_checkpointing_enable(**kwargs)
+
+
+def _is_projector_param(name: str) -> bool:
+    """Parameters of the student's vision projector (LLaVA ``multi_modal_projector``, Qwen-VL ``visual.merger``)."""
+    return "multi_modal_projector" in name or "merger" in name or "mm_projector" in name
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    return param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+
+
+def count_denominators(student_batches: list[dict[str, torch.Tensor]], positions: str = "all") -> dict[str, float]:
+    """Local counts of every loss unit over micro-batches (one process): the numerators of :class:`Denominators`.
+
+    ``positions`` is the position set of hidden-state losses (``all``, ``response``, ``text``).
+    """
+    counts = defaultdict(float)
+    for batch in student_batches:
+        labels = batch["labels"]
+        mask = batch["attention_mask"].bool()
+        counts["response_tokens"] += float((labels[:, 1:] != IGNORE_INDEX).sum())
+        if positions == "all":
+            pos = mask
+        elif positions == "response":
+            pos = mask & (labels != IGNORE_INDEX)
+        else:
+            pos = mask & batch["text_mask"].bool() if "text_mask" in batch else mask
+        n = pos.sum(dim=1).to(torch.float64)
+        counts["student_positions"] += float(n.sum())
+        counts["student_pairs"] += float((n * (n - 1)).sum())
+        counts["samples"] += float(labels.shape[0])
+    return dict(counts)
+
+
+class EvlTrainer(Trainer):
+    """A ``Trainer`` whose loss is an objective over a student (and, for KD, a frozen teacher).
+
+    Args:
+        model: a :class:`DistillModule`.
+        teacher: the teacher's adapter (``None`` for SFT / teacher training); frozen here.
+        args: an :class:`~evl_ecg.train.config.EvlConfig`.
+        Other arguments are the Trainer's.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, teacher: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.model.eval()
+            teacher.model.requires_grad_(False)
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_count = 0
+        self._tokens_seen = 0
+        self._t0 = time.perf_counter()
+
+    # ---- denominators over the accumulated batch, summed over ranks ------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Denominators | None:
+        if not batch_samples:
+            return None
+        counts = count_denominators([b["student"] for b in batch_samples], self.args.hidden_positions)
+        keys = sorted(counts)
+        values = torch.tensor([counts[k] for k in keys], dtype=torch.float64, device=device)
+        if self.args.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        return Denominators(**{k: values[i].to(torch.float32) for i, k in enumerate(keys)})
+
+    # ---- the loss --------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        teacher_outputs = None
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.teacher is not None and "teacher" in inputs:
+            with torch.no_grad():
+                self.teacher.model.eval()
+                teacher_outputs = self.teacher.forward(inputs["teacher"], needs=unwrapped.needs).detached()
+        denominators = num_items_in_batch if isinstance(num_items_in_batch, Denominators) else None
+        out: LossOutput = model(inputs["student"], teacher_outputs, denominators)
+        loss = out.loss
+        if denominators is not None and self.args.world_size > 1:
+            # DDP averages gradients over ranks; our sums were divided by global counts already.
+            loss = loss * self.args.world_size
+        if model.training:
+            self._record(out, inputs)
+        return (loss, out) if return_outputs else loss
+
+    def _record(self, out: LossOutput, inputs: dict[str, Any]) -> None:
+        for key, value in out.logs.items():
+            self._term_sums[key] += float(value.detach().float()) if torch.is_tensor(value) else float(value)
+        self._term_count += 1
+        self._tokens_seen += int(inputs["student"]["attention_mask"].sum())
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._term_count:
+            for key, total in self._term_sums.items():
+                logs[key] = round(total / self._term_count, 6)
+            elapsed = max(time.perf_counter() - self._t0, 1e-9)
+            logs["throughput/student_tokens_per_s"] = round(self._tokens_seen / elapsed, 2)
+            self._term_sums.clear()
+            self._term_count = 0
+            self._tokens_seen = 0
+            self._t0 = time.perf_counter()
+        super().log(logs, *args, **kwargs)
+
+    # ---- optimizer groups ------------------------------------------------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        module = self.accelerator.unwrap_model(model or self.model)
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = defaultdict(list)
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            fast = name.startswith("objective.") or _is_projector_param(name)
+            groups[(fast, _no_decay(name, param))].append(param)
+        param_groups = []
+        for (fast, no_decay), params in sorted(groups.items()):
+            param_groups.append(
+                {
+                    "params": params,
+                    "lr": self.args.projector_lr if fast else self.args.learning_rate,
+                    "weight_decay": 0.0 if no_decay else self.args.weight_decay,
+                }
+            )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, module)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- checkpoints: student as a transformers checkpoint, objective beside it -------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        module = self.accelerator.unwrap_model(self.model)
+        export_student(module, self.processing_class, Path(output_dir) / STUDENT_DIR)
+        objective_state = {k: v.detach().contiguous().cpu() for k, v in module.objective.state_dict().items()}
+        if objective_state:
+            tmp = Path(output_dir) / (OBJECTIVE_FILE + ".tmp")
+            save_file(objective_state, str(tmp))
+            os.replace(tmp, Path(output_dir) / OBJECTIVE_FILE)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        module = self.accelerator.unwrap_model(model or self.model)
+        load_student_weights(module.student, Path(resume_from_checkpoint) / STUDENT_DIR)
+        objective_file = Path(resume_from_checkpoint) / OBJECTIVE_FILE
+        if objective_file.exists():
+            module.objective.load_state_dict(load_file(str(objective_file)))
+
+
+def export_student(module: DistillModule, processor: Any, out_dir: str | Path) -> Path:
+    """Write the student alone as a plain transformers checkpoint (safetensors), with its processor.
+
+    The objective's modules are not part of it. The directory is written to a temporary sibling and renamed into
+    place, so a crash never leaves half a checkpoint.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    module.student.save_pretrained(tmp, safe_serialization=True)
+    adapter = getattr(module, "_adapter", None)
+    if adapter is not None and hasattr(adapter, "save_processor"):
+        adapter.save_processor(tmp)
+    elif processor is not None and hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(tmp)
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def load_student_weights(student: nn.Module, directory: Path) -> None:
+    """Load a checkpoint's student weights (written by :func:`export_student`) into ``student`` in place."""
+    from transformers.modeling_utils import load_state_dict
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors student weights to resume from")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_state_dict(str(f)))
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    tied = set(getattr(student, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{directory}: student weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
