@@ -1,0 +1,176 @@
+"""``evl-ecg data``: synthesise a corpus, render a record to a paper-ECG image, inspect a record.
+
+Errors are one line on stderr naming the file/record and the reason, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="data",
+    help="Synthesise, render and inspect ECGs and conversation records.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+DEFAULT_SIZE = "512x384"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x384"`` -> ``(512, 384)``; raises ``typer.BadParameter`` otherwise."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"size must be WIDTHxHEIGHT in pixels (e.g. {DEFAULT_SIZE}), got {text!r}") from None
+    if w < 16 or h < 16:
+        raise typer.BadParameter(f"size must be at least 16x16 px, got {text!r}")
+    return w, h
+
+
+def _jsonable(value: Any) -> Any:
+    """Meta values as JSON (numpy scalars/arrays, tuples, sets, dataclasses)."""
+    import dataclasses
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _read(path: Path, index: int | None) -> Any:
+    where = f"{path}" + (f"[{index}]" if index is not None else "")
+    if not path.exists():
+        _fail(f"{where}: file not found")
+    from evl_ecg.ecg.readers import read_record
+
+    try:
+        return read_record(path, index=index)
+    except Exception as exc:  # readers raise EcgError, KeyError, OSError, library errors: all end as one line
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail(message if str(path) in message else f"{where}: {message}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output folder (created; resumed if it holds a partial build)."),
+    train: int = typer.Option(2000, "--train", min=0, help="Training records (train.json)."),
+    bench: int = typer.Option(100, "--bench", min=0, help="Records per ECGBench subset (bench/<subset>.json)."),
+    seed: int = typer.Option(0, "--seed", help="Run seed; the same arguments give the same bytes."),
+    workers: int = typer.Option(
+        min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
+    ),
+    size: str = typer.Option(DEFAULT_SIZE, "--size", help="Image WIDTHxHEIGHT in px (ECGInstruct: 2200x1700)."),
+    dpi: int | None = typer.Option(None, "--dpi", min=1, help="Render dpi (ECGInstruct: 200)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Build a synthetic ECGInstruct training set and the six ECGBench-style test subsets."""
+    from evl_ecg.data.corpus import CorpusError, build_corpus
+
+    wh = parse_size(size)
+    try:
+        result = build_corpus(
+            out, n_train=train, n_bench=bench, seed=seed, workers=workers, size=wh, dpi=dpi, augment=augment,
+            progress=progress,
+        )  # fmt: skip
+    except (CorpusError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0])
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    typer.echo(f"wrote {out}: {counts}")
+    typer.echo(
+        f"images rendered {result.rendered}, kept {result.reused}, records resumed {result.resumed}; "
+        f"{result.seconds:.1f} s with {workers} worker(s)"
+    )
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} item(s) (listed in manifest.json):", err=True)
+        for item in result.skipped[:20]:
+            typer.echo(f"  {item['id']}: {item['reason']}", err=True)
+        if len(result.skipped) > 20:
+            typer.echo(f"  ... and {len(result.skipped) - 20} more", err=True)
+        empty = [s for s, n in result.manifest["requested"].items() if n and not result.counts[s]]
+        if empty:
+            _fail(f"{out}: every item of {', '.join(empty)} was skipped")
+
+
+@app.command()
+def render(
+    record: Path = typer.Argument(..., help="WFDB header (.hea), DICOM (.dcm) or CODE-15% HDF5 (.h5/.hdf5)."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    layout: str = typer.Option("3x4", "--layout", help="3x4 (ECG-Image-Kit default), 6x2 or 12x1."),
+    index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
+    size: str = typer.Option(DEFAULT_SIZE, "--size", help="Image WIDTHxHEIGHT in px."),
+    dpi: int | None = typer.Option(None, "--dpi", min=1, help="Render dpi."),
+) -> None:
+    """Render one ECG record as a 12-lead paper image."""
+    from evl_ecg.data.records import write_png
+    from evl_ecg.ecg.render import RenderSpec
+    from evl_ecg.ecg.render import render as render_ecg
+
+    if layout not in {"3x4", "6x2", "12x1"}:
+        _fail(f"{record}: unknown layout {layout!r}; use 3x4, 6x2 or 12x1")
+    wh = parse_size(size)
+    ecg = _read(record, index)
+    try:
+        image = render_ecg(ecg, RenderSpec(layout=layout, size=wh, dpi=dpi))
+        write_png(out, image)
+    except (ValueError, OSError) as exc:
+        _fail(f"{record}: {str(exc).splitlines()[0]}")
+    typer.echo(f"wrote {out} ({image.size[0]}x{image.size[1]} px, layout {layout})")
+
+
+def describe(ecg: Any, path: Path, index: int | None) -> dict[str, Any]:
+    """The JSON ``inspect`` prints: leads, fs, duration, labels per vocabulary, findings, meta."""
+    from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
+
+    labels = {v: list(ecg.labels_in(v)) for v in VOCABULARIES}
+    labels.update({k: list(v) for k, v in ecg.labels.items() if k not in labels})
+    return {
+        "file": str(path),
+        "index": index,
+        "record_id": ecg.record_id,
+        "leads": list(ecg.leads),
+        "fs": float(ecg.fs),
+        "n_samples": int(ecg.signal.shape[1]),
+        "duration_s": round(float(ecg.duration), 6),
+        "findings": {code: FINDINGS[code].name for code in sorted(ecg.findings) if code in FINDINGS},
+        "labels": labels,
+        "meta": _jsonable(ecg.meta),
+    }
+
+
+@app.command()
+def inspect(
+    record: Path = typer.Argument(..., help="WFDB header (.hea), DICOM (.dcm) or CODE-15% HDF5 (.h5/.hdf5)."),
+    index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
+) -> None:
+    """Print a record's leads, sampling rate, duration, labels in each vocabulary and findings as JSON."""
+    ecg = _read(record, index)
+    typer.echo(json.dumps(describe(ecg, record, index), indent=2))

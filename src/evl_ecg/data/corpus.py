@@ -1,0 +1,403 @@
+"""A synthetic ECGInstruct/ECGBench corpus: labelled synthetic ECGs, rendered images, conversation records.
+
+Layout of ``out_dir`` (image paths in records are relative to ``out_dir/images``, as ECGBench's are to
+``data/ECGBench/images``)::
+
+    train.json                    ECGInstruct-format records, a mix of all task types
+    bench/<subset>.json           ptb-test, code15-test, cpsc-test, csn-test-no-cot, g12-test-no-cot, ecgqa-test
+    images/<split>/<id>.png       split = train or a bench subset
+    manifest.json                 counts, label frequencies, settings, seed, versions, skipped items
+
+Determinism: record ``i`` of split ``s`` draws everything (findings, signal, noise, augmentation, wording) from
+``numpy.random.SeedSequence(seed, spawn_key=(SPLIT_KEYS[s], i))``, so the same arguments give the same bytes
+whatever the worker count, and train and bench never share a signal (different seed streams).
+
+Resumability: work is done in fixed chunks of :data:`CHUNK` records; images are written atomically and kept when
+present and decodable; each finished chunk's records are saved atomically under ``.parts/``; the final JSON files
+and the manifest are written atomically at the end and ``.parts/`` is removed. A killed run rerun with the same
+arguments picks up where it stopped; a rerun with different settings into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evl_ecg.data.questions import BENCH_SUBSETS, build_record
+from evl_ecg.data.records import Record, atomic_write_bytes, dumps_records, image_is_valid, write_png
+from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
+
+#: Splits in a fixed order; the position is the split's seed-stream key (never reorder, only append).
+SPLITS: tuple[str, ...] = ("train", *BENCH_SUBSETS)
+SPLIT_KEYS: dict[str, int] = {name: i for i, name in enumerate(SPLITS)}
+CHUNK = 16
+
+#: Training mix: task -> (weight, ``sample_spec`` vocabulary). ECG-QA and PTB-XL items use PTB-XL-like ECGs.
+TRAIN_MIX: dict[str, tuple[float, str | None]] = {
+    "code15": (0.14, "code15"),
+    "ptbxl": (0.14, "ptbxl"),
+    "cpsc": (0.10, "cpsc"),
+    "mcq": (0.16, None),
+    "fill": (0.10, None),
+    "report": (0.16, None),
+    "ecgqa": (0.20, "ptbxl"),
+}
+
+SYNTHETIC_NOTE = (
+    "Synthetic ECGs made by a dipole model with encoded criteria; they are not clinical ECGs and must not be used "
+    "to make or support clinical decisions."
+)
+
+
+class CorpusError(RuntimeError):
+    """A corpus build that cannot proceed (the message names the folder/file and the reason)."""
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Everything that determines the corpus bytes (the worker count does not).
+
+    Attributes:
+        n_train: training records.
+        n_bench: records per ECGBench subset.
+        seed: run seed.
+        size: image (width, height) in px.
+        dpi: render dpi (``None``: the renderer's default).
+        augment: apply random paper-image augmentations to ``augment_fraction`` of the images (ECGInstruct: ~1:1).
+        layout: 12-lead layout of the renderer.
+        fs: sampling rate of the synthetic signals (Hz).
+        duration: signal length (s).
+        augment_fraction: share of augmented images when ``augment``.
+    """
+
+    n_train: int
+    n_bench: int
+    seed: int
+    size: tuple[int, int] = (512, 384)
+    dpi: int | None = None
+    augment: bool = True
+    layout: str = "3x4"
+    fs: int = 500
+    duration: float = 10.0
+    augment_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.n_train < 0 or self.n_bench < 0:
+            raise ValueError(f"n_train and n_bench must be >= 0, got {self.n_train}, {self.n_bench}")
+        if len(self.size) != 2 or min(self.size) < 16:
+            raise ValueError(f"size must be (width, height) with both >= 16 px, got {self.size}")
+        if self.dpi is not None and self.dpi <= 0:
+            raise ValueError(f"dpi must be positive, got {self.dpi}")
+        if not 0 <= self.augment_fraction <= 1:
+            raise ValueError(f"augment_fraction must lie in [0, 1], got {self.augment_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    def count(self, split: str) -> int:
+        return self.n_train if split == "train" else self.n_bench
+
+
+@dataclass
+class CorpusResult:
+    """What :func:`build_corpus` did: records per split, skipped items, images rendered now, images found valid
+    and kept, records taken from chunks finished by an earlier (interrupted) run, wall time."""
+
+    out_dir: Path
+    counts: dict[str, int]
+    skipped: list[dict[str, Any]]
+    rendered: int
+    reused: int
+    resumed: int
+    seconds: float
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def record_id(split: str, index: int) -> str:
+    """``synth-train-000042``, ``synth-ptb-test-00007``."""
+    return f"synth-{split}-{index:06d}" if split == "train" else f"synth-{split}-{index:05d}"
+
+
+def record_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The seed sequence of record ``index`` of ``split`` (independent of every other record)."""
+    return np.random.SeedSequence(int(seed), spawn_key=(SPLIT_KEYS[split], int(index)))
+
+
+def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -> dict[str, Any]:
+    """Generate, render (unless a valid image is present) and question one record.
+
+    Returns ``{"record": dict, "rendered": bool}`` or ``{"skip": {split, index, id, reason}}``.
+    """
+    from evl_ecg.ecg.render import Augment, RenderSpec, render
+    from evl_ecg.ecg.synth import generate, sample_spec
+
+    rid = record_id(split, index)
+    ss_spec, ss_signal, ss_render, ss_text = record_seed(settings.seed, split, index).spawn(4)
+    rng_spec = np.random.default_rng(ss_spec)
+    if split == "train":
+        tasks = sorted(TRAIN_MIX)
+        weights = np.array([TRAIN_MIX[t][0] for t in tasks])
+        task = tasks[int(rng_spec.choice(len(tasks), p=weights / weights.sum()))]
+        vocabulary = TRAIN_MIX[task][1]
+        kwargs: dict[str, Any] = {"style": "csn" if rng_spec.random() < 0.5 else "g12"} if task == "mcq" else {}
+    else:
+        task, kwargs, vocabulary = BENCH_SUBSETS[split]
+    signal_seed = int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    rng_render = np.random.default_rng(ss_render)
+    augmented = bool(settings.augment and rng_render.random() < settings.augment_fraction)
+    strength = float(rng_render.uniform(0.2, 1.0))
+    render_seed = int(rng_render.integers(2**31))
+    image_rel = f"{split}/{rid}.png"
+    image_path = out_dir / "images" / image_rel
+    try:
+        spec = sample_spec(rng_spec, vocabulary=vocabulary)
+        ecg = generate(spec, seed=signal_seed, fs=settings.fs, duration=settings.duration)
+        rendered = False
+        if not (image_path.is_file() and image_is_valid(image_path)):
+            augment = Augment.random(rng_render, strength) if augmented else None
+            spec_r = RenderSpec(layout=settings.layout, size=tuple(settings.size), dpi=settings.dpi)
+            write_png(image_path, render(ecg, spec_r, augment=augment, seed=render_seed))
+            rendered = True
+        record = build_record(task, ecg, image_rel, rid, np.random.default_rng(ss_text), **kwargs)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return {"skip": {"split": split, "index": index, "id": rid, "reason": reason}}
+    record.meta.update({"split": split, "signal_seed": signal_seed, "augmented": augmented})
+    return {"record": record.to_dict(), "rendered": rendered}
+
+
+def _make_chunk(settings: CorpusSettings, out_dir: Path, split: str, chunk: int) -> list[dict[str, Any]]:
+    n = settings.count(split)
+    return [make_item(settings, out_dir, split, i) for i in range(chunk * CHUNK, min(n, (chunk + 1) * CHUNK))]
+
+
+def _part_path(out_dir: Path, split: str, chunk: int) -> Path:
+    return out_dir / ".parts" / f"{split}-{chunk:05d}.json"
+
+
+def _run_chunk(
+    settings: CorpusSettings, out_dir: Path, split: str, chunk: int
+) -> tuple[str, int, list[dict[str, Any]], int, int]:
+    """Process one chunk and save its results atomically; returns (split, chunk, results, rendered, reused)."""
+    results = _make_chunk(settings, out_dir, split, chunk)
+    rendered = sum(1 for r in results if r.get("rendered") is True)
+    reused = sum(1 for r in results if r.get("rendered") is False)
+    for r in results:
+        r.pop("rendered", None)
+    atomic_write_bytes(_part_path(out_dir, split, chunk), json.dumps(results, ensure_ascii=False).encode("utf-8"))
+    return split, chunk, results, rendered, reused
+
+
+def _images_intact(out_dir: Path, saved: list[dict[str, Any]]) -> bool:
+    """Whether every record of a saved chunk still has a decodable image (else the chunk is redone)."""
+    return all("skip" in item or image_is_valid(out_dir / "images" / item["record"]["image"]) for item in saved)
+
+
+def _check_settings(out_dir: Path, settings: CorpusSettings) -> None:
+    marker = out_dir / ".build.json"
+    wanted = settings.to_dict()
+    if marker.exists():
+        try:
+            found = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CorpusError(f"{marker}: unreadable build marker ({exc}); delete it to start over") from None
+        diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        if diff:
+            raise CorpusError(
+                f"{out_dir}: already holds a corpus built with other settings ({', '.join(diff)} differ); "
+                "use another --out or delete the folder"
+            )
+    else:
+        atomic_write_bytes(marker, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _remove_stale_tmp(out_dir: Path) -> None:
+    for path in out_dir.rglob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import scipy
+
+    from evl_ecg import __version__
+
+    return {
+        "evl_ecg": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def label_frequencies(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counts of canonical findings and of each vocabulary's labels over records (from their ``labels``)."""
+    out: dict[str, dict[str, int]] = {}
+    for key, order in (("findings", tuple(FINDINGS)), *VOCABULARIES.items()):
+        counts = Counter(label for r in records for label in r.get("labels", {}).get(key, []))
+        out[key] = {label: counts.get(label, 0) for label in order}
+        if key in ("ptbxl", "code15", "cpsc"):
+            out[key]["(none)"] = sum(1 for r in records if not r.get("labels", {}).get(key))
+    return out
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="rec", desc="synth", dynamic_ncols=True, leave=False)
+
+
+def _chunks(settings: CorpusSettings) -> Iterator[tuple[str, int]]:
+    for split in SPLITS:
+        for chunk in range(math.ceil(settings.count(split) / CHUNK)):
+            yield split, chunk
+
+
+def build_corpus(
+    out_dir: str | os.PathLike[str],
+    *,
+    n_train: int,
+    n_bench: int,
+    seed: int,
+    workers: int = 1,
+    size: tuple[int, int] = (512, 384),
+    dpi: int | None = None,
+    augment: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CorpusResult:
+    """Build (or resume) a synthetic corpus in ``out_dir``; see the module docstring for layout and guarantees.
+
+    Args:
+        out_dir: output folder (created).
+        n_train: training records (``train.json``).
+        n_bench: records per ECGBench subset (``bench/<subset>.json``).
+        seed: run seed.
+        workers: worker processes (1: in this process). Does not change the output.
+        size: image (width, height) in px; ``(2200, 1700)`` with ``dpi=200`` gives ECGInstruct's page size.
+        dpi: render dpi.
+        augment: paper-image augmentations on about half the images.
+        progress: show a progress bar (stderr).
+        log: where to report skipped items as they happen (``None``: silent; they are in the result and manifest).
+    """
+    t0 = time.perf_counter()
+    settings = CorpusSettings(
+        n_train=n_train, n_bench=n_bench, seed=seed, size=(int(size[0]), int(size[1])), dpi=dpi, augment=augment
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, settings)
+    _remove_stale_tmp(out)
+
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    todo: list[tuple[str, int]] = []
+    for split, chunk in _chunks(settings):
+        part = _part_path(out, split, chunk)
+        if part.is_file():
+            try:
+                saved = json.loads(part.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                saved = None
+            if saved is not None and _images_intact(out, saved):
+                results[(split, chunk)] = saved
+                continue
+            part.unlink(missing_ok=True)
+        todo.append((split, chunk))
+    total = sum(settings.count(s) for s in SPLITS)
+    done_before = sum(len(v) for v in results.values())
+    rendered = reused = 0
+    bar = _progress(total, progress)
+    bar.update(done_before)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for split, chunk in todo:
+                _, _, res, n_r, n_u = _run_chunk(settings, out, split, chunk)
+                results[(split, chunk)], rendered, reused = res, rendered + n_r, reused + n_u
+                bar.update(len(res))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_run_chunk, settings, out, split, chunk) for split, chunk in todo]
+                for fut in as_completed(futures):
+                    split, chunk, res, n_r, n_u = fut.result()
+                    results[(split, chunk)], rendered, reused = res, rendered + n_r, reused + n_u
+                    bar.update(len(res))
+    finally:
+        bar.close()
+
+    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    skipped: list[dict[str, Any]] = []
+    for split, chunk in _chunks(settings):
+        for item in results[(split, chunk)]:
+            if "skip" in item:
+                skipped.append(item["skip"])
+                if log is not None:
+                    log(f"skipped {item['skip']['id']}: {item['skip']['reason']}")
+            else:
+                by_split[split].append(item["record"])
+
+    files: dict[str, str] = {}
+    for split in SPLITS:
+        rel = "train.json" if split == "train" else f"bench/{split}.json"
+        records = [Record.from_dict(r, source=f"{out / rel}") for r in by_split[split]]
+        atomic_write_bytes(out / rel, dumps_records(records))
+        files[split] = rel
+
+    manifest = {
+        "format": "evl-ecg synthetic corpus v1 (ECGInstruct / ECGBench record format)",
+        "note": SYNTHETIC_NOTE,
+        "seed": seed,
+        "settings": settings.to_dict(),
+        "image_root": "images",
+        "files": files,
+        "requested": {s: settings.count(s) for s in SPLITS},
+        "counts": {s: len(by_split[s]) for s in SPLITS},
+        "tasks": {s: dict(sorted(Counter(r["meta"]["task"] for r in by_split[s]).items())) for s in SPLITS},
+        "augmented": {s: sum(1 for r in by_split[s] if r["meta"]["augmented"]) for s in SPLITS},
+        "label_frequencies": {s: label_frequencies(by_split[s]) for s in SPLITS},
+        "versions": _versions(),
+        "skipped": skipped,
+    }
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    shutil.rmtree(out / ".parts", ignore_errors=True)
+    return CorpusResult(
+        out_dir=out,
+        counts=manifest["counts"],
+        skipped=skipped,
+        rendered=rendered,
+        reused=reused,
+        resumed=done_before,
+        seconds=time.perf_counter() - t0,
+        manifest=manifest,
+    )
+
+
+__all__ = [
+    "CHUNK",
+    "SPLITS",
+    "SPLIT_KEYS",
+    "SYNTHETIC_NOTE",
+    "TRAIN_MIX",
+    "CorpusError",
+    "CorpusResult",
+    "CorpusSettings",
+    "build_corpus",
+    "label_frequencies",
+    "make_item",
+    "record_id",
+    "record_seed",
+]
