@@ -85,10 +85,16 @@ class LossContext:
 
 @dataclass
 class LossOutput:
-    """A loss value (scalar tensor) and named figures to log (floats or 0-d tensors)."""
+    """A loss value (scalar tensor) and named figures to log (floats or 0-d tensors).
+
+    ``extras`` carries tensors one loss hands to another inside an objective (e.g. MHCA's aligned teacher
+    ``aligned_teacher`` for the relation loss): a loss lists what it produces in ``produces`` and what it reads in
+    ``consumes``; the objective passes them as keyword arguments. Not logged.
+    """
 
     loss: Tensor
     logs: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class DistillLoss(nn.Module):
@@ -102,6 +108,11 @@ class DistillLoss(nn.Module):
     requires: ClassVar[frozenset[str]] = frozenset()
     #: the unit of the loss's mean: a field name of :class:`Denominators`.
     unit: ClassVar[str] = "response_tokens"
+    #: whether the loss reads the teacher side (False for CE: an objective of such terms needs no teacher).
+    needs_teacher: ClassVar[bool] = True
+    #: names of :attr:`LossOutput.extras` this loss produces / reads (as keyword arguments of ``forward``).
+    produces: ClassVar[frozenset[str]] = frozenset()
+    consumes: ClassVar[frozenset[str]] = frozenset()
 
     def forward(
         self,

@@ -1,0 +1,392 @@
+"""EVL-ECG's loss terms (ce, mhca, ot, relation) against independent references."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evl_ecg.distill import Denominators, LossContext, build_loss
+from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
+
+D_S, D_T, DV_S, DV_T, V_S, V_T = 16, 24, 12, 20, 11, 13
+CONTEXT = LossContext(student_hidden=D_S, teacher_hidden=D_T, student_visual=DV_S, teacher_visual=DV_T)
+
+
+def _side(
+    lengths: list[int],
+    length: int,
+    d: int,
+    vocab: int,
+    visual_lengths: list[int],
+    n_visual: int,
+    d_visual: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+) -> SideOutputs:
+    """A padded batch: junk (large values) in padding, labels on the second half of each sample."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    pos = torch.arange(length)[None]
+    valid = pos < torch.tensor(lengths)[:, None]
+    hidden = torch.where(valid[..., None], torch.randn(b, length, d, generator=g), 1e3 * torch.randn(b, length, d))
+    labels = torch.randint(0, vocab, (b, length), generator=g)
+    labels = torch.where(valid & (pos >= torch.tensor(lengths)[:, None] // 2), labels, IGNORE_INDEX)
+    vmask = torch.arange(n_visual)[None] < torch.tensor(visual_lengths)[:, None]
+    visual = torch.where(vmask[..., None], torch.randn(b, n_visual, d_visual, generator=g), -1e3)
+    return SideOutputs(
+        logits=torch.randn(b, length, vocab, generator=g, dtype=dtype),
+        hidden=hidden.to(dtype),
+        attention_mask=valid,
+        labels=labels,
+        text_mask=valid & (pos >= 2),
+        visual=visual.to(dtype),
+        visual_mask=vmask,
+    )
+
+
+def _student(seed: int = 0, dtype: torch.dtype = torch.float32) -> SideOutputs:
+    return _side([7, 5, 6], 7, D_S, V_S, [4, 3, 5], 5, DV_S, seed, dtype)
+
+
+def _teacher(seed: int = 1, dtype: torch.dtype = torch.float32) -> SideOutputs:
+    return _side([9, 11, 6], 11, D_T, V_T, [8, 10, 6], 10, DV_T, seed, dtype)
+
+
+def _take(side: SideOutputs, idx: slice) -> SideOutputs:
+    changes = {
+        f.name: getattr(side, f.name)[idx] for f in dataclasses.fields(side) if torch.is_tensor(getattr(side, f.name))
+    }
+    return dataclasses.replace(side, **changes)
+
+
+def _pad(side: SideOutputs, extra: int, visual_extra: int = 0) -> SideOutputs:
+    """The same batch with ``extra`` more (invalid, junk-filled) positions and visual tokens."""
+
+    def grow(t: torch.Tensor, n: int, fill: float) -> torch.Tensor:
+        pad = torch.full((t.shape[0], n, *t.shape[2:]), fill, dtype=t.dtype)
+        return torch.cat([t, pad], dim=1)
+
+    return dataclasses.replace(
+        side,
+        logits=grow(side.logits, extra, 7.0),
+        hidden=grow(side.hidden, extra, float("nan")),
+        attention_mask=grow(side.attention_mask, extra, False),
+        labels=grow(side.labels, extra, IGNORE_INDEX),
+        text_mask=grow(side.text_mask, extra, False),
+        visual=grow(side.visual, visual_extra, float("nan")),
+        visual_mask=grow(side.visual_mask, visual_extra, False),
+    )
+
+
+def _with_grad(side: SideOutputs) -> SideOutputs:
+    return dataclasses.replace(
+        side,
+        logits=side.logits.clone().requires_grad_(True),
+        hidden=side.hidden.clone().requires_grad_(True),
+        visual=side.visual.clone().requires_grad_(True),
+    )
+
+
+# ---- ce ------------------------------------------------------------------------------------------------------------
+def test_ce_matches_torch_cross_entropy_on_shifted_labels() -> None:
+    s = _student()
+    out = build_loss("ce")(s, None)
+    labels = s.labels.clone()
+    ref = F.cross_entropy(s.logits[:, :-1].reshape(-1, V_S), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.loss, ref)
+    torch.testing.assert_close(s.labels, labels)  # inputs untouched
+
+
+# ---- mhca ----------------------------------------------------------------------------------------------------------
+def _mha_reference(loss: nn.Module, s: SideOutputs, t: SideOutputs, key_mask: torch.Tensor, bias: bool):
+    mha = nn.MultiheadAttention(D_S, loss.heads, kdim=D_T, vdim=D_T, bias=bias, batch_first=True)
+    with torch.no_grad():
+        mha.q_proj_weight.copy_(loss.q_proj.weight)
+        mha.k_proj_weight.copy_(loss.k_proj.weight)
+        mha.v_proj_weight.copy_(loss.v_proj.weight)
+        mha.out_proj.weight.copy_(loss.o_proj.weight)
+        if bias:
+            mha.in_proj_bias.copy_(torch.cat([loss.q_proj.bias, loss.k_proj.bias, loss.v_proj.bias]))
+            mha.out_proj.bias.copy_(loss.o_proj.bias)
+    h_t = torch.where(key_mask[..., None], t.hidden, 0.0)
+    h_s = torch.where(s.attention_mask[..., None], s.hidden, 0.0)
+    out, _ = mha(h_s, h_t, h_t, key_padding_mask=~key_mask, need_weights=False)
+    return out.detach()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("heads", [1, 4])
+def test_mhca_matches_torch_multihead_attention(heads: int, bias: bool) -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=heads, bias=bias)
+    s, t = _student(), _teacher()
+    out = loss(s, t)
+    ref = _mha_reference(loss, s, t, t.attention_mask, bias)
+    m = s.attention_mask
+    torch.testing.assert_close(out.extras["aligned_teacher"][m], ref[m], atol=1e-5, rtol=1e-5)
+    ref_loss = sum(
+        float(((s.hidden[b, i] - ref[b, i]) ** 2).sum()) for b in range(3) for i in range(7) if m[b, i]
+    ) / float(m.sum())
+    assert float(out.loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
+    norm_s = float(torch.stack([s.hidden[b, i].norm() for b in range(3) for i in range(7) if m[b, i]]).mean())
+    assert float(out.logs["norm_student"]) == pytest.approx(norm_s, rel=1e-5)
+
+
+def test_mhca_response_positions_on_both_sides() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4, positions="response")
+    s, t = _student(), _teacher()
+    out = loss(s, t)
+    ref = _mha_reference(loss, s, t, t.response_mask, False)
+    m = s.response_mask
+    torch.testing.assert_close(out.extras["aligned_teacher"][m], ref[m], atol=1e-5, rtol=1e-5)
+    ref_loss = ((s.hidden - ref) ** 2).sum(-1)[m].sum() / m.sum()
+    torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_mhca_padding_changes_nothing() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4)
+    s, t = _student(), _teacher()
+    base = loss(s, t)
+    padded = loss(_pad(s, 3), _pad(t, 5))  # NaN junk in the extra positions of both sides
+    torch.testing.assert_close(padded.loss, base.loss, atol=1e-6, rtol=1e-6)
+    m = s.attention_mask
+    torch.testing.assert_close(padded.extras["aligned_teacher"][:, :7][m], base.extras["aligned_teacher"][m])
+    s2 = dataclasses.replace(s, hidden=torch.where(m[..., None], s.hidden, -5e4))  # other student-padding junk
+    torch.testing.assert_close(loss(s2, t).loss, base.loss)
+
+
+def test_mhca_gradients_reach_student_and_weights_not_teacher() -> None:
+    loss = build_loss("mhca", CONTEXT, heads=4)
+    s, t = _with_grad(_student()), _with_grad(_teacher())
+    loss(s, t).loss.backward()
+    assert s.hidden.grad.abs().sum() > 0 and t.hidden.grad is None
+    assert float(s.hidden.grad[~s.attention_mask].abs().sum()) == 0.0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.parameters())
+
+
+# ---- relation ------------------------------------------------------------------------------------------------------
+def _relation_loop(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> float:
+    """Direct double loop over samples and pairs i != j (float64)."""
+    total_d = total_a = pairs = 0.0
+    for b in range(h_s.shape[0]):
+        idx = [i for i in range(h_s.shape[1]) if mask[b, i]]
+        s = [h_s[b, i].double() for i in idx]
+        t = [h_t[b, i].double() for i in idx]
+        off = [(i, j) for i in range(len(idx)) for j in range(len(idx)) if i != j]
+        if not off:
+            continue
+        mu_s = sum(float((s[i] - s[j]).norm()) for i, j in off) / len(off)
+        mu_t = sum(float((t[i] - t[j]).norm()) for i, j in off) / len(off)
+        for i, j in off:
+            total_d += (float((t[i] - t[j]).norm()) / mu_t - float((s[i] - s[j]).norm()) / mu_s) ** 2
+            total_a += (
+                float(F.cosine_similarity(t[i], t[j], dim=0)) - float(F.cosine_similarity(s[i], s[j], dim=0))
+            ) ** 2
+        pairs += len(off)
+    return 0.5 * (total_d + total_a) / pairs
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_relation_matches_double_loop(chunk_size: int | None) -> None:
+    s = _student()
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5))
+    out = build_loss("relation", chunk_size=chunk_size)(s, None, aligned_teacher=target)
+    assert float(out.loss) == pytest.approx(_relation_loop(s.hidden, target, s.attention_mask), rel=1e-5)
+    resp = build_loss("relation", positions="response")(s, None, aligned_teacher=target)
+    assert float(resp.loss) == pytest.approx(_relation_loop(s.hidden, target, s.response_mask), rel=1e-5)
+
+
+def test_relation_chunked_equals_full_with_gradients() -> None:
+    s = _with_grad(_student())
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    full = build_loss("relation", detach_target=False)(s, None, aligned_teacher=target)
+    g_full = torch.autograd.grad(full.loss, [s.hidden, target])
+    chunked = build_loss("relation", detach_target=False, chunk_size=2)(s, None, aligned_teacher=target)
+    g_chunked = torch.autograd.grad(chunked.loss, [s.hidden, target])
+    torch.testing.assert_close(chunked.loss, full.loss)
+    for a, b in zip(g_chunked, g_full, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_relation_padding_changes_nothing() -> None:
+    s = _student()
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5))
+    base = build_loss("relation")(s, None, aligned_teacher=target)
+    padded_target = torch.cat([target, torch.full((3, 4, D_S), float("nan"))], dim=1)
+    padded = build_loss("relation")(_pad(s, 4), None, aligned_teacher=padded_target)
+    torch.testing.assert_close(padded.loss, base.loss)
+
+
+def test_relation_target_is_detached_by_default() -> None:
+    s = _with_grad(_student())
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    build_loss("relation")(s, None, aligned_teacher=target).loss.backward()
+    assert target.grad is None and s.hidden.grad.abs().sum() > 0
+    build_loss("relation", detach_target=False)(s, None, aligned_teacher=target).loss.backward()
+    assert target.grad is not None and target.grad.abs().sum() > 0
+
+
+def test_relation_without_aligned_teacher_is_an_error() -> None:
+    with pytest.raises(ValueError, match="aligned_teacher"):
+        build_loss("relation")(_student(), _teacher())
+
+
+# ---- ot ------------------------------------------------------------------------------------------------------------
+def _ot_reference(loss: nn.Module, s: SideOutputs, t: SideOutputs) -> float:
+    """Per sample: project, normalise, cdist^2 on the valid tokens, POT's log-Sinkhorn, <P, C>; mean over samples."""
+    total = 0.0
+    with torch.no_grad():
+        for b in range(s.batch_size):
+            tv = F.normalize(loss.proj(t.visual[b][t.visual_mask[b]]).double(), dim=-1)
+            sv = F.normalize(s.visual[b][s.visual_mask[b]].double(), dim=-1)
+            c = (torch.cdist(tv, sv) ** 2).numpy()
+            a, bb = np.full(c.shape[0], 1 / c.shape[0]), np.full(c.shape[1], 1 / c.shape[1])
+            plan = ot.sinkhorn(a, bb, c, reg=0.1, method="sinkhorn_log", stopThr=1e-12, numItermax=100000)
+            total += float((plan * c).sum())
+    return total / s.batch_size
+
+
+@pytest.mark.parametrize("solver", ["torch", "pot"])
+def test_ot_loss_matches_pot_reference(solver: str) -> None:
+    torch.manual_seed(0)
+    loss = build_loss("ot", CONTEXT, solver=solver, tol=1e-9)
+    s, t = _student(), _teacher()
+    out = loss(s, t)
+    assert float(out.loss.detach()) == pytest.approx(_ot_reference(loss, s, t), abs=1e-6)
+    assert float(out.logs["marginal_error"]) < 1e-6 and out.logs["iterations"] >= 1
+
+
+def test_ot_padding_and_permutation_change_nothing() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("ot", CONTEXT, tol=1e-9)
+    s, t = _student(), _teacher()
+    base = loss(s, t).loss
+    torch.testing.assert_close(loss(_pad(s, 0, 3), _pad(t, 0, 4)).loss, base, atol=1e-6, rtol=0)
+    perm_s, perm_t = torch.randperm(5), torch.randperm(10)
+    s_p = dataclasses.replace(s, visual=s.visual[:, perm_s], visual_mask=s.visual_mask[:, perm_s])
+    t_p = dataclasses.replace(t, visual=t.visual[:, perm_t], visual_mask=t.visual_mask[:, perm_t])
+    torch.testing.assert_close(loss(s_p, t_p).loss, base, atol=1e-6, rtol=0)
+
+
+def test_ot_gradients_reach_student_and_projection_not_teacher() -> None:
+    loss = build_loss("ot", CONTEXT)
+    s, t = _with_grad(_student()), _with_grad(_teacher())
+    loss(s, t).loss.backward()
+    assert s.visual.grad.abs().sum() > 0 and t.visual.grad is None and loss.proj.weight.grad.abs().sum() > 0
+    assert float(s.visual.grad[~s.visual_mask].abs().sum()) == 0.0
+
+
+# ---- every loss ----------------------------------------------------------------------------------------------------
+def _run(name: str, loss: nn.Module, s: SideOutputs, t: SideOutputs, den: Denominators | None, target=None):
+    if name == "relation":
+        return loss(s, t, den, aligned_teacher=target)
+    return loss(s, t, den)
+
+
+@pytest.mark.parametrize("name", ["ce", "mhca", "ot", "relation"])
+def test_global_denominators_make_micro_batches_sum_to_the_full_batch(name: str) -> None:
+    torch.manual_seed(0)
+    loss = build_loss(name, CONTEXT)
+    s, t = _student(), _teacher()
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5))
+    full = _run(name, loss, s, t, None, target).loss
+    n = s.attention_mask.sum(1).double()
+    den = Denominators(
+        response_tokens=float(s.next_token_targets()[1].sum()),
+        student_positions=float(s.attention_mask.sum()),
+        student_pairs=float((n * (n - 1)).sum()),
+        samples=3.0,
+    )
+    parts = [slice(0, 1), slice(1, 3)]
+    split = sum(_run(name, loss, _take(s, p), _take(t, p), den, target[p]).loss for p in parts)
+    torch.testing.assert_close(split, full, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ce", "mhca", "ot", "relation"])
+def test_finite_values_and_gradients_under_bf16_autocast(name: str) -> None:
+    torch.manual_seed(0)
+    loss = build_loss(name, CONTEXT)
+    s, t = _with_grad(_student()), _teacher()
+    target = torch.randn(3, 7, D_S, generator=torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run(name, loss, s, t, None, target)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [s.logits.grad, s.hidden.grad, s.visual.grad, *[p.grad for p in loss.parameters()]]
+    assert any(g is not None for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+def _small_context() -> LossContext:
+    return LossContext(student_hidden=4, teacher_hidden=6, student_visual=3, teacher_visual=5)
+
+
+def test_mhca_gradcheck_float64() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", _small_context(), heads=2, bias=True).double()
+    mask_s = torch.tensor([[True, True, True], [True, True, False]])
+    mask_t = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    h_s = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    h_t = torch.randn(2, 4, 6, dtype=torch.float64)
+    params = list(loss.parameters())
+
+    def f(h: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        s = SideOutputs(logits=h[..., :1], hidden=h, attention_mask=mask_s, labels=torch.zeros(2, 3, dtype=torch.long))
+        t = SideOutputs(
+            logits=h_t[..., :1], hidden=h_t, attention_mask=mask_t, labels=torch.zeros(2, 4, dtype=torch.long)
+        )
+        names = [n for n, _ in loss.named_parameters()]
+        return torch.func.functional_call(loss, dict(zip(names, weights, strict=True)), (s, t)).loss
+
+    assert torch.autograd.gradcheck(f, (h_s, *[p.detach().clone().requires_grad_(True) for p in params]))
+
+
+def test_relation_gradcheck_float64() -> None:
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    h_s = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    h_t = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    loss = build_loss("relation", detach_target=False)
+
+    def f(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        s = SideOutputs(logits=h[..., :1], hidden=h, attention_mask=mask, labels=torch.zeros(2, 4, dtype=torch.long))
+        return loss(s, None, aligned_teacher=target).loss
+
+    assert torch.autograd.gradcheck(f, (h_s, h_t))
+
+
+class _CostOf(nn.Module):
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.loss.cost(*args)
+
+
+def test_ot_gradcheck_float64_with_plan_constant() -> None:
+    from evl_ecg.distill.sinkhorn import sinkhorn, uniform_marginals
+
+    torch.manual_seed(0)
+    cost_of = _CostOf(build_loss("ot", _small_context()).double())
+    mask_s = torch.tensor([[True, True, True], [True, True, False]])
+    mask_t = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    v_s = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    v_t = torch.randn(2, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        c = cost_of(v_s, v_t, mask_s, mask_t)
+        plan = sinkhorn(c, uniform_marginals(mask_t, c.dtype), uniform_marginals(mask_s, c.dtype)).plan
+    weight = cost_of.loss.proj.weight.detach().clone().requires_grad_(True)
+
+    def f(vs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        cost = torch.func.functional_call(cost_of, {"loss.proj.weight": w}, (vs, v_t, mask_s, mask_t))
+        return (plan * cost).sum()
+
+    assert torch.autograd.gradcheck(f, (v_s, weight))
