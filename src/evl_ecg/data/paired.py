@@ -1,0 +1,124 @@
+"""Paired samples: one record, tokenised by both models, each side padded on its own.
+
+A distillation batch holds the same conversations twice: in the teacher's template, tokenizer and image processor
+(llava_v1, ~1,000 to 3,400 positions for PULSE) and in the student's (ChatML, ~200 to 600). The sides never share
+positions; cross-tokenizer losses align them through ``token_offsets`` (UTF-8 byte offsets of each response token
+inside its turn's response text) or through attention.
+
+Records are ECGInstruct-style dicts ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}``
+(or objects with ``.id``/``.conversations``). Images come from ``image_loader``: a callable ``record -> PIL image``,
+a mapping ``id -> PIL image``, or ``None`` when ``record["image"]`` already is a PIL image.
+
+Batch layout from :class:`PairedCollator`::
+
+    {"ids": [record ids], "student": {input_ids, labels, attention_mask, token_offsets, pixel_values, ...},
+     "teacher": {... the same keys for the teacher ...}}      # no "teacher" key in student-only mode (SFT)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from evl_ecg.models.base import Adapter, record_id
+
+ImageLoader = Callable[[Any], Image.Image] | Mapping[str, Image.Image] | None
+
+
+def load_record_image(record: Any, image_loader: ImageLoader = None) -> Image.Image:
+    """The record's image as RGB PIL, from ``image_loader`` (callable or mapping) or the record itself."""
+    if image_loader is None:
+        image = record.get("image") if isinstance(record, Mapping) else getattr(record, "image", None)
+    elif isinstance(image_loader, Mapping):
+        image = image_loader[record_id(record)]
+    else:
+        image = image_loader(record)
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"record {record_id(record)!r}: expected a PIL image, got {type(image).__name__} "
+            "(pass image_loader=callable(record) -> PIL.Image)"
+        )
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def encode_pair(
+    record: Any,
+    image: Image.Image,
+    student: Adapter,
+    teacher: Adapter | None = None,
+    *,
+    train: bool = True,
+) -> dict[str, Any]:
+    """``{"id", "student": encoded, "teacher": encoded or None}`` for one record (see :meth:`Adapter.encode`)."""
+    return {
+        "id": record_id(record),
+        "student": student.encode(record, image, train=train),
+        "teacher": teacher.encode(record, image, train=train) if teacher is not None else None,
+    }
+
+
+class PairedDataset(Dataset):
+    """Records encoded for both models on access (``teacher_adapter=None``: student only, for SFT).
+
+    Args:
+        records: a sequence of records.
+        image_loader: see the module docstring.
+        teacher_adapter: the teacher's adapter, or ``None``.
+        student_adapter: the student's adapter.
+        train: full conversations with labels (``True``) or generation prompts (``False``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        image_loader: ImageLoader,
+        teacher_adapter: Adapter | None,
+        student_adapter: Adapter,
+        *,
+        train: bool = True,
+    ) -> None:
+        if student_adapter is None:
+            raise ValueError("PairedDataset needs a student adapter")
+        self.records = records
+        self.image_loader = image_loader
+        self.teacher = teacher_adapter
+        self.student = student_adapter
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image = load_record_image(record, self.image_loader)
+        return encode_pair(record, image, self.student, self.teacher, train=self.train)
+
+
+class PairedCollator:
+    """Pads each side on its own: ``{"ids", "student": batch, "teacher": batch}`` (no teacher in student-only mode).
+
+    ``padding_side="right"`` for training, ``"left"`` for generation.
+    """
+
+    def __init__(self, student: Adapter, teacher: Adapter | None = None, *, padding_side: str = "right") -> None:
+        self.student = student
+        self.teacher = teacher
+        self.padding_side = padding_side
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("PairedCollator got an empty batch")
+        batch: dict[str, Any] = {
+            "ids": [s["id"] for s in samples],
+            "student": self.student.collate([s["student"] for s in samples], padding_side=self.padding_side),
+        }
+        if self.teacher is not None:
+            teacher_samples: list[dict[str, Tensor]] = [s["teacher"] for s in samples]
+            if any(t is None for t in teacher_samples):
+                raise ValueError("PairedCollator has a teacher but a sample was encoded without one")
+            batch["teacher"] = self.teacher.collate(teacher_samples, padding_side=self.padding_side)
+        return batch

@@ -1,0 +1,439 @@
+"""The adapter API shared by every model family: one sample in, one :class:`~evl_ecg.outputs.SideOutputs` out.
+
+An :class:`Adapter` wraps a transformers model, its tokenizer and its image processor. It
+
+* renders a conversation in the family's own chat template and tokenises it the way the family was trained
+  (:meth:`Adapter.encode`), putting labels on the assistant answers and their end token only;
+* pads a batch of its own samples (:meth:`Adapter.collate`), independently of the other side;
+* runs the real transformers forward and collects what the losses read (:meth:`Adapter.forward`);
+* generates greedily from the first human turn (:meth:`Adapter.prompt_inputs`, :meth:`Adapter.generate`).
+
+Families implement the hooks :meth:`render`, :meth:`process_image`, :meth:`collate_images`, :meth:`model_inputs`.
+
+The visual tokens and the sequence's input embeddings are read with hooks on the language model's input (the
+``inputs_embeds`` the multimodal model passes it, images already spliced in), and the last hidden state with a hook
+on its output, so the adapter runs exactly the model's own ``forward`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
+
+ADAPTER_FILE = "evl_ecg_adapter.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+IMAGE_MARKER = "<image>"
+
+
+# ---- conversations ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Turn:
+    """One turn: ``role`` is ``"user"`` or ``"assistant"``; ``text`` has the ``<image>`` marker removed."""
+
+    role: str
+    text: str
+
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def _field(obj: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(obj, Mapping):
+            if name in obj:
+                return obj[name]
+        elif hasattr(obj, name):
+            return getattr(obj, name)
+    return None
+
+
+def record_id(record: Any) -> str:
+    """The id of an ECGInstruct-style record (dict ``"id"`` or attribute ``.id``)."""
+    rid = _field(record, "id")
+    return "" if rid is None else str(rid)
+
+
+def conversation_turns(record: Any) -> list[Turn]:
+    """The turns of a record in the ECGInstruct format, checked and normalised.
+
+    Accepts a dict ``{"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}`` or an object with
+    ``.conversations`` of turns with ``.role``/``.value``. A ``value`` given as a list (the ECG-QA export quirk)
+    is joined. In a human turn the ``<image>`` marker is removed and the text stripped (LLaVA's
+    ``preprocess_multimodal``); the image always belongs to the first human turn. Turns must alternate, starting
+    with a human turn; anything else is an error (never silently skipped).
+    """
+    convs = _field(record, "conversations", "conversation")
+    if not convs:
+        raise ValueError(f"record {record_id(record)!r} has no conversations")
+    turns: list[Turn] = []
+    for i, t in enumerate(convs):
+        role = _field(t, "from", "role", "from_")
+        value = _field(t, "value", "content")
+        if role not in _ROLES:
+            raise ValueError(f"record {record_id(record)!r} turn {i}: unknown role {role!r}")
+        if isinstance(value, (list, tuple)):
+            value = "".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise ValueError(f"record {record_id(record)!r} turn {i}: value must be a string, got {type(value)}")
+        role = _ROLES[role]
+        if role == "user" and IMAGE_MARKER in value:
+            value = value.replace(IMAGE_MARKER, "").strip()
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(f"record {record_id(record)!r} turn {i}: expected a {expected} turn, got {role}")
+        turns.append(Turn(role, value))
+    return turns
+
+
+@dataclass
+class Rendered:
+    """A conversation in a family's template: the text, with one image placeholder, and answer character spans.
+
+    ``answers`` holds ``(start, end, end_with_marker)`` per assistant turn: the answer is ``text[start:end]``, its
+    end token (``</s>``, ``<|im_end|>``) is ``text[end:end_with_marker]``; both are supervised.
+    """
+
+    text: str
+    answers: list[tuple[int, int, int]]
+
+
+# ---- the adapter --------------------------------------------------------------------------------------------
+class Adapter:
+    """Base class: one model family. Attributes ``model``, ``tokenizer``, ``image_processor``."""
+
+    family: ClassVar[str] = ""
+    #: the placeholder the template puts where the image goes; ``tokenize`` expands it to N image-token ids.
+    image_placeholder: ClassVar[str] = IMAGE_MARKER
+    #: whether each tokenised chunk starts with a BOS the tokenizer adds (dropped on all chunks but the first).
+    add_bos: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self._vocab: list[str] | None = None
+
+    # ---- family hooks -----------------------------------------------------------------------------------------
+    def render(self, turns: Sequence[Turn], *, generation: bool) -> Rendered:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def process_image(self, image: Any) -> tuple[dict[str, Tensor], int]:  # pragma: no cover - abstract
+        """``(tensors for this one image, number of visual tokens it becomes)``."""
+        raise NotImplementedError
+
+    def collate_images(self, samples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def model_inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---- sizes --------------------------------------------------------------------------------------------------
+    @property
+    def text_config(self) -> Any:
+        cfg = self.model.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg.text_config
+
+    @property
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return [int(self.tokenizer.eos_token_id)]
+
+    @property
+    def vocab(self) -> list[str]:
+        """Token strings by logit index (``V`` entries; rows the tokenizer lacks get placeholder names)."""
+        if self._vocab is None:
+            from evl_ecg.models.tokenizers import vocab_strings
+
+            self._vocab = vocab_strings(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+        return self._vocab
+
+    def loss_context(self) -> dict[str, Any]:
+        """What losses may need to know of this side: hidden size, visual-token width, vocab, layers, heads."""
+        tc = self.text_config
+        return {
+            "hidden": int(tc.hidden_size),
+            "visual": int(tc.hidden_size),
+            "vocab": self.vocab,
+            "layers": int(tc.num_hidden_layers),
+            "heads": int(tc.num_attention_heads),
+        }
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ---- encoding ---------------------------------------------------------------------------------------------
+    def _tokenize_chunk(self, text: str, *, first: bool) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(text, add_special_tokens=self.add_bos, return_offsets_mapping=True)
+        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        if self.add_bos and not first and ids and ids[0] == self.tokenizer.bos_token_id:
+            ids, offs = ids[1:], offs[1:]
+        return ids, offs
+
+    def tokenize(self, text: str, n_visual: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets of ``text``; the image placeholder becomes ``n_visual`` image ids.
+
+        The text is split at the placeholder and each chunk tokenised on its own (LLaVA's ``tokenizer_image_token``;
+        for tokenizers where the placeholder is a special token this equals tokenising the expanded text at once).
+        Image ids and tokens outside the text get offsets ``(-1, -1)`` / ``(0, 0)``.
+        """
+        chunks = text.split(self.image_placeholder)
+        if len(chunks) > 2:
+            raise ValueError(f"only one image per conversation is supported, got {len(chunks) - 1}")
+        ids: list[int] = []
+        offs: list[tuple[int, int]] = []
+        start = 0
+        for k, chunk in enumerate(chunks):
+            if k > 0:
+                ids += [self.image_token_id] * n_visual
+                offs += [(-1, -1)] * n_visual
+                start += len(self.image_placeholder)
+            c_ids, c_offs = self._tokenize_chunk(chunk, first=k == 0)
+            ids += c_ids
+            offs += [(s + start, e + start) if e > s else (-1, -1) for s, e in c_offs]
+            start += len(chunk)
+        return ids, offs
+
+    @staticmethod
+    def _labels_and_offsets(
+        ids: Sequence[int], offs: Sequence[tuple[int, int]], rendered: Rendered
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Labels (id on answer + end-token positions, -100 elsewhere) and UTF-8 byte offsets inside each answer."""
+        labels = [IGNORE_INDEX] * len(ids)
+        byte_offs = [(-1, -1)] * len(ids)
+        text = rendered.text
+        for a0, a1, m1 in rendered.answers:
+            answer = text[a0:a1]
+            cum = [0]
+            for ch in answer:
+                cum.append(cum[-1] + len(ch.encode("utf-8")))
+            for i, (s, e) in enumerate(offs):
+                if e <= s or e <= a0 or s >= m1:
+                    continue
+                labels[i] = ids[i]
+                if e > a0 and s < a1:
+                    byte_offs[i] = (cum[max(s, a0) - a0], cum[min(e, a1) - a0])
+                else:  # the end token (</s>, <|im_end|>): an empty span at the answer's end
+                    byte_offs[i] = (cum[-1], cum[-1])
+        return labels, byte_offs
+
+    def encode(self, record: Any, image: Any, *, train: bool = True) -> dict[str, Tensor]:
+        """One sample: ``input_ids``, ``labels``, ``attention_mask``, ``token_offsets`` (``L x 2``), image tensors.
+
+        ``train=True``: the whole conversation, labels on every assistant answer and its end token.
+        ``train=False``: the first human turn in the template with the generation prompt, no labels supervised.
+        """
+        turns = conversation_turns(record)
+        if train:
+            if turns[-1].role != "assistant":
+                raise ValueError(f"record {record_id(record)!r} ends with a human turn; nothing to supervise")
+        else:
+            turns = turns[:1]
+        pixels, n_visual = self.process_image(image)
+        rendered = self.render(turns, generation=not train)
+        ids, offs = self.tokenize(rendered.text, n_visual)
+        labels, byte_offs = self._labels_and_offsets(ids, offs, rendered)
+        out = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.ones(len(ids), dtype=torch.long),
+            "token_offsets": torch.tensor(byte_offs, dtype=torch.long).reshape(len(ids), 2),
+        }
+        out.update(pixels)
+        return out
+
+    def prompt_inputs(self, record: Any, image: Any) -> dict[str, Tensor]:
+        """Generation inputs for one sample: the first human turn in the template, generation prompt appended."""
+        return self.encode(record, image, train=False)
+
+    def collate(self, samples: Sequence[dict[str, Tensor]], *, padding_side: str = "right") -> dict[str, Tensor]:
+        """Pad this side's samples on their own (right padding for training, ``"left"`` for generation)."""
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+
+        def pad(key: str, value: int) -> Tensor:
+            seqs = [s[key] for s in samples]
+            if padding_side == "left":
+                seqs = [s.flip(0) for s in seqs]
+            out = pad_sequence(seqs, batch_first=True, padding_value=value)
+            return out.flip(1) if padding_side == "left" else out
+
+        batch = {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "labels": pad("labels", IGNORE_INDEX),
+            "attention_mask": pad("attention_mask", 0),
+            "token_offsets": pad("token_offsets", -1),
+        }
+        batch.update(self.collate_images(samples))
+        return batch
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Tensor], *, needs: frozenset[str] = frozenset()) -> SideOutputs:
+        """Run the model on a collated batch and return :class:`SideOutputs`.
+
+        ``needs`` is the union of the losses' ``requires``: ``"all_hidden"`` adds every layer's hidden states,
+        ``"attentions"`` every layer's attention probabilities (switching the model to eager attention).
+        """
+        want_attn = "attentions" in needs
+        want_all = "all_hidden" in needs
+        if want_attn and self.model.config._attn_implementation != "eager":
+            self.model.set_attn_implementation("eager")
+        captured: dict[str, Tensor] = {}
+
+        def pre_hook(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
+            captured["embeds"] = kwargs["inputs_embeds"]
+
+        def post_hook(_module: nn.Module, _args: tuple, _kwargs: dict, output: Any) -> None:
+            captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+        lm = self.language_model
+        handles = [
+            lm.register_forward_pre_hook(pre_hook, with_kwargs=True),
+            lm.register_forward_hook(post_hook, with_kwargs=True),
+        ]
+        try:
+            out = self.model(
+                **self.model_inputs(batch),
+                use_cache=False,
+                output_hidden_states=want_all,
+                output_attentions=want_attn,
+                return_dict=True,
+            )
+        finally:
+            for h in handles:
+                h.remove()
+        input_ids = batch["input_ids"]
+        attention_mask = batch["attention_mask"].bool()
+        image_mask = (input_ids == self.image_token_id) & attention_mask
+        embeds = captured["embeds"]
+        counts = image_mask.sum(1)
+        n_max = int(counts.max()) if counts.numel() else 0
+        positions = torch.full((input_ids.shape[0], n_max), -1, dtype=torch.long, device=input_ids.device)
+        rows, cols = image_mask.nonzero(as_tuple=True)
+        slot = torch.arange(rows.numel(), device=rows.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        positions[rows, slot] = cols
+        visual_mask = positions >= 0
+        gather = positions.clamp_min(0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
+        visual = torch.gather(embeds, 1, gather) * visual_mask.unsqueeze(-1).to(embeds.dtype)
+        return SideOutputs(
+            logits=out.logits,
+            hidden=captured["hidden"],
+            attention_mask=attention_mask,
+            labels=batch["labels"],
+            input_ids=input_ids,
+            text_mask=attention_mask & ~image_mask,
+            visual=visual,
+            visual_mask=visual_mask,
+            image_positions=positions,
+            token_embeddings=embeds,
+            embedding_weight=self.model.get_input_embeddings().weight,
+            lm_head_weight=self.model.get_output_embeddings().weight,
+            all_hidden=tuple(out.hidden_states) if want_all else None,
+            attentions=tuple(out.attentions) if want_attn else None,
+            attention_kind="probs",
+            token_offsets=batch.get("token_offsets"),
+            vocab=self.vocab,
+        )
+
+    __call__ = forward
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Tensor], max_new_tokens: int = 64) -> list[str]:
+        """Greedy decoding from a left-padded batch of :meth:`prompt_inputs`; returns the new text per sample."""
+        inputs = self.model_inputs(batch)
+        if bool((batch["attention_mask"][:, -1] == 0).any()):
+            raise ValueError("generate needs a left-padded batch: collate(samples, padding_side='left')")
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    # ---- persistence --------------------------------------------------------------------------------------------
+    def adapter_settings(self) -> dict[str, Any]:
+        return {}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save model (safetensors), tokenizer, image processor and the adapter's own settings into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+        (path / ADAPTER_FILE).write_text(json.dumps({"family": self.family, **self.adapter_settings()}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Adapter:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def require_files(path: str | Path, what: str, *groups: str | tuple[str, ...]) -> Path:
+    """Check that local directory ``path`` holds one file of each group; raise naming what is missing.
+
+    Each group is a file name or a tuple of alternatives (e.g. the weight formats).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: {path} is not a local directory (nothing is downloaded; pass a local path)")
+    missing = []
+    for group in groups:
+        alts = (group,) if isinstance(group, str) else group
+        if not any((path / a).exists() for a in alts):
+            missing.append(" or ".join(alts))
+    if missing:
+        raise FileNotFoundError(f"{what}: {path} lacks {'; '.join(missing)}")
+    return path
+
+
+def make_loss_context(student: Adapter, teacher: Adapter | None = None) -> Any:
+    """A :class:`~evl_ecg.distill.registry.LossContext` filled from the two adapters."""
+    from evl_ecg.distill.registry import LossContext
+
+    s = student.loss_context()
+    t = teacher.loss_context() if teacher is not None else {}
+    return LossContext(
+        student_hidden=s["hidden"],
+        teacher_hidden=t.get("hidden"),
+        student_visual=s["visual"],
+        teacher_visual=t.get("visual"),
+        student_vocab=s["vocab"],
+        teacher_vocab=t.get("vocab"),
+        student_layers=s["layers"],
+        teacher_layers=t.get("layers"),
+        student_heads=s["heads"],
+        teacher_heads=t.get("heads"),
+    )
