@@ -1,0 +1,520 @@
+"""Readers for real 12-lead ECGs in their published layouts: WFDB (PhysioNet, Challenge 2020, CPSC-2018),
+PTB-XL, CODE-15% (HDF5) and DICOM waveforms.
+
+Every reader returns an :class:`~evl_ecg.ecg.signal.Ecg`: ``12 x n`` float32 in mV, rows in standard lead
+order, with the dataset's own labels. A record that cannot be used raises :class:`~evl_ecg.ecg.signal.EcgError`
+with one line naming the file (and record) and the reason; a label code no vocabulary knows raises
+:class:`~evl_ecg.ecg.labels.UnknownCodeError` naming the file and the code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evl_ecg.ecg.labels import (
+    CODE15_COLUMNS,
+    CODE15_LABELS,
+    PTBXL_SUPERCLASSES,
+    UnknownCodeError,
+    cpsc_labels_from_snomed,
+    findings_from_code15,
+    findings_from_snomed,
+)
+from evl_ecg.ecg.leads import LEADS, canonical_lead_name
+from evl_ecg.ecg.signal import Ecg, EcgError
+
+__all__ = [
+    "CODE15_FS",
+    "CODE15_SCALE_TO_MV",
+    "iter_ptbxl",
+    "read_code15",
+    "read_dicom",
+    "read_ptbxl",
+    "read_record",
+    "read_wfdb",
+]
+
+#: Millivolts per unit of each physical unit string a file may carry (case-insensitive).
+_MV_PER_UNIT: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+#: CODE-15% sampling rate (Hz) and the factor that takes its stored values to mV. The dataset's README says the
+#: tracings are "at the scale 1e-4V: so if the signal is in V it should be multiplied by 1000", i.e. values in
+#: mV (a QRS of about 1 unit); we follow the multiply-by-1000 reading, so the factor is 1.
+CODE15_FS: float = 400.0
+CODE15_SCALE_TO_MV: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _mv_per_unit(unit: str, source: str, lead: str) -> float:
+    key = (unit or "").strip().lower()
+    if key not in _MV_PER_UNIT:
+        raise EcgError(f"{source}: lead {lead} has unit {unit!r}; expected one of mV, uV, V")
+    return _MV_PER_UNIT[key]
+
+
+def _to_standard_order(signal: np.ndarray, names: list[str], source: str) -> np.ndarray:
+    """Rows of ``signal`` (``channels x n``) named ``names`` -> ``12 x n`` in :data:`LEADS` order."""
+    canon: list[str] = []
+    for name in names:
+        try:
+            canon.append(canonical_lead_name(name))
+        except KeyError:
+            raise EcgError(f"{source}: unknown lead name {name!r}; expected the 12 standard leads") from None
+    dup = sorted({c for c in canon if canon.count(c) > 1})
+    if dup:
+        raise EcgError(f"{source}: lead(s) {', '.join(dup)} appear more than once")
+    missing = [lead for lead in LEADS if lead not in canon]
+    if missing:
+        raise EcgError(f"{source}: {len(canon)} leads, missing {', '.join(missing)}; a 12-lead ECG is required")
+    order = [canon.index(lead) for lead in LEADS]
+    return signal[order]
+
+
+def _check_finite(signal: np.ndarray, source: str) -> None:
+    if not np.all(np.isfinite(signal)):
+        rows, cols = np.nonzero(~np.isfinite(signal))
+        leads = ", ".join(LEADS[i] for i in np.unique(rows))
+        raise EcgError(f"{source}: {rows.size} NaN/infinite sample(s) in lead(s) {leads} (first at sample {cols[0]})")
+
+
+def _parse_comments(comments: Iterable[str]) -> dict[str, str]:
+    """``'# Key: value'`` header comments -> ``{'key': 'value'}`` (keys lower-cased)."""
+    out: dict[str, str] = {}
+    for line in comments:
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# WFDB
+# --------------------------------------------------------------------------------------------------
+
+
+def _wfdb_base(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix in {".hea", ".dat", ".mat"}:
+        p = p.with_suffix("")
+    return p
+
+
+#: Bytes per sample of the WFDB storage formats whose data size we can check before reading.
+_WFDB_BYTES_PER_SAMPLE: dict[str, float] = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
+
+
+def _check_data_size(base: Path, source: str) -> None:
+    """Compare each data file's size with what the header implies (truncated file / header-data mismatch)."""
+    import wfdb
+
+    try:
+        head = wfdb.rdheader(str(base))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EcgError(f"{source}: cannot parse WFDB header ({type(exc).__name__}: {reason})") from None
+    if getattr(head, "n_seg", None) or not head.file_name or head.sig_len is None:
+        return  # multi-segment records and headers without signals are left to wfdb
+    per_file: dict[str, list[int]] = {}
+    for i, name in enumerate(head.file_name):
+        per_file.setdefault(name, []).append(i)
+    for name, chans in per_file.items():
+        fmts = {str(head.fmt[i]) for i in chans}
+        if len(fmts) != 1 or next(iter(fmts)) not in _WFDB_BYTES_PER_SAMPLE:
+            continue
+        spf = sum(int((head.samps_per_frame or [1] * head.n_sig)[i] or 1) for i in chans)
+        offset = int((head.byte_offset or [0] * head.n_sig)[chans[0]] or 0)
+        need = int(np.ceil(head.sig_len * spf * _WFDB_BYTES_PER_SAMPLE[next(iter(fmts))])) + offset
+        data = base.parent / name
+        if not data.is_file():
+            raise EcgError(f"{source}: data file {name} not found")
+        have = data.stat().st_size
+        if have < need:
+            raise EcgError(
+                f"{source}: data file {name} has {have} bytes, the header needs {need} "
+                f"({head.sig_len} samples x {len(chans)} signals): truncated file or header/data mismatch"
+            )
+
+
+def read_wfdb(header_path: str | Path) -> Ecg:
+    """Read any 12-lead WFDB record (header path with or without ``.hea``).
+
+    Leads are matched by name (:func:`~evl_ecg.ecg.leads.canonical_lead_name`) and put in standard order; each
+    lead's physical unit (``mV``, ``uV``, ``V``) is converted to mV; per-signal checksums in the header are
+    verified against the data. Header comments ``# Key: value`` go to ``meta`` (keys lower-cased); a
+    Challenge-2020 / CPSC-2018 ``# Dx:`` line of SNOMED CT codes gives ``labels['snomed']`` (the codes),
+    ``labels['cpsc']`` and ``findings``.
+
+    Raises:
+        EcgError: missing/truncated files, header/data mismatch (length, checksum), unknown units or leads,
+            not exactly the 12 standard leads, NaN samples.
+        UnknownCodeError: a ``# Dx:`` code that is not a SNOMED code we know.
+    """
+    import wfdb
+
+    base = _wfdb_base(header_path)
+    source = str(base.with_suffix(".hea"))
+    if not base.with_suffix(".hea").is_file():
+        raise EcgError(f"{source}: no such WFDB header")
+    _check_data_size(base, source)
+    try:
+        rec = wfdb.rdrecord(str(base), physical=False, return_res=64)
+    except Exception as exc:  # wfdb raises ValueError/IndexError/OSError for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EcgError(f"{source}: cannot read WFDB record ({type(exc).__name__}: {reason})") from None
+    names = list(rec.sig_name or [])
+    if rec.d_signal is None or rec.d_signal.ndim != 2 or rec.d_signal.shape[1] != len(names):
+        raise EcgError(f"{source}: header lists {len(names)} signals but the data do not match")
+    if rec.checksum is not None:
+        actual = rec.calc_checksum()
+        bad = [names[i] for i, (want, got) in enumerate(zip(rec.checksum, actual, strict=True)) if want != got]
+        if bad:
+            raise EcgError(f"{source}: checksum mismatch in lead(s) {', '.join(bad)} (data do not match the header)")
+    phys = rec.dac(expanded=False, return_res=64, inplace=False).T  # channels x n, NaN where invalid
+    units = list(rec.units or [""] * len(names))
+    scale = np.array([_mv_per_unit(u, source, n) for u, n in zip(units, names, strict=True)])[:, None]
+    signal = _to_standard_order(phys * scale, names, source)
+    _check_finite(signal, source)
+    comments = _parse_comments(rec.comments or [])
+    labels: dict[str, tuple[str, ...]] = {}
+    findings: frozenset[str] = frozenset()
+    if "dx" in comments:
+        codes = tuple(c.strip() for c in comments["dx"].split(",") if c.strip())
+        findings = findings_from_snomed(codes, source=source)
+        labels = {"snomed": codes, "cpsc": cpsc_labels_from_snomed(codes, source=source)}
+    meta: dict[str, Any] = {"source": source, "units": units, "comments": list(rec.comments or [])}
+    meta.update({k: v for k, v in comments.items() if k != "dx"})
+    return Ecg(
+        signal=np.ascontiguousarray(signal, dtype=np.float32),
+        fs=float(rec.fs),
+        record_id=base.name,
+        findings=findings,
+        labels=labels,
+        meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# PTB-XL
+# --------------------------------------------------------------------------------------------------
+
+#: PTB-XL SCP-ECG statements with a canonical finding (every statement of diagnostic class MI also gives MI).
+_FINDING_OF_SCP: dict[str, str] = {
+    "SR": "SR",
+    "SBRAD": "SB",
+    "STACH": "STACH",
+    "AFIB": "AF",
+    "1AVB": "IAVB",
+    "CRBBB": "RBBB",
+    "CLBBB": "LBBB",
+    "LVH": "LVH",
+    "PAC": "PAC",
+    "PVC": "PVC",
+    "STD_": "STD",
+    "INVT": "TINV",
+}
+
+
+@lru_cache(maxsize=4)
+def _ptbxl_tables(root: str, stamp: tuple[int, int]) -> tuple[Any, Any]:
+    import pandas as pd
+
+    del stamp  # part of the cache key only (files changed -> re-read)
+    db = pd.read_csv(Path(root) / "ptbxl_database.csv", index_col="ecg_id")
+    statements = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
+    return db, statements
+
+
+def _load_ptbxl(root: str | Path) -> tuple[Any, Any]:
+    root_p = Path(root)
+    files = [root_p / "ptbxl_database.csv", root_p / "scp_statements.csv"]
+    for f in files:
+        if not f.is_file():
+            raise EcgError(f"{f}: not found; a PTB-XL root holds ptbxl_database.csv and scp_statements.csv")
+    stamp = (files[0].stat().st_mtime_ns, files[1].stat().st_mtime_ns)
+    try:
+        db, statements = _ptbxl_tables(str(root_p.resolve()), stamp)
+    except Exception as exc:
+        raise EcgError(f"{root_p}: cannot read the PTB-XL tables ({type(exc).__name__}: {exc})") from None
+    need_db = {"scp_codes", "filename_lr", "filename_hr", "strat_fold"}
+    need_st = {"diagnostic", "diagnostic_class"}
+    lacking = sorted((need_db - set(db.columns)) | (need_st - set(statements.columns)))
+    if lacking:
+        raise EcgError(f"{root_p}: PTB-XL tables lack column(s) {', '.join(lacking)}")
+    return db, statements
+
+
+def _ptbxl_labels(scp: dict[str, float], statements: Any, source: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Diagnostic superclasses (PTB-XL's own aggregation: statements with ``diagnostic == 1`` -> their
+    ``diagnostic_class``, whatever the likelihood) and canonical findings of one record's SCP codes."""
+    classes: set[str] = set()
+    findings: set[str] = set()
+    for code in scp:
+        if code not in statements.index:
+            raise UnknownCodeError(f"{source}: unknown SCP-ECG code {code!r} (not in scp_statements.csv)")
+        row = statements.loc[code]
+        if row["diagnostic"] == 1 and isinstance(row["diagnostic_class"], str):
+            classes.add(row["diagnostic_class"])
+            if row["diagnostic_class"] == "MI":
+                findings.add("MI")
+        if code in _FINDING_OF_SCP:
+            findings.add(_FINDING_OF_SCP[code])
+    return tuple(c for c in PTBXL_SUPERCLASSES if c in classes), frozenset(findings)
+
+
+def read_ptbxl(root: str | Path, ecg_id: int, *, rate: int = 500) -> Ecg:
+    """Read PTB-XL record ``ecg_id`` from ``root`` (``ptbxl_database.csv``, ``scp_statements.csv``,
+    ``records500/`` or ``records100/``).
+
+    ``rate`` 500 reads ``filename_hr``, 100 reads ``filename_lr``. ``labels['ptbxl']`` holds the diagnostic
+    superclasses in :data:`~evl_ecg.ecg.labels.PTBXL_SUPERCLASSES` order; ``findings`` the canonical findings
+    of the SCP codes that have one; ``meta`` the database row (``scp_codes`` as a dict, ``strat_fold``, age, sex,
+    report, ...).
+    """
+    db, statements = _load_ptbxl(root)
+    return _ptbxl_record(Path(root), db, statements, int(ecg_id), rate)
+
+
+def _ptbxl_record(root: Path, db: Any, statements: Any, ecg_id: int, rate: int) -> Ecg:
+    csv = root / "ptbxl_database.csv"
+    if rate not in (100, 500):
+        raise EcgError(f"{csv}: rate must be 100 or 500 Hz, got {rate}")
+    if ecg_id not in db.index:
+        raise EcgError(f"{csv}: ecg_id {ecg_id} not found")
+    row = db.loc[ecg_id]
+    source = f"{csv} ecg_id {ecg_id}"
+    try:
+        scp = ast.literal_eval(row["scp_codes"])
+        if not isinstance(scp, dict):
+            raise ValueError("not a dict")
+    except (ValueError, SyntaxError):
+        raise EcgError(f"{source}: scp_codes {row['scp_codes']!r} is not a dict literal") from None
+    superclasses, findings = _ptbxl_labels(scp, statements, source)
+    ecg = read_wfdb(root / row["filename_hr" if rate == 500 else "filename_lr"])
+    if abs(ecg.fs - rate) > 1e-6:
+        raise EcgError(f"{ecg.meta['source']}: sampling rate {ecg.fs} Hz, expected {rate} Hz")
+    meta = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    meta.update(ecg_id=ecg_id, scp_codes=scp, source=ecg.meta["source"], units=ecg.meta["units"])
+    return Ecg(
+        signal=ecg.signal,
+        fs=ecg.fs,
+        record_id=f"ptbxl/{ecg_id:05d}",
+        findings=findings,
+        labels={"ptbxl": superclasses},
+        meta=meta,
+    )
+
+
+def iter_ptbxl(root: str | Path, *, rate: int = 500, folds: Iterable[int] | None = None) -> Iterator[Ecg]:
+    """PTB-XL records in ``ecg_id`` order, optionally only those whose ``strat_fold`` is in ``folds``
+    (PTB-XL's recommended split: folds 1-8 train, 9 validation, 10 test)."""
+    db, statements = _load_ptbxl(root)
+    ids = db.index if folds is None else db.index[db["strat_fold"].isin(set(folds))]
+    for ecg_id in sorted(int(i) for i in ids):
+        yield _ptbxl_record(Path(root), db, statements, ecg_id, rate)
+
+
+# --------------------------------------------------------------------------------------------------
+# CODE-15%
+# --------------------------------------------------------------------------------------------------
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "1.0", "yes"}
+    return bool(value)
+
+
+def read_code15(hdf5_path: str | Path, index: int, *, exams_csv: str | Path | None = None) -> Ecg:
+    """Read exam ``index`` of a CODE-15% HDF5 part (``tracings`` ``N x 4096 x 12`` at 400 Hz, ``exam_id`` ``N``).
+
+    The zero padding the dataset adds at both ends to reach 4096 samples (exams of 7 s or 10 s) is stripped:
+    leading and trailing samples where all 12 leads are exactly 0. Values are taken as mV
+    (:data:`CODE15_SCALE_TO_MV`). Leads are stored in standard order (DI, DII, DIII, AVR, AVL, AVF, V1-V6).
+    With ``exams.csv`` (given, or next to the HDF5 file) the exam's six boolean columns give
+    ``labels['code15']`` and ``findings`` (:func:`~evl_ecg.ecg.labels.findings_from_code15`), the other columns
+    go to ``meta``.
+    """
+    import h5py
+
+    path = Path(hdf5_path)
+    source = f"{path}[{index}]"
+    if not path.is_file():
+        raise EcgError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as h5:
+            for key in ("tracings", "exam_id"):
+                if key not in h5:
+                    raise EcgError(f"{path}: no '{key}' dataset; a CODE-15% file holds 'tracings' and 'exam_id'")
+            tracings, exam_ids = h5["tracings"], h5["exam_id"]
+            if tracings.ndim != 3 or tracings.shape[2] != len(LEADS):
+                raise EcgError(f"{path}: 'tracings' has shape {tracings.shape}, expected N x samples x 12")
+            if exam_ids.shape[0] != tracings.shape[0]:
+                raise EcgError(f"{path}: {exam_ids.shape[0]} exam_ids for {tracings.shape[0]} tracings")
+            if not 0 <= index < tracings.shape[0]:
+                raise EcgError(f"{path}: index {index} out of range (0-{tracings.shape[0] - 1})")
+            raw = np.asarray(tracings[index], dtype=np.float64).T  # 12 x 4096
+            exam_id = int(exam_ids[index])
+    except EcgError:
+        raise
+    except Exception as exc:  # h5py raises OSError for broken files
+        raise EcgError(f"{path}: cannot read HDF5 ({type(exc).__name__}: {exc})") from None
+    _check_finite(raw, source)
+    nonzero = np.nonzero(np.any(raw != 0, axis=0))[0]
+    if nonzero.size < 2:
+        raise EcgError(f"{source}: exam {exam_id} is all zeros (padding only)")
+    start, stop = int(nonzero[0]), int(nonzero[-1]) + 1
+    signal = raw[:, start:stop] * CODE15_SCALE_TO_MV
+    meta: dict[str, Any] = {
+        "source": str(path),
+        "index": index,
+        "exam_id": exam_id,
+        "pad_start": start,
+        "pad_end": raw.shape[1] - stop,
+    }
+    labels: dict[str, tuple[str, ...]] = {}
+    findings: frozenset[str] = frozenset()
+    csv_path = Path(exams_csv) if exams_csv is not None else path.parent / "exams.csv"
+    if exams_csv is not None or csv_path.is_file():
+        row = _code15_row(csv_path, exam_id)
+        flags = {label: _flag(row[label]) for label in CODE15_COLUMNS}
+        labels = {"code15": tuple(label for label in CODE15_LABELS if flags[label])}
+        findings = findings_from_code15(flags)
+        meta.update({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k not in CODE15_COLUMNS})
+    return Ecg(
+        signal=np.ascontiguousarray(signal, dtype=np.float32),
+        fs=CODE15_FS,
+        record_id=f"code15/{exam_id}",
+        findings=findings,
+        labels=labels,
+        meta=meta,
+    )
+
+
+@lru_cache(maxsize=4)
+def _code15_table(path: str, stamp: int) -> Any:
+    import pandas as pd
+
+    del stamp
+    return pd.read_csv(path)
+
+
+def _code15_row(csv_path: Path, exam_id: int) -> Any:
+    if not csv_path.is_file():
+        raise EcgError(f"{csv_path}: no such exams.csv")
+    table = _code15_table(str(csv_path.resolve()), csv_path.stat().st_mtime_ns)
+    missing = [c for c in ("exam_id", *CODE15_COLUMNS) if c not in table.columns]
+    if missing:
+        raise EcgError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    rows = table[table["exam_id"] == exam_id]
+    if len(rows) != 1:
+        raise EcgError(f"{csv_path}: exam_id {exam_id} found {len(rows)} times, expected once")
+    return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------------
+
+
+def _dicom_lead_name(channel: Any) -> str:
+    """'Lead I (Einthoven)' / 'Lead aVR' / channel label -> the name as written, parenthetical removed."""
+    name = ""
+    if "ChannelSourceSequence" in channel and len(channel.ChannelSourceSequence):
+        name = str(channel.ChannelSourceSequence[0].get("CodeMeaning", ""))
+    if not name:
+        name = str(channel.get("ChannelLabel", ""))
+    return re.sub(r"\s*\(.*\)\s*$", "", name).strip()
+
+
+def read_dicom(path: str | Path) -> Ecg:
+    """Read a 12-lead ECG DICOM waveform (pydicom): the first multiplex group of ``WaveformSequence`` with all
+    12 standard leads (a ``RHYTHM`` group before a ``MEDIAN BEAT`` one).
+
+    Samples are scaled by pydicom (channel sensitivity, correction factor, baseline) and converted from each
+    channel's sensitivity unit (``uV``, ``mV``, ``V``) to mV; leads are named from the channel source's code
+    meaning (``'Lead I (Einthoven)'`` -> ``'I'``).
+    """
+    import pydicom
+
+    p = Path(path)
+    source = str(p)
+    try:
+        ds = pydicom.dcmread(p)
+    except Exception as exc:
+        raise EcgError(f"{source}: cannot read DICOM ({type(exc).__name__}: {exc})") from None
+    if "WaveformSequence" not in ds or not len(ds.WaveformSequence):
+        raise EcgError(f"{source}: no WaveformSequence (not a DICOM waveform)")
+    groups = list(ds.WaveformSequence)
+    order = sorted(range(len(groups)), key=lambda i: str(groups[i].get("MultiplexGroupLabel", "")).upper() != "RHYTHM")
+    problems: list[str] = []
+    for gi in order:
+        group = groups[gi]
+        channels = list(group.get("ChannelDefinitionSequence", []))
+        names = [_dicom_lead_name(ch) for ch in channels]
+        label = str(group.get("MultiplexGroupLabel", gi))
+        try:
+            arr = ds.waveform_array(gi).T.astype(np.float64)  # channels x n, sensitivity applied
+            if arr.shape[0] != len(names):
+                raise EcgError(f"group {label}: {arr.shape[0]} channels but {len(names)} definitions")
+            units = [
+                str(ch.ChannelSensitivityUnitsSequence[0].CodeValue) if "ChannelSensitivityUnitsSequence" in ch else ""
+                for ch in channels
+            ]
+            scale = np.array([_mv_per_unit(u, f"group {label}", n) for u, n in zip(units, names, strict=True)])
+            signal = _to_standard_order(arr * scale[:, None], names, f"group {label}")
+        except EcgError as exc:
+            problems.append(str(exc))
+            continue
+        except Exception as exc:
+            problems.append(f"group {label}: {type(exc).__name__}: {exc}")
+            continue
+        _check_finite(signal, source)
+        fs = float(group.SamplingFrequency)
+        meta = {
+            "source": source,
+            "multiplex_group": label,
+            "units": units,
+            "patient_age": str(ds.get("PatientAge", "")),
+            "patient_sex": str(ds.get("PatientSex", "")),
+        }
+        return Ecg(
+            signal=np.ascontiguousarray(signal, dtype=np.float32),
+            fs=fs,
+            record_id=p.stem,
+            meta=meta,
+        )
+    raise EcgError(f"{source}: no 12-lead waveform group ({'; '.join(problems)})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------
+
+
+def read_record(path: str | Path, index: int | None = None) -> Ecg:
+    """Read one ECG, choosing the reader by suffix: ``.hea``/``.dat`` or a WFDB base name -> :func:`read_wfdb`;
+    ``.dcm`` -> :func:`read_dicom`; ``.h5``/``.hdf5`` -> :func:`read_code15` (``index`` required)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in {".h5", ".hdf5"}:
+        if index is None:
+            raise EcgError(f"{p}: an HDF5 file holds many exams; give index")
+        return read_code15(p, index)
+    if index is not None:
+        raise EcgError(f"{p}: index is only meaningful for HDF5 files")
+    if suffix == ".dcm":
+        return read_dicom(p)
+    if suffix in {".hea", ".dat"} or Path(f"{p}.hea").is_file():
+        return read_wfdb(p)
+    raise EcgError(f"{p}: unknown ECG file type (expected .hea/.dat WFDB, .dcm, .h5/.hdf5)")
