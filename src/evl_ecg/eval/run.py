@@ -1,0 +1,258 @@
+"""Evaluate one model on ECGBench-style subsets: generate (resumable), score with both scorers, likelihood AUC/ECE.
+
+Layout written under ``out_dir``::
+
+    <subset>/predictions.jsonl    PULSE-format generations (:func:`evl_ecg.eval.generate.generate_predictions`)
+    <subset>/likelihood.json      label probabilities of a multi-label subset (:mod:`evl_ecg.eval.likelihood`)
+    scores.json                   the score document of ``evl-ecg eval score`` plus ``model``, ``generation``
+                                  and ``likelihood`` sections (``evl-ecg report`` reads it like any score file)
+
+Bench files are ``bench_dir/<subset>.json`` (or ``.jsonl``), named as ECGBench's configs; images are looked up under
+``image_root`` (default: ``bench_dir/images`` if it exists, else ``bench_dir/../images``: the layouts of ECGBench's
+``data/ECGBench`` and of ``evl-ecg data corpus``). Everything resumes: generation skips ids already written, and
+a subset's ``likelihood.json`` is reused when it covers the same ids and classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evl_ecg.data.records import Record, RecordError, atomic_write_bytes, open_image
+from evl_ecg.ecg.labels import VOCABULARIES
+from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
+from evl_ecg.eval.likelihood import (
+    MULTI_LABEL_SUBSETS,
+    expected_calibration_error,
+    label_scores,
+    roc_auc_macro,
+    roc_auc_per_class,
+)
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.jsonl"
+LIKELIHOOD_FILE = "likelihood.json"
+SCORES_FILE = "scores.json"
+
+
+def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Records of a bench file (JSON list or JSONL), each validated on its own: ``(records, [(id, reason)])``.
+
+    LLaVA's image-token treatment is applied (``<image>`` moved to the start of the first human turn as PULSE's
+    inference does); a bad or duplicate record is reported and left out, never dropped silently.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = list(enumerate(json.loads(text), start=1))
+    else:
+        rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    records: list[Record] = []
+    failed: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, row in rows:
+        if isinstance(row, str):
+            try:
+                row = json.loads(row)
+            except json.JSONDecodeError as exc:
+                failed.append((f"{path.name}:{n}", f"invalid JSON ({exc.msg})"))
+                continue
+        rid = str(row.get("id")) if isinstance(row, dict) else f"{path.name}:{n}"
+        try:
+            record = Record.from_dict(row, source=f"{path}: item {n}", normalize_image_token=True)
+        except (RecordError, TypeError, AttributeError) as exc:
+            failed.append((rid, str(exc)))
+            continue
+        if record.id in seen:
+            failed.append((rid, f"{path}: item {n}: duplicate id"))
+            continue
+        seen.add(record.id)
+        records.append(record)
+    return records, failed
+
+
+def _bench_files(bench_dir: Path, subsets: Sequence[str] | None) -> tuple[dict[str, Path], list[str]]:
+    from evl_ecg.eval.predictions import TASKS, subset_from_path
+
+    found: dict[str, Path] = {}
+    skipped: list[str] = []
+    for path in sorted(bench_dir.iterdir()):
+        if path.suffix not in (".json", ".jsonl") or not path.is_file():
+            continue
+        name = subset_from_path(path.name)
+        if name is None or name not in TASKS:
+            skipped.append(f"{path.name}: not a scored ECGBench subset")
+            continue
+        if subsets is not None and name not in subsets:
+            continue
+        if name in found:
+            raise ValueError(f"{bench_dir}: two bench files for {name}: {found[name].name} and {path.name}")
+        found[name] = path
+    if subsets is not None:
+        missing = sorted(set(subsets) - set(found))
+        if missing:
+            raise FileNotFoundError(f"{bench_dir}: no bench file for {', '.join(missing)}")
+    if not found:
+        raise FileNotFoundError(f"{bench_dir}: no bench file named after an ECGBench subset")
+    return found, skipped
+
+
+def _default_image_root(bench_dir: Path) -> Path:
+    return bench_dir / "images" if (bench_dir / "images").is_dir() else bench_dir.parent / "images"
+
+
+def _score(bench_dir: Path, out_dir: Path, scorer: str, subsets: Sequence[str], model_id: str) -> dict[str, Any]:
+    """Score ``out_dir/<subset>/predictions.jsonl`` with the scoring helper's API (``evl-ecg eval score``)."""
+    from evl_ecg.eval.commands import score_paths
+
+    doc = score_paths(bench_dir, out_dir, scorer=scorer, method=model_id)
+    doc["results"] = [r for r in doc["results"] if r["subset"] in subsets]
+    return doc
+
+
+def _likelihood(
+    adapter: Any, records: list[Record], loader: Any, subset: str, path: Path, batch_size: int, progress: bool
+) -> dict[str, Any]:
+    vocabulary = MULTI_LABEL_SUBSETS[subset]
+    classes = list(VOCABULARIES[vocabulary])
+    cached = json.loads(path.read_text()) if path.exists() else None
+    failed: list[tuple[str, str]] = []
+    if (
+        cached
+        and cached.get("classes") == classes
+        and set(cached["ids"]) | {f[0] for f in cached["failed"]} == {r.id for r in records}
+    ):
+        ids, probs, gold = cached["ids"], np.asarray(cached["probs"]), np.asarray(cached["gold"])
+        failed = [tuple(f) for f in cached["failed"]]
+    else:
+        ids, probs, gold = label_scores(
+            adapter, records, loader, vocabulary, batch_size=batch_size, progress=progress, failed=failed
+        )
+        data = {"classes": classes, "ids": ids, "probs": probs.tolist(), "gold": gold.tolist(), "failed": failed}
+        atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
+    per_class = roc_auc_per_class(gold, probs) if len(ids) else [math.nan] * len(classes)
+    auc = roc_auc_macro(gold, probs) if len(ids) else math.nan
+    ece = expected_calibration_error(gold, probs) if len(ids) else math.nan
+    return {
+        "vocabulary": vocabulary,
+        "n": len(ids),
+        "auc": _json_float(auc),
+        "ece": _json_float(ece),
+        "per_class_auc": {c: _json_float(a) for c, a in zip(classes, per_class, strict=True)},
+        "failed": [list(f) for f in failed],
+        "method": "sigmoid(mean log p(answer naming the label) - mean log p(null answer)); see docs/eval.md",
+        "file": str(path),
+    }
+
+
+def _json_float(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def evaluate_model(
+    model_dir_or_adapter: Any,
+    bench_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    scorer: str | None = "both",
+    max_new_tokens: int = PULSE_MAX_NEW_TOKENS,
+    batch_size: int = 8,
+    subsets: Sequence[str] | None = None,
+    likelihood: bool = True,
+    image_root: str | os.PathLike[str] | None = None,
+    model_id: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate, score and (multi-label subsets) likelihood-score one model; write ``out_dir/scores.json``.
+
+    Args:
+        model_dir_or_adapter: a local checkpoint folder (loaded with :func:`evl_ecg.models.load_adapter`) or an
+            :class:`~evl_ecg.models.base.Adapter`.
+        bench_dir: folder of ``<subset>.json`` bench files.
+        out_dir: where predictions, likelihoods and ``scores.json`` go.
+        scorer: ``pulse``, ``strict``, ``both`` (the ``evl-ecg eval score`` scorers), or ``None`` to only generate.
+        max_new_tokens, batch_size: generation settings (greedy; PULSE: 1024 new tokens).
+        subsets: subset names to run (default: every bench file named after a scored subset).
+        likelihood: compute label-probability AUC and ECE for ``ptb-test``, ``code15-test``, ``cpsc-test``.
+        image_root: image folder (default: see the module docstring).
+        model_id: the predictions' ``model_id`` and the score document's ``method`` (default: the folder name,
+            or the adapter's family).
+        device: move the model there first (``"cuda"``); default: leave it where it is.
+        progress: tqdm bars.
+
+    Returns:
+        The document written to ``scores.json``: the scorer's ``format``/``method``/``results``/``errors``, plus
+        ``model``, ``generation`` (per subset: written, resumed, failed records) and ``likelihood`` (per multi-label
+        subset: ``auc``, ``ece``, per-class AUC, ``n``, failures).
+    """
+    bench_dir, out_dir = Path(bench_dir), Path(out_dir)
+    if isinstance(model_dir_or_adapter, (str, os.PathLike)):
+        from evl_ecg.models import load_adapter
+
+        adapter = load_adapter(model_dir_or_adapter)
+        model_id = model_id or Path(model_dir_or_adapter).resolve().name
+        model_desc = str(model_dir_or_adapter)
+    else:
+        adapter = model_dir_or_adapter
+        model_id = model_id or adapter.family or type(adapter).__name__
+        model_desc = model_id
+    if device is not None:
+        adapter.model.to(device)
+    files, skipped = _bench_files(bench_dir, subsets)
+    root = Path(image_root) if image_root is not None else _default_image_root(bench_dir)
+
+    def loader(record: Record) -> Any:
+        return open_image(record, root)
+
+    generation: dict[str, Any] = {}
+    likelihoods: dict[str, Any] = {}
+    for subset, path in files.items():
+        records, bad = read_bench_records(path)
+        for rid, reason in bad:
+            logger.warning("%s: record %r not evaluated: %s", subset, rid, reason)
+        result = generate_predictions(
+            adapter,
+            records,
+            loader,
+            out_dir / subset / PREDICTIONS_FILE,
+            model_id=model_id,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        generation[subset] = {
+            "bench": str(path),
+            "records": len(records) + len(bad),
+            "written": result.written,
+            "resumed": result.resumed,
+            "failed": [list(f) for f in bad + result.failed],
+        }
+        if likelihood and subset in MULTI_LABEL_SUBSETS:
+            likelihoods[subset] = _likelihood(
+                adapter, records, loader, subset, out_dir / subset / LIKELIHOOD_FILE, batch_size, progress
+            )
+    if scorer is not None:
+        doc = _score(bench_dir, out_dir, scorer, list(files), model_id)
+    else:
+        doc = {"format": 1, "method": model_id, "seed": None, "results": [], "errors": [], "unpaired": []}
+    doc.update(
+        {
+            "model": model_desc,
+            "image_root": str(root),
+            "settings": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "greedy": True},
+            "generation": generation,
+            "likelihood": likelihoods,
+            "skipped_bench_files": skipped,
+        }
+    )
+    atomic_write_bytes(out_dir / SCORES_FILE, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    return doc

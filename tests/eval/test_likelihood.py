@@ -1,0 +1,138 @@
+"""Likelihood label scores: equal to a hand-computed teacher-forced log-likelihood; AUC = sklearn; ECE by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from sklearn.metrics import roc_auc_score
+
+from evl_ecg.ecg.labels import CPSC_LABELS
+from evl_ecg.eval.likelihood import (
+    expected_calibration_error,
+    format_answer,
+    gold_labels,
+    infer_answer_style,
+    infer_null_answer,
+    label_scores,
+    roc_auc_macro,
+)
+from evl_ecg.models import build_tiny_student
+
+PROMPT = "<image>\nPlease determine the appropriate diagnosis for the ECG image: atrial fibrillation, normal ECG."
+NONE = "None of the listed diagnoses apply."
+
+
+def cpsc_record(i, answer, labels=None):
+    rec = {
+        "id": f"cpsc-{i}",
+        "image": f"cpsc/{i}.png",
+        "conversations": [{"from": "human", "value": PROMPT}, {"from": "gpt", "value": answer}],
+    }
+    if labels is not None:
+        rec["labels"] = {"cpsc": labels}
+    return rec
+
+
+RECORDS = [cpsc_record(0, "AF; RBBB"), cpsc_record(1, NONE), cpsc_record(2, "NORM"), cpsc_record(3, "PVC; STE")]
+
+
+def load_image(record):
+    seed = int(record["id"].split("-")[1])
+    img = Image.new("RGB", (64, 64), (255, 250, 245))
+    ImageDraw.Draw(img).line([(x, 30 - (10 if (x + 5 * seed) % 17 < 3 else 0)) for x in range(0, 64, 2)], fill=0)
+    return img
+
+
+@pytest.fixture(scope="module")
+def student():
+    texts = [PROMPT.replace("<image>\n", ""), NONE, "; ".join(CPSC_LABELS), "AF; RBBB", "PVC; STE"]
+    return build_tiny_student(texts * 8, seed=0)
+
+
+def manual_mean_loglik(adapter, record, answer):
+    """Teacher-forced mean log-prob of ``answer`` (+ end token) by hand, from the raw model's logits."""
+    conv = {**record, "conversations": [record["conversations"][0], {"from": "gpt", "value": answer}]}
+    sample = adapter.encode(conv, load_image(record))
+    batch = {k: v[None] if k != "pixel_values" and k != "image_grid_thw" else v for k, v in sample.items()}
+    with torch.no_grad():
+        logits = adapter.model(**adapter.model_inputs(batch)).logits[0]
+    labels = sample["labels"]
+    logp = F.log_softmax(logits.double(), dim=-1)
+    terms = [float(logp[t - 1, labels[t]]) for t in range(1, len(labels)) if labels[t] != -100]
+    return sum(terms) / len(terms)
+
+
+def test_scores_equal_hand_computed_likelihood_ratio(student):
+    ids, probs, gold = label_scores(student, RECORDS, load_image, "cpsc", batch_size=4)
+    assert ids == [r["id"] for r in RECORDS]
+    assert probs.shape == gold.shape == (4, len(CPSC_LABELS))
+    assert np.all((probs > 0) & (probs < 1))
+    for i in (0, 3):
+        null = manual_mean_loglik(student, RECORDS[i], NONE)
+        for c in (1, 6):  # AF, PVC
+            want = 1 / (1 + math.exp(-(manual_mean_loglik(student, RECORDS[i], CPSC_LABELS[c]) - null)))
+            assert probs[i, c] == pytest.approx(want, abs=2e-5)
+
+
+def test_batch_size_does_not_change_scores(student):
+    _, p1, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=1)
+    _, p7, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=7)
+    np.testing.assert_allclose(p7, p1, atol=2e-5)
+
+
+def test_gold_matrix_follows_the_scorer_rule(student):
+    _, _, gold = label_scores(student, RECORDS, load_image, "cpsc", batch_size=10)
+    want = np.zeros((4, 9), dtype=int)
+    want[0, [1, 4]] = 1  # AF, RBBB
+    want[2, 0] = 1  # NORM
+    want[3, [6, 8]] = 1  # PVC, STE
+    np.testing.assert_array_equal(gold, want)
+
+
+def test_unusable_records_are_reported(student):
+    bad = {"id": "cpsc-9", "image": "x.png", "conversations": [{"from": "human", "value": PROMPT}]}
+    failed = []
+    ids, probs, _ = label_scores(student, [RECORDS[0], bad], load_image, "cpsc", failed=failed)
+    assert ids == ["cpsc-0"] and probs.shape == (1, 9)
+    assert [f[0] for f in failed] == ["cpsc-9"]
+
+
+def test_gold_labels_and_answer_formats():
+    assert gold_labels(cpsc_record(0, "AF; RBBB"), "cpsc") == ["AF", "RBBB"]
+    assert gold_labels(cpsc_record(0, "text without codes", labels=["STE", "AF"]), "cpsc") == ["AF", "STE"]
+    code15 = [
+        cpsc_record(i, a) for i, a in enumerate(["NORM", "ABNORMAL", "ST(sinus tachycardia); AF(atrial fibrillation)"])
+    ]
+    assert [gold_labels(r, "code15") for r in code15] == [[], [], ["ST", "AF"]]
+    assert infer_answer_style(code15, "code15") == "coded"
+    assert infer_answer_style(RECORDS, "cpsc") == "code"
+    assert format_answer(["1dAVb"], "code15", "coded") == "1dAVb(1st degree av block)"
+    assert infer_null_answer(code15, "code15") == "NORM"
+    assert infer_null_answer(RECORDS, "cpsc") == NONE
+
+
+def test_roc_auc_macro_equals_sklearn_mean():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, size=(30, 4))
+    scores = rng.random((30, 4)) + 0.3 * gold
+    want = np.mean([roc_auc_score(gold[:, c], scores[:, c]) for c in range(4)])
+    assert roc_auc_macro(gold, scores) == pytest.approx(want, abs=1e-12)
+    gold[:, 2] = 0  # a class absent from gold has no AUC: left out of the mean
+    want = np.mean([roc_auc_score(gold[:, c], scores[:, c]) for c in (0, 1, 3)])
+    assert roc_auc_macro(gold, scores) == pytest.approx(want, abs=1e-12)
+    assert math.isnan(roc_auc_macro(np.zeros((3, 2)), np.ones((3, 2))))
+
+
+def test_ece_hand_worked_example():
+    # bins of width 0.1: 0.1 -> [0.1, 0.2); 0.3 and 0.35 -> [0.3, 0.4); 0.9 -> [0.9, 1.0]
+    # ECE = 1/4 |0 - 0.1| + 2/4 |0.5 - 0.325| + 1/4 |1 - 0.9| = 0.025 + 0.0875 + 0.025 = 0.1375
+    probs = np.array([[0.1, 0.3], [0.35, 0.9]])
+    gold = np.array([[0, 1], [0, 1]])
+    assert expected_calibration_error(gold, probs) == pytest.approx(0.1375, abs=1e-12)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0  # p = 1 lands in the last bin
+    assert expected_calibration_error(np.array([1, 1]), np.array([0.55, 0.55]), n_bins=2) == pytest.approx(0.45)
+    with pytest.raises(ValueError):
+        expected_calibration_error(np.array([1]), np.array([1.5]))
