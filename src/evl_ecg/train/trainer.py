@@ -196,6 +196,8 @@ class EvlTrainer(Trainer):
 
     # ---- checkpoints: student as a transformers checkpoint, objective beside it -------------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:  # only the main process writes
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         module = self.accelerator.unwrap_model(self.model)
@@ -227,12 +229,13 @@ def export_student(module: DistillModule, processor: Any, out_dir: str | Path) -
         import shutil
 
         shutil.rmtree(tmp)
-    module.student.save_pretrained(tmp, safe_serialization=True)
     adapter = getattr(module, "_adapter", None)
-    if adapter is not None and hasattr(adapter, "save_processor"):
-        adapter.save_processor(tmp)
-    elif processor is not None and hasattr(processor, "save_pretrained"):
-        processor.save_pretrained(tmp)
+    if adapter is not None:
+        adapter.save_pretrained(tmp)  # model, tokenizer, image processor and adapter settings
+    else:
+        module.student.save_pretrained(tmp)
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(tmp)
     if out_dir.exists():
         import shutil
 

@@ -1,0 +1,195 @@
+"""One function per run: build the models, the objective and the data of a phase, train, export.
+
+Phases (``EvlConfig.phase``):
+
+* ``teacher`` (offline default only): the tiny teacher learns the synthetic corpus by CE; its tokenizer is trained
+  on the corpus text when no checkpoint is given.
+* ``sft``: the student learns the corpus by CE (paper phase 1); a tiny student is built when none is given.
+* ``kd``: the student (the SFT checkpoint) learns from CE plus the distillation terms of ``method`` (paper phase 2),
+  with the teacher frozen.
+
+Every run directory holds ``provenance.json`` (resolved config, package versions, git commit, data manifest hash),
+``trainer_state``-style ``log_history.json``, ``checkpoint-*`` directories (resumable) and the exported student
+(``student/``: a plain transformers checkpoint without the objective's modules).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from evl_ecg.data.paired import PairedCollator, PairedDataset
+from evl_ecg.data.records import Record, load_records, open_image
+from evl_ecg.distill.objective import Objective
+from evl_ecg.models import load_adapter
+from evl_ecg.models.base import Adapter, make_loss_context
+from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
+from evl_ecg.models.tokenizers import corpus_from_records
+from evl_ecg.train.config import EvlConfig
+from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student
+
+PACKAGES = ("evl-ecg", "torch", "transformers", "tokenizers", "accelerate", "pot", "numpy", "pillow", "scikit-learn")
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: where, the exported student, the Trainer's log history, wall time."""
+
+    output_dir: Path
+    student_dir: Path
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    objective: str = ""
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _manifest_hash(train_file: str | None) -> str | None:
+    if not train_file:
+        return None
+    manifest = Path(train_file).parent / "manifest.json"
+    target = manifest if manifest.exists() else Path(train_file)
+    return hashlib.sha256(target.read_bytes()).hexdigest() if target.exists() else None
+
+
+def write_provenance(config: EvlConfig, out_dir: Path, **extra: Any) -> Path:
+    """``provenance.json``: the resolved config, package versions, git commit, data manifest hash (atomic)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    data = {
+        "config": json.loads(config.to_json_string()),
+        "packages": versions,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "data_manifest_sha256": _manifest_hash(config.train_file),
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "provenance.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_records(config: EvlConfig) -> list[Record]:
+    if not config.train_file:
+        raise ValueError("train_file is not set: give the ECGInstruct-format training file")
+    records = load_records(config.train_file)
+    if config.max_train_samples is not None:
+        records = records[: config.max_train_samples]
+    if not records:
+        raise ValueError(f"{config.train_file}: no training records")
+    return records
+
+
+def image_loader(config: EvlConfig) -> Any:
+    """``record -> PIL image``; the image root defaults to ``images/`` beside the training file (our corpus layout)."""
+    root = config.image_root
+    if root is None:
+        parent = Path(config.train_file).parent
+        root = str(parent / "images") if (parent / "images").is_dir() else str(parent)
+    return lambda record: open_image(record, root)
+
+
+def _student_adapter(config: EvlConfig, records: list[Record]) -> Adapter:
+    kwargs: dict[str, Any] = {}
+    if config.student:
+        if config.phase in ("sft", "kd"):
+            kwargs = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
+        try:
+            return load_adapter(config.student, **kwargs)
+        except TypeError:
+            return load_adapter(config.student)
+    texts = corpus_from_records(records)
+    if config.phase == "teacher":
+        return build_tiny_teacher(texts, seed=config.seed)
+    if config.phase == "sft":
+        return build_tiny_student(texts, seed=config.seed)
+    raise ValueError("phase 'kd' needs a student checkpoint (the SFT run's student/ directory)")
+
+
+def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
+    if config.phase in ("teacher", "sft"):
+        return Objective.from_preset("sft", make_loss_context(student))
+    overrides = dict(config.objective or {})
+    return Objective.from_preset(config.method, make_loss_context(student, teacher), **overrides)
+
+
+def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:
+    """Train one phase as ``config`` says; resume from the last checkpoint in ``output_dir`` when there is one.
+
+    ``callbacks`` are transformers ``TrainerCallback`` objects added to the Trainer's own.
+    """
+    t0 = time.perf_counter()
+    set_seed(config.seed)
+    out_dir = Path(config.output_dir)
+    records = load_training_records(config)
+    student = _student_adapter(config, records)
+    teacher = None
+    if config.phase == "kd":
+        if not config.teacher:
+            raise ValueError("phase 'kd' needs a teacher checkpoint (teacher=DIR)")
+        teacher = load_adapter(config.teacher)
+    objective = build_objective(config, student, teacher)
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"objective {objective} needs a teacher")
+    if not objective.needs_teacher:
+        teacher = None
+    if config.freeze_vision and hasattr(student.model.model, "visual"):
+        for name, param in student.model.model.visual.named_parameters():
+            if "merger" not in name:
+                param.requires_grad_(False)
+    dataset = PairedDataset(records, image_loader(config), teacher, student)
+    collator = PairedCollator(student, teacher)
+    module = DistillModule(student, objective, needs=objective.requires)
+    trainer = EvlTrainer(
+        model=module,
+        args=config,
+        train_dataset=dataset,
+        data_collator=collator,
+        teacher=teacher,
+        callbacks=callbacks,
+    )
+    if trainer.args.should_save:
+        write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records))
+    checkpoint = None
+    if resume is True and out_dir.exists():
+        checkpoint = get_last_checkpoint(str(out_dir))
+    elif isinstance(resume, str):
+        checkpoint = resume
+    trainer.train(resume_from_checkpoint=checkpoint)
+    student_dir = out_dir / STUDENT_DIR
+    history = trainer.state.log_history
+    if trainer.args.should_save:  # only the main process writes
+        export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir)
+        tmp = out_dir / "log_history.json.tmp"
+        tmp.write_text(json.dumps(history, indent=1))
+        os.replace(tmp, out_dir / "log_history.json")
+    trainer.accelerator.wait_for_everyone()
+    return RunResult(out_dir, student_dir, history, time.perf_counter() - t0, str(objective))
