@@ -1,0 +1,225 @@
+"""``evl-ecg eval score`` (score ECGBench predictions) and ``evl-ecg report`` (Table-1 style result tables).
+
+``score`` prints one JSON document on stdout (also written to ``--out``); warnings and errors go to stderr as
+``warning: ...`` / ``error: ...`` lines. The exit status is 1 when a file could not be scored (its error is in the
+document's ``errors`` too), 0 otherwise; bad rows inside a scored file are counted in its ``input`` section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from evl_ecg.eval.predictions import (
+    SUBSETS,
+    EvalInputError,
+    load_bench,
+    load_predictions,
+    resolve_subset,
+    run_from_path,
+    subset_from_path,
+)
+from evl_ecg.eval.scoring import ECGQA_RULES, SCORERS, ScoreOptions, new_pulse_rng, score_file
+
+app = typer.Typer(
+    name="eval",
+    help="Score predictions on ECGBench; generate and evaluate models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+SCORE_FORMAT = 1
+
+
+@app.callback()
+def _eval() -> None:
+    """Score predictions on ECGBench; generate and evaluate models."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _bench_files(bench: Path, subset: str | None) -> dict[str, Path]:
+    """Gold file per subset: one file (its subset from ``subset`` or its name), or every ``*.json``/``*.jsonl`` of a
+    folder whose name names a subset (other files are ignored: a gold folder may hold images and more)."""
+    if bench.is_file():
+        return {resolve_subset(bench, subset, what="gold"): bench}
+    if not bench.is_dir():
+        raise EvalInputError(f"{bench}: no such file or folder")
+    found: dict[str, Path] = {}
+    for path in sorted(bench.iterdir()):
+        if path.suffix not in (".json", ".jsonl") or not path.is_file():
+            continue
+        name = subset_from_path(path.name)
+        if name is None or (subset is not None and name != subset):
+            continue
+        if name in found:
+            raise EvalInputError(f"{bench}: two gold files for {name}: {found[name].name} and {path.name}")
+        found[name] = path
+    if not found:
+        raise EvalInputError(f"{bench}: no gold file named after a subset ({', '.join(SUBSETS)})")
+    return found
+
+
+def _pred_files(pred: Path, subset: str | None) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(subset, file) pairs to score, in PULSE's order (subset order of its ``__main__``, then path), and the
+    ``*.jsonl`` files of a folder whose subset cannot be told (reported, not scored)."""
+    if pred.is_file():
+        return [(resolve_subset(pred, subset, what="prediction"), pred)], []
+    if not pred.is_dir():
+        raise EvalInputError(f"{pred}: no such file or folder")
+    pairs: list[tuple[str, Path]] = []
+    unpaired: list[str] = []
+    for path in sorted(pred.rglob("*.jsonl")):
+        try:
+            named = subset_from_path(path.relative_to(pred)) or subset_from_path(path)
+        except EvalInputError as exc:
+            unpaired.append(f"{exc}; not scored")
+            continue
+        if subset is not None and named is not None and named != subset:
+            unpaired.append(f"{path}: names subset {named!r}, not {subset!r}; not scored")
+            continue
+        name = subset or named
+        if name is None:
+            unpaired.append(f"{path}: names no ECGBench subset; not scored")
+            continue
+        pairs.append((name, path))
+    pairs.sort(key=lambda sp: (SUBSETS.index(sp[0]), str(sp[1])))
+    return pairs, unpaired
+
+
+def score_paths(
+    bench: str | os.PathLike[str],
+    pred: str | os.PathLike[str],
+    *,
+    scorer: str = "both",
+    subset: str | None = None,
+    options: ScoreOptions | None = None,
+    method: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Score a prediction file or folder against a gold file or folder; the score document (see module doc).
+
+    One ``random.Random(42)`` serves the whole run (pulse MCQ fallback), consumed in PULSE's file order.
+    """
+    scorers = list(SCORERS) if scorer == "both" else [scorer]
+    if any(s not in SCORERS for s in scorers):
+        raise EvalInputError(f"unknown scorer {scorer!r}; known: pulse, strict, both")
+    options = options or ScoreOptions()
+    bench, pred = Path(bench), Path(pred)
+    gold_files = _bench_files(bench, subset)
+    pred_files, unpaired = _pred_files(pred, subset)
+    if pred.is_dir() and not pred_files:
+        raise EvalInputError(f"{pred}: no *.jsonl prediction file named after a subset")
+    path_method, path_seed = run_from_path(pred.resolve())
+    rng = new_pulse_rng()
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    gold_cache: dict[str, Any] = {}
+    for name, path in pred_files:
+        if name not in gold_files:
+            errors.append(f"{path}: no gold file for {name} under {bench}")
+            continue
+        try:
+            if name not in gold_cache:
+                gold_cache[name] = load_bench(gold_files[name])
+            rows, read_issues = load_predictions(path)
+            for s in scorers:
+                result = score_file(
+                    gold_cache[name],
+                    rows,
+                    subset=name,
+                    scorer=s,
+                    read_issues=read_issues,
+                    rng=rng if s == "pulse" else None,
+                    options=options,
+                    source=str(path),
+                )
+                result["bench"] = str(gold_files[name])
+                results.append(result)
+        except EvalInputError as exc:
+            errors.append(str(exc))
+    return {
+        "format": SCORE_FORMAT,
+        "method": method if method is not None else path_method,
+        "seed": seed if seed is not None else path_seed,
+        "bench": str(bench),
+        "pred": str(pred),
+        "results": results,
+        "errors": errors,
+        "unpaired": unpaired,
+    }
+
+
+@app.command()
+def score(
+    bench: Path = typer.Option(..., "--bench", help="Gold ECGBench file (<subset>.json) or a folder of them."),
+    pred: Path = typer.Option(..., "--pred", help="Prediction JSONL file, or a folder searched for *.jsonl."),
+    scorer: str = typer.Option("both", "--scorer", help="pulse | strict | both."),
+    subset: str | None = typer.Option(None, "--subset", help="Subset name when the paths do not name it."),
+    official_counts: bool = typer.Option(
+        False, "--official-counts", help="Refuse MCQ files without PULSE's line counts (1611 / 2026 / 200)."
+    ),
+    ecgqa_rule: str = typer.Option("pulse", "--ecgqa-rule", help="pulse | gem (ECG-QA rule of the pulse scorer)."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON document here."),
+    method: str | None = typer.Option(None, "--method", help="Method name recorded for `evl-ecg report`."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed recorded for `evl-ecg report`."),
+) -> None:
+    """Score predictions with the pulse and/or strict scorer and print the metrics as JSON."""
+    if scorer not in (*SCORERS, "both"):
+        raise typer.BadParameter(f"--scorer must be pulse, strict or both, got {scorer!r}")
+    if ecgqa_rule not in ECGQA_RULES:
+        raise typer.BadParameter(f"--ecgqa-rule must be pulse or gem, got {ecgqa_rule!r}")
+    try:
+        doc = score_paths(
+            bench,
+            pred,
+            scorer=scorer,
+            subset=subset,
+            options=ScoreOptions(official_counts=official_counts, ecgqa_rule=ecgqa_rule),
+            method=method,
+            seed=seed,
+        )
+    except EvalInputError as exc:
+        _fail(str(exc))
+        return
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    typer.echo(text)
+    for result in doc["results"]:
+        for w in result["warnings"]:
+            typer.echo(f"warning: [{result['subset']} {result['scorer']}] {w}", err=True)
+    for u in doc["unpaired"]:
+        typer.echo(f"warning: {u}", err=True)
+    for e in doc["errors"]:
+        typer.echo(f"error: {e}", err=True)
+    if doc["errors"]:
+        raise typer.Exit(1)
+
+
+def report(
+    scores: list[Path] = typer.Argument(..., help="Score JSON files written by `evl-ecg eval score --out`."),
+    out: Path = typer.Option(..., "--out", help="Folder for results.md and results.json."),
+    reference_rows: bool = typer.Option(
+        True, "--reference-rows/--no-reference-rows", help="Include the paper's published rows."
+    ),
+) -> None:
+    """Write Table-1 style result tables (Markdown and JSON) from score files: mean ± std over seeds per method."""
+    from evl_ecg.eval.tables import write_report
+
+    try:
+        md, js = write_report(scores, out, with_reference=reference_rows)
+    except EvalInputError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(str(md))
+    typer.echo(str(js))

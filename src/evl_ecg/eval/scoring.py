@@ -1,0 +1,705 @@
+"""The two ECGBench scorers: ``pulse`` (the published scorer's numbers, traps included) and ``strict`` (fixed).
+
+``pulse`` restates PULSE's ``evaluation/evaluate_ecgbench.py`` (ref §2.3, ``docs/eval.md`` has the table of every
+behaviour, trap kept or bug fixed):
+
+* multi-label sets: a label is predicted iff its code is a *case-sensitive substring* of the text (``"NORM"`` is
+  in ``"ABNORMAL"``, ``"MI"`` in ``"STEMI"``, ``"ST"`` in ``"STE"``, ``"AF"`` in ``"AFL"``); CODE-15% has the
+  whole-answer ``NORM`` / ``ABNORMAL`` rules; metrics by :func:`evl_ecg.eval.metrics.pulse_multilabel`;
+* MCQ sets: :func:`pulse_extract_letter` (five rules, alphabetical rule 2), then ``rng.choice`` of the letters when
+  nothing was found, with one ``random.Random(42)`` shared by a whole scoring run (PULSE seeds once at import);
+* ECG-QA: candidates split from the prompt after ``Options:``; a candidate is predicted iff ``c in text.lower()``
+  (the candidate is not lower-cased, so one with a capital letter never matches); exact set match with the gold
+  list (or GEM's character-set rule with ``ecgqa_rule="gem"``).
+
+``strict`` matches labels as whole codes or long names (:func:`strict_labels`), extracts MCQ letters by explicit
+rules or by the option text (:func:`strict_extract_letter`, no random fallback), compares ECG-QA answers as
+case-insensitive option sets, scores over the full vocabulary with NaN-safe averages, and counts missing or
+unparsable answers wrong.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_LABELS, PTBXL_SUPERCLASSES
+from evl_ecg.eval.metrics import MultiLabelMetrics, accuracy, pct, pulse_multilabel, strict_multilabel
+from evl_ecg.eval.predictions import (
+    OFFICIAL_COUNTS,
+    TASKS,
+    Alignment,
+    BenchItem,
+    EvalInputError,
+    Issue,
+    PredRow,
+    align,
+    issue_counts,
+    join_value,
+)
+
+SCORERS: tuple[str, ...] = ("pulse", "strict")
+ECGQA_RULES: tuple[str, ...] = ("pulse", "gem")
+#: Seed of PULSE's ``random.seed(42)`` (set once at import of the published scorer).
+PULSE_SEED = 42
+
+#: Label vocabulary of each multi-label subset (scorer order).
+VOCABULARY: dict[str, tuple[str, ...]] = {
+    "ptb-test": PTBXL_SUPERCLASSES,
+    "code15-test": CODE15_LABELS,
+    "cpsc-test": CPSC_LABELS,
+}
+#: Classes the strict scorer scores on CODE-15%: the two whole-answer classes, then the six labels.
+CODE15_STRICT_CLASSES: tuple[str, ...] = ("NORM", "ABNORMAL", *CODE15_LABELS)
+
+PULSE_LETTERS: tuple[str, ...] = tuple("ABCDEFGH")
+#: Letters an answer may take, per MCQ subset (the published fallback draws from these).
+MCQ_LETTERS: dict[str, tuple[str, ...]] = {
+    "csn-test-no-cot": PULSE_LETTERS,
+    "g12-test-no-cot": PULSE_LETTERS,
+    "mmmu-ecg": tuple("ABCD"),
+}
+ECGQA_SUFFIX = "Only answer based on the given Options without any explanation."
+
+# --------------------------------------------------------------------------------------------------
+# pulse: the published rules
+# --------------------------------------------------------------------------------------------------
+
+
+def pulse_labels(text: str, labels: Sequence[str]) -> list[str]:
+    """``[L for L in labels if L in text]``: case-sensitive substring search, in vocabulary order."""
+    return [label for label in labels if label in text]
+
+
+def pulse_code15_gold(answer: str) -> list[str]:
+    """CODE-15% gold: exactly ``"NORM"`` -> ``["NORM"]``; exactly ``"ABNORMAL"`` -> ``["ABNORMAL"]``; else labels."""
+    if answer == "NORM":
+        return ["NORM"]
+    if answer == "ABNORMAL":
+        return ["ABNORMAL"]
+    return pulse_labels(answer, CODE15_LABELS)
+
+
+def pulse_code15_pred(text: str) -> tuple[list[str], str]:
+    """CODE-15% prediction and the branch taken (``norm``, ``abnormal``, ``labels``).
+
+    The text after the last ``"Answer:"`` is used when there is one; then ``"NORM" in text and "ABNORMAL" not in
+    text`` -> ``["NORM"] + labels``; elif ``"ABNORMAL" in text`` -> ``["ABNORMAL"] + labels``; else labels.
+    """
+    if "Answer:" in text:
+        text = text.split("Answer:")[-1]
+    labels = pulse_labels(text, CODE15_LABELS)
+    if "NORM" in text and "ABNORMAL" not in text:
+        return ["NORM", *labels], "norm"
+    if "ABNORMAL" in text:
+        return ["ABNORMAL", *labels], "abnormal"
+    return labels, "labels"
+
+
+def pulse_extract_letter(text: str) -> tuple[str | None, str]:
+    """The published ``extract(text)``; returns (letter or None, rule name).
+
+    1. ``exact``: ``text`` is exactly one of ``A``-``H``;
+    2. ``dotted_letter``: the alphabetically first ``X`` in ``A``-``H`` with ``"X."`` anywhere in the text;
+    3. ``correct_option_is``: the first character after the last ``"The correct option is "`` if it is ``A``-``H``,
+       else None (rule 4 is then *not* tried, as published);
+    4. ``answer_colon``: the alphabetically first of ``A``-``H`` that occurs anywhere in the stripped text after the
+       last ``"Answer:"`` (``"Answer: Bradycardia"`` -> ``"B"``), else None;
+    5. ``none``: None.
+    """
+    if text in PULSE_LETTERS:
+        return text, "exact"
+    for letter in PULSE_LETTERS:
+        if letter + "." in text:
+            return letter, "dotted_letter"
+    if "The correct option is " in text:
+        tail = text.split("The correct option is ")[-1]
+        # published: tail[0] raises IndexError on an empty tail; we read it as "no letter"
+        if tail[:1] in PULSE_LETTERS:
+            return tail[0], "correct_option_is"
+        return None, "correct_option_is"
+    if "Answer:" in text:
+        answer = text.split("Answer:")[-1].strip()
+        for letter in PULSE_LETTERS:
+            if letter in answer:
+                return letter, "answer_colon"
+        return None, "answer_colon"
+    return None, "none"
+
+
+def ecgqa_candidates(prompt: str) -> list[str]:
+    """PULSE's ECG-QA candidates: the prompt after the last ``"Options:"``, the suffix :data:`ECGQA_SUFFIX`
+    removed, split on commas, each stripped."""
+    return [c.strip() for c in prompt.split("Options:")[-1].replace(ECGQA_SUFFIX, "").split(",")]
+
+
+def ecgqa_gold_options(answer: str | list[str], candidates: Sequence[str] = ()) -> list[str]:
+    """The gold answer of an ECG-QA item as a list of option strings.
+
+    A list of strings (not all single characters) is the list of options. A string, or a list of single characters
+    (the HF ``list<str>`` quirk, joined first), is one option when it equals a candidate (case-insensitively) and is
+    otherwise split on ``,``, ``;`` and ``/`` (the separators the prompts ask for).
+    """
+    if isinstance(answer, list) and not all(len(a) <= 1 for a in answer):
+        return [a.strip() for a in answer if a.strip()]
+    text = join_value(answer).strip()
+    lowered = {c.lower() for c in candidates}
+    if text.lower() in lowered or not text:
+        return [text] if text else []
+    return [p.strip() for p in re.split(r"[,;/]", text) if p.strip()]
+
+
+def pulse_ecgqa(
+    text: str, candidates: Sequence[str], gold: str | list[str], *, rule: str = "pulse"
+) -> tuple[bool, list[str]]:
+    """(correct, predicted candidates) by PULSE's rule or GEM's.
+
+    * ``pulse``: ``pred = [c for c in candidates if c in text.lower()]``; correct iff ``set(pred) == set(gold)``
+      with the gold as a list of option strings (:func:`ecgqa_gold_options`).
+    * ``gem``: ``pred = [c for c in candidates if c.lower() in text.lower()]``; correct iff
+      ``set("".join(pred)) == set(gold characters)`` (a loose character-set comparison).
+    """
+    lowered = text.lower()
+    if rule == "pulse":
+        pred = [c for c in candidates if c in lowered]
+        return set(pred) == set(ecgqa_gold_options(gold, candidates)), pred
+    if rule == "gem":
+        pred = [c for c in candidates if c.lower() in lowered]
+        gold_chars = set(join_value(gold)) if isinstance(gold, str) else set("".join(gold))
+        return set("".join(pred)) == gold_chars, pred
+    raise ValueError(f"unknown ECG-QA rule {rule!r}; known: {', '.join(ECGQA_RULES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# strict: whole-word labels and long names
+# --------------------------------------------------------------------------------------------------
+
+_ALNUM = "A-Za-z0-9"
+_LEFT = rf"(?<![{_ALNUM}])"
+_RIGHT = rf"(?![{_ALNUM}])"
+# A code must not touch a letter/digit, nor be glued to one by a hyphen ("ST-T", "AF-like", "non-NORM").
+_CODE_LEFT = rf"(?<![{_ALNUM}])(?<![{_ALNUM}]-)"
+_CODE_RIGHT = rf"(?![{_ALNUM}])(?!-[{_ALNUM}])"
+_SEP = r"[\s\-]+"
+
+# Long names and other spellings (regex, case-insensitive; a literal space stands for one or more spaces/hyphens).
+_AVB1 = r"(?:1st|first|1|1°) degree (?:av|a-v|atrio-?ventricular) (?:block|conduction delay)"
+_NORMAL_ECG = r"normal (?:ecg|ekg|electrocardiogram|exam)"
+_PAC = r"(?:premature atrial|atrial premature) (?:contractions?|complex(?:es)?|beats?)"
+_PVC = r"(?:premature ventricular|ventricular premature) (?:contractions?|complex(?:es)?|beats?)"
+
+SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "ptb-test": {
+        "NORM": (_NORMAL_ECG,),
+        "MI": (r"myocardial infarctions?", r"infarcts?", r"infarctions?", r"n?stemi"),
+        "STTC": (
+            r"st\s*[/-]?\s*t(?: waves?)? (?:changes?|abnormalit(?:y|ies))",
+            r"st(?: segment)? changes?",
+        ),
+        "CD": (r"conduction (?:disturbances?|disorders?|defects?|abnormalit(?:y|ies)|delays?)",),
+        "HYP": (r"hypertroph(?:y|ies|ic)",),
+    },
+    "code15-test": {
+        "NORM": (_NORMAL_ECG,),
+        "ABNORMAL": (r"abnormal (?:ecg|ekg|electrocardiogram|exam)",),
+        "1dAVb": (_AVB1,),
+        "RBBB": (r"right bundle branch block",),
+        "LBBB": (r"left bundle branch block",),
+        "SB": (r"sinus bradycardia",),
+        "ST": (r"sinus tachycardia",),
+        "AF": (r"atrial fibrillation", r"a-?fib"),
+    },
+    "cpsc-test": {
+        "NORM": (_NORMAL_ECG,),
+        "AF": (r"atrial fibrillation", r"a-?fib"),
+        "I-AVB": (_AVB1, r"i-?avb", r"1d?avb"),
+        "LBBB": (r"left bundle branch block",),
+        "RBBB": (r"right bundle branch block",),
+        "PAC": (_PAC,),
+        "PVC": (_PVC, r"ventricular ectopics?(?: beats?)?"),
+        "STD": (r"st(?: segment)? depressions?",),
+        "STE": (r"st(?: segment)? elevations?",),
+    },
+}
+
+# "ST" followed by segment/elevation/depression/change/wave/T is never the CODE-15% code ST (sinus tachycardia).
+_ST_COMPOUND = re.compile(
+    rf"{_LEFT}ST(?:\s*/\s*T{_RIGHT}|(?i:{_SEP}(?:segments?|elevat\w*|depress\w*|changes?|abnormal\w*|deviat\w*"
+    rf"|waves?|intervals?|T{_RIGHT})))"
+)
+
+
+def _phrase(pattern: str) -> re.Pattern[str]:
+    return re.compile(_LEFT + pattern.replace(" ", _SEP) + _RIGHT, re.IGNORECASE)
+
+
+def _code(code: str) -> re.Pattern[str]:
+    """A code as a whole token: case-sensitive, except that a mixed-case code (``1dAVb``) matches in any case; an
+    all-uppercase code of 3+ characters may carry a plural ``s`` (``PVCs``)."""
+    body = re.escape(code)
+    if code != code.upper():
+        body = f"(?i:{body})"
+    plural = "s?" if len(code) >= 3 and code.isupper() else ""
+    return re.compile(_CODE_LEFT + body + plural + _CODE_RIGHT)
+
+
+_COMPILED: dict[str, tuple[list[tuple[str, re.Pattern[str]]], list[tuple[str, re.Pattern[str]]]]] = {}
+
+
+def _patterns(subset: str) -> tuple[list[tuple[str, re.Pattern[str]]], list[tuple[str, re.Pattern[str]]]]:
+    if subset not in _COMPILED:
+        classes = CODE15_STRICT_CLASSES if subset == "code15-test" else VOCABULARY[subset]
+        long = [(label, _phrase(p)) for label, pats in SYNONYMS[subset].items() for p in pats]
+        codes = [(label, _code(label)) for label in classes]
+        _COMPILED[subset] = (long, codes)
+    return _COMPILED[subset]
+
+
+def strict_classes(subset: str) -> tuple[str, ...]:
+    """Classes the strict scorer scores on a multi-label subset (the full vocabulary, fixed)."""
+    return CODE15_STRICT_CLASSES if subset == "code15-test" else VOCABULARY[subset]
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """Labels found in a text by :func:`strict_labels`, and how (``by_code`` / ``by_name``)."""
+
+    labels: list[str]
+    by_code: list[str]
+    by_name: list[str]
+    answer_split: bool
+
+
+def strict_labels(text: str, subset: str) -> LabelMatch:
+    """Labels of a multi-label subset named in ``text`` as whole codes or long names.
+
+    Order: the text after the last ``Answer:`` (any case) is used when there is one; long names (case-insensitive,
+    :data:`SYNONYMS`) are matched first and blanked out; ``ST`` compounds (``ST segment``, ``ST elevation``, ``ST/T``,
+    ...) are blanked; then codes match as whole tokens (:func:`_code`): ``NORM`` not in ``ABNORMAL``, ``MI`` not in
+    ``STEMI``, ``STE`` not in ``STEMI``, ``ST`` not in ``ST-T``/``STE``/``STD``, ``AF`` not in ``AFL``. Negations
+    ("no atrial fibrillation") are not handled. For CODE-15% an answer that is exactly ``NORM`` or ``ABNORMAL`` is
+    that class alone (the gold convention).
+    """
+    long, codes = _patterns(subset)
+    split = False
+    parts = re.split(r"(?i)answer\s*:", text)
+    if len(parts) > 1:
+        text, split = parts[-1], True
+    if subset == "code15-test" and text.strip() in ("NORM", "ABNORMAL"):
+        return LabelMatch([text.strip()], [text.strip()], [], split)
+    by_name: set[str] = set()
+    chars = list(text)
+    for label, pat in long:
+        for m in pat.finditer(text):
+            by_name.add(label)
+            chars[m.start() : m.end()] = " " * (m.end() - m.start())
+    masked = "".join(chars)
+    masked = _ST_COMPOUND.sub(lambda m: " " * len(m.group(0)), masked)
+    by_code = {label for label, pat in codes if pat.search(masked)}
+    order = strict_classes(subset)
+    found = by_name | by_code
+    return LabelMatch(
+        labels=[c for c in order if c in found],
+        by_code=[c for c in order if c in by_code],
+        by_name=[c for c in order if c in by_name],
+        answer_split=split,
+    )
+
+
+_OPTION_MARK = re.compile(r"(?<![A-Za-z0-9])\(?([A-H])[.)]\s+")
+
+
+def parse_options(prompt: str, letters: Sequence[str] = PULSE_LETTERS) -> dict[str, str]:
+    """Option texts of an MCQ prompt: markers ``A.``/``A)``/``(A)`` in alphabetical sequence, each option running
+    to the next marker or the end of its line (``"A. x\\nB. y"`` and ``"A) x; B) y"`` both work)."""
+    marks: list[re.Match[str]] = []
+    for m in _OPTION_MARK.finditer(prompt):
+        if len(marks) < len(letters) and m.group(1) == letters[len(marks)]:
+            marks.append(m)
+    options: dict[str, str] = {}
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(prompt)
+        seg = prompt[m.end() : end].split("\n")[0].strip().rstrip(";,.").strip()
+        if seg:
+            options[m.group(1)] = seg
+    return options
+
+
+def _spans(pattern: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in pattern.finditer(text)]
+
+
+def find_phrases(text: str, phrases: Iterable[str]) -> list[str]:
+    """The phrases found in ``text`` as whole words, case-insensitively, leaving out a phrase whose every match lies
+    inside the match of a longer phrase (``"myocardial infarction"`` inside ``"old myocardial infarction"``)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for phrase in phrases:
+        if not phrase.strip():
+            continue
+        pat = re.compile(_LEFT + re.escape(phrase.strip()).replace(r"\ ", r"\s+") + _RIGHT, re.IGNORECASE)
+        found = _spans(pat, text)
+        if found:
+            spans[phrase] = found
+    kept = []
+    for phrase, own in spans.items():
+        covered = all(
+            any(o != phrase and s >= a and e <= b and (e - s) < (b - a) for o, sp in spans.items() for a, b in sp)
+            for s, e in own
+        )
+        if not covered:
+            kept.append(phrase)
+    return kept
+
+
+_EXACT = re.compile(r"\(?([A-H])\)?[.)]?")
+_LEADING = re.compile(r"\(?([A-H])[.):](?:\s|$)")
+_ANSWER_IS = re.compile(r"(?i:(?:answer|option|choice) is)\s*:?\s*(?i:option\s*)?\(?([A-H])(?![A-Za-z0-9'-])")
+_ANSWER_COLON = re.compile(r"(?i:answer)\s*:\s*(?i:option\s*)?\(?([A-H])(?![A-Za-z0-9'-])")
+
+
+def strict_extract_letter(text: str, prompt: str, letters: Sequence[str]) -> tuple[str | None, str]:
+    """The answer letter by explicit rules; (letter or None, rule).
+
+    Rules in order: ``exact`` (the whole answer is a letter, maybe ``"B."``/``"(B)"``), ``leading`` (the answer
+    starts ``"B."``/``"B)"``/``"B:"``), ``answer_is`` (the last ``"answer is B"``/``"option is B"``),
+    ``answer_colon`` (the last ``"Answer: B"``), ``option_text`` (exactly one option's text occurs in the answer as
+    whole words). Otherwise None with ``empty``, ``ambiguous`` (several option texts) or ``unparsable``. A letter
+    outside ``letters`` is ``invalid_letter``.
+    """
+    t = text.strip()
+    if not t:
+        return None, "empty"
+    checks: list[tuple[str, re.Match[str] | None]] = [
+        ("exact", _EXACT.fullmatch(t)),
+        ("leading", _LEADING.match(t)),
+        ("answer_is", ([*_ANSWER_IS.finditer(t)] or [None])[-1]),
+        ("answer_colon", ([*_ANSWER_COLON.finditer(t)] or [None])[-1]),
+    ]
+    for rule, m in checks:
+        if m is not None:
+            letter = m.group(1)
+            return (letter, rule) if letter in letters else (None, "invalid_letter")
+    options = parse_options(prompt, letters)
+    if options:
+        found = find_phrases(t, options.values())
+        letters_found = sorted({k for k, v in options.items() if v in found})
+        if len(letters_found) == 1:
+            return letters_found[0], "option_text"
+        if len(letters_found) > 1:
+            return None, "ambiguous"
+    return None, "unparsable"
+
+
+def strict_ecgqa(text: str, candidates: Sequence[str], gold: str | list[str]) -> tuple[bool, list[str]]:
+    """(correct, predicted candidates): candidates found as whole words, case-insensitively (:func:`find_phrases`);
+    correct iff the lower-cased set equals the lower-cased gold option set."""
+    pred = find_phrases(text, candidates)
+    gold_set = {g.lower() for g in ecgqa_gold_options(gold, candidates)}
+    return {p.lower() for p in pred} == gold_set, pred
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring one prediction file
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreOptions:
+    """Options of a scoring run.
+
+    Attributes:
+        official_counts: refuse an MCQ file whose line count is not PULSE's (1,611 CSN / 2,026 G12 / 200 MMMU),
+            as the published scorer skips it; otherwise any size is scored with a warning.
+        ecgqa_rule: ``pulse`` (PULSE's candidate rule) or ``gem`` (GEM/ECG-R1's character-set rule); pulse scorer only.
+        max_issues: issues listed in full in a result (all are counted).
+    """
+
+    official_counts: bool = False
+    ecgqa_rule: str = "pulse"
+    max_issues: int = 100
+
+    def __post_init__(self) -> None:
+        if self.ecgqa_rule not in ECGQA_RULES:
+            raise ValueError(f"ecgqa_rule must be one of {ECGQA_RULES}, got {self.ecgqa_rule!r}")
+
+
+def new_pulse_rng() -> random.Random:
+    """The fallback generator of one scoring run (the published ``random.seed(42)``, set once)."""
+    return random.Random(PULSE_SEED)
+
+
+def score_file(
+    bench: Sequence[BenchItem],
+    rows: Sequence[PredRow],
+    *,
+    subset: str,
+    scorer: str,
+    read_issues: Iterable[Issue] = (),
+    rng: random.Random | None = None,
+    options: ScoreOptions | None = None,
+    source: str = "predictions",
+) -> dict[str, Any]:
+    """Score one prediction file of ``subset`` with ``scorer`` (``pulse`` or ``strict``); a JSON-ready result.
+
+    ``rng`` is the run's shared fallback generator (pulse MCQ only); a fresh ``Random(42)`` when omitted.
+    Raises :class:`EvalInputError` for a file that cannot be scored (wrong subset, official count, no items).
+    """
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+    if subset not in TASKS:
+        raise EvalInputError(f"unknown subset {subset!r}; known: {', '.join(sorted(TASKS))}")
+    options = options or ScoreOptions()
+    al = align(bench, rows, subset=subset, source=source, read_issues=read_issues)
+    task = TASKS[subset]
+    warnings: list[str] = []
+    if task == "mcq" and al.n_rows != OFFICIAL_COUNTS[subset]:
+        msg = (
+            f"{source}: {al.n_rows} lines, the published scorer requires exactly {OFFICIAL_COUNTS[subset]} for {subset}"
+        )
+        if options.official_counts:
+            raise EvalInputError(msg + " (and skips the file); --official-counts is set")
+        warnings.append(msg + "; scored anyway (pass --official-counts to refuse)")
+    try:
+        if scorer == "pulse":
+            body = _score_pulse(al, subset, task, rng if rng is not None else new_pulse_rng(), options)
+        else:
+            body = _score_strict(al, subset, task)
+    except ValueError as exc:  # e.g. no gold label at all: the published scorer cannot fit its classes
+        raise EvalInputError(f"{source}: {subset} ({scorer}): {exc}") from None
+    counts = issue_counts(al.issues)
+    if counts["missing_prediction"]:
+        effect = "N shrinks as in the published scorer" if scorer == "pulse" else "counted wrong"
+        warnings.append(f"{counts['missing_prediction']} gold items have no prediction ({effect})")
+    for kind in ("malformed", "unknown_id", "duplicate_id", "empty_text", "prompt_mismatch"):
+        if counts[kind]:
+            warnings.append(f"{counts[kind]} rows: {kind} ({_EFFECT[kind]})")
+    warnings.extend(body.pop("warnings", []))
+    return {
+        "subset": subset,
+        "scorer": scorer,
+        "task": task,
+        "predictions": source,
+        "n_gold": len(bench),
+        "n_rows": al.n_rows,
+        "n_scored": body.pop("n_scored"),
+        **body,
+        "input": {
+            "counts": counts,
+            "issues": [i.to_dict() for i in al.issues[: options.max_issues]],
+            "issues_not_listed": max(0, len(al.issues) - options.max_issues),
+        },
+        "warnings": warnings,
+        "options": {"official_counts": options.official_counts, "ecgqa_rule": options.ecgqa_rule},
+    }
+
+
+_EFFECT = {
+    "malformed": "not scored",
+    "unknown_id": "not scored",
+    "duplicate_id": "only the first row of an id is scored",
+    "empty_text": "scored as an empty answer",
+    "prompt_mismatch": "pulse scores them; strict counts them wrong",
+}
+
+
+def _multilabel_body(
+    m: MultiLabelMetrics,
+    parse: dict[str, Any],
+    scorer: str,
+    ids: list[str],
+    gold: list[list[str]],
+    pred: list[list[str]],
+) -> dict[str, Any]:
+    d = m.to_dict()
+    warnings = []
+    if d["undefined_auc"]:
+        how = "the macro AUC is NaN as published" if scorer == "pulse" else "left out of the macro AUC"
+        warnings.append(f"AUC undefined for class(es) {d['undefined_auc']} (one gold value); {how}")
+    if d["undefined_f1"]:
+        warnings.append(f"F1 undefined for class(es) {d['undefined_f1']} (no gold, no predicted positive); left out")
+    if d["dropped_predicted_labels"]:
+        warnings.append(f"predicted labels not among the classes were dropped: {d['dropped_predicted_labels']}")
+    return {
+        "n_scored": d["n"],
+        "metrics": {"AUC": d["AUC"], "F1": d["F1"], "HL": d["HL"]},
+        "classes": d["classes"],
+        "per_class": d["per_class"],
+        "undefined": {"auc": d["undefined_auc"], "f1": d["undefined_f1"]},
+        "dropped_predicted_labels": d["dropped_predicted_labels"],
+        "parse": parse,
+        "items": [{"id": i, "gold": g, "pred": p} for i, g, p in zip(ids, gold, pred, strict=True)],
+        "warnings": warnings,
+    }
+
+
+def _mcq_body(
+    ids: list[str], gold: list[str], pred: list[str | None], rules: list[str], extra: dict[str, Any]
+) -> dict[str, Any]:
+    acc = accuracy(gold, pred)
+    per: dict[str, dict[str, int]] = {}
+    for g, p in zip(gold, pred, strict=True):
+        d = per.setdefault(g, {"n": 0, "correct": 0, "predicted": 0})
+        d["n"] += 1
+        d["correct"] += int(g == p)
+    for p in pred:
+        if p is not None:
+            per.setdefault(p, {"n": 0, "correct": 0, "predicted": 0})["predicted"] += 1
+    return {
+        "n_scored": len(gold),
+        "metrics": {"Acc": pct(acc)},
+        "per_class": {k: per[k] for k in sorted(per)},
+        "parse": {"rules": dict(sorted(Counter(rules).items())), **extra},
+        "items": [
+            {"id": i, "gold": g, "pred": p, "rule": r} for i, g, p, r in zip(ids, gold, pred, rules, strict=True)
+        ],
+    }
+
+
+def _score_pulse(al: Alignment, subset: str, task: str, rng: random.Random, options: ScoreOptions) -> dict[str, Any]:
+    pairs = al.pairs
+    if not pairs:
+        raise EvalInputError(f"{subset}: no prediction row matches a gold item; nothing to score")
+    if task == "multilabel":
+        vocab = VOCABULARY[subset]
+        gold_sets, pred_sets = [], []
+        branches: Counter[str] = Counter()
+        for item, row in pairs:
+            if subset == "code15-test":
+                gold_sets.append(pulse_code15_gold(item.answer_text))
+                labels, branch = pulse_code15_pred(row.text)
+                branches[branch] += 1
+                branches["answer_split"] += int("Answer:" in row.text)
+            else:
+                gold_sets.append(pulse_labels(item.answer_text, vocab))
+                labels = pulse_labels(row.text, vocab)
+            pred_sets.append(labels)
+        order = ("NORM", "ABNORMAL", *vocab) if subset == "code15-test" else vocab
+        m = pulse_multilabel(gold_sets, pred_sets, vocabulary=order)
+        parse = {"rows_without_label": sum(1 for p in pred_sets if not p)}
+        if branches:
+            parse["code15_branches"] = dict(sorted(branches.items()))
+        return _multilabel_body(m, parse, "pulse", [i.id for i, _ in pairs], gold_sets, pred_sets)
+    if task == "mcq":
+        choices = MCQ_LETTERS[subset]
+        ids, gold, pred, rules = [], [], [], []
+        for item, row in pairs:
+            ids.append(item.id)
+            # CSN/G12: the first character of the gold answer; MMMU: the whole gold string (keyed by id, not "No")
+            gold.append(item.answer_text if subset == "mmmu-ecg" else item.answer_text[:1])
+            letter, rule = pulse_extract_letter(row.text)
+            if letter is None:
+                letter, rule = rng.choice(list(choices)), "fallback_random"
+            rules.append(rule)
+            pred.append(letter)
+        return _mcq_body(ids, gold, pred, rules, {"fallback_random": rules.count("fallback_random")})
+    # ecgqa
+    correct, n_match0, gold_outside, from_gold = 0, 0, 0, 0
+    per: dict[str, dict[str, int]] = {}
+    rows_out: list[dict[str, Any]] = []
+    for item, row in pairs:
+        prompt = row.prompt
+        if prompt is None:
+            prompt, from_gold = item.prompt, from_gold + 1
+        cands = ecgqa_candidates(prompt)
+        ok, pred = pulse_ecgqa(row.text, cands, item.answer, rule=options.ecgqa_rule)
+        rows_out.append({"id": item.id, "pred": pred, "correct": ok})
+        correct += int(ok)
+        n_match0 += int(not pred)
+        gold_opts = ecgqa_gold_options(item.answer, cands)
+        gold_outside += int(not set(gold_opts) <= set(cands))
+        key = "1 answer" if len(gold_opts) == 1 else f"{len(gold_opts)} answers"
+        d = per.setdefault(key, {"n": 0, "correct": 0})
+        d["n"] += 1
+        d["correct"] += int(ok)
+    return {
+        "n_scored": len(pairs),
+        "metrics": {"Acc": pct(correct / len(pairs))},
+        "per_class": dict(sorted(per.items())),
+        "parse": {
+            "rule": options.ecgqa_rule,
+            "rows_matching_no_candidate": n_match0,
+            "gold_not_among_candidates": gold_outside,
+            "prompt_taken_from_gold": from_gold,
+        },
+        "items": rows_out,
+    }
+
+
+def _score_strict(al: Alignment, subset: str, task: str) -> dict[str, Any]:
+    mismatched = al.ids_with("prompt_mismatch")
+    # every gold item counts: missing predictions and rows answering another prompt are scored as empty answers
+    items: list[tuple[BenchItem, str, str]] = []  # (gold, text, status)
+    for item, row in al.pairs:
+        items.append((item, "", "prompt_mismatch") if item.id in mismatched else (item, row.text, "scored"))
+    items.extend((item, "", "missing") for item in al.missing)
+    status = Counter(s for _, _, s in items)
+    if task == "multilabel":
+        classes = strict_classes(subset)
+        gold_sets, pred_sets = [], []
+        by_code = by_name = split = 0
+        for item, text, _ in items:
+            g = strict_labels(item.answer_text, subset)
+            gold_sets.append(g.labels)
+            p = strict_labels(text, subset)
+            pred_sets.append(p.labels)
+            by_code += len(p.by_code)
+            by_name += len(p.by_name)
+            split += int(p.answer_split)
+        m = strict_multilabel(gold_sets, pred_sets, classes=classes)
+        parse = {
+            "rows_without_label": sum(1 for p in pred_sets if not p),
+            "label_hits_by_code": by_code,
+            "label_hits_by_name": by_name,
+            "answer_split": split,
+            "counted_wrong": {"missing": status["missing"], "prompt_mismatch": status["prompt_mismatch"]},
+        }
+        return _multilabel_body(m, parse, "strict", [i.id for i, _, _ in items], gold_sets, pred_sets)
+    if task == "mcq":
+        letters = MCQ_LETTERS[subset]
+        ids, gold, pred, rules = [], [], [], []
+        for item, text, st in items:
+            ids.append(item.id)
+            g, _ = strict_extract_letter(item.answer_text, item.prompt, letters)
+            if g is None:
+                first = item.answer_text.strip()[:1]
+                if first not in letters:
+                    raise EvalInputError(f"{subset}: gold answer of {item.id!r} names no option letter")
+                g = first
+            gold.append(g)
+            if st != "scored":
+                letter, rule = None, st
+            else:
+                letter, rule = strict_extract_letter(text, item.prompt, letters)
+            rules.append(rule)
+            pred.append(letter)
+        unparsable = sum(1 for p in pred if p is None)
+        return _mcq_body(ids, gold, pred, rules, {"counted_wrong_unparsed": unparsable})
+    correct = 0
+    per: dict[str, dict[str, int]] = {}
+    n_match0 = 0
+    rows_out: list[dict[str, Any]] = []
+    for item, text, _ in items:
+        cands = ecgqa_candidates(item.prompt)
+        ok, pred = strict_ecgqa(text, cands, item.answer)
+        rows_out.append({"id": item.id, "pred": pred, "correct": ok})
+        correct += int(ok)
+        n_match0 += int(not pred)
+        n_gold = len(ecgqa_gold_options(item.answer, cands))
+        key = "1 answer" if n_gold == 1 else f"{n_gold} answers"
+        d = per.setdefault(key, {"n": 0, "correct": 0})
+        d["n"] += 1
+        d["correct"] += int(ok)
+    return {
+        "n_scored": len(items),
+        "metrics": {"Acc": pct(correct / len(items))},
+        "per_class": dict(sorted(per.items())),
+        "parse": {
+            "rows_matching_no_candidate": n_match0,
+            "counted_wrong": {"missing": status["missing"], "prompt_mismatch": status["prompt_mismatch"]},
+        },
+        "items": rows_out,
+    }
