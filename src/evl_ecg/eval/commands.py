@@ -223,3 +223,36 @@ def report(
         return
     typer.echo(str(md))
     typer.echo(str(js))
+
+
+@app.command("run")
+def run_model(
+    model: Path = typer.Option(..., "--model", help="Local model checkpoint folder (student or teacher)."),
+    bench: Path = typer.Option(..., "--bench", help="Folder of <subset>.json bench files (images in bench/images)."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions, likelihoods and scores.json."),
+    scorer: str = typer.Option("both", "--scorer", help="pulse | strict | both."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Greedy decoding length (PULSE: 1024)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Generation batch size."),
+    likelihood: bool = typer.Option(True, "--likelihood/--no-likelihood", help="Label-probability AUC and ECE."),
+    subset: list[str] | None = typer.Option(None, "--subset", help="Only these subsets (repeat)."),
+) -> None:
+    """Generate answers with a model on the benchmark (resumable), then score them with both scorers."""
+    from evl_ecg.eval.run import evaluate_model
+
+    if scorer not in (*SCORERS, "both"):
+        raise typer.BadParameter(f"--scorer must be pulse, strict or both, got {scorer!r}")
+    try:
+        doc = evaluate_model(
+            model,
+            bench,
+            out,
+            scorer=scorer,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            subsets=subset or None,
+            likelihood=likelihood,
+        )
+    except (EvalInputError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(json.dumps({"scores": str(out / "scores.json"), "results": doc.get("results", [])}, indent=2)[:20000])
