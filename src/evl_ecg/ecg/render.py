@@ -462,6 +462,15 @@ def _background(spec: RenderSpec, grid: bool) -> Image.Image:
     return img
 
 
+@lru_cache(maxsize=16)
+def _background_1x(spec: RenderSpec, grid: bool) -> tuple[Image.Image, Image.Image]:
+    """The static page box-downsampled to the output size, and a solid ink image of that size."""
+    bg = _background(spec, grid)
+    ss = _page_geometry(spec).supersample
+    small = bg.reduce(ss) if ss > 1 else bg
+    return small, Image.new("RGB", small.size, INK_RGB)
+
+
 def _minmax_decimate(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the min and max of each run of ``k`` samples, in time order (peaks survive exactly)."""
     nb = len(y) // k
@@ -494,13 +503,17 @@ def _panel_points(sig: np.ndarray, fs: float, p: Panel, geom: Geometry, ss: int,
 
 
 def _draw_traces(img: Image.Image, ecg: Ecg, spec: RenderSpec, geom: Geometry, ss: int) -> None:
-    """Draw every panel's trace in ink onto ``img`` (the page at supersampling ``ss``), in place."""
+    """Draw every panel's trace in ink onto ``img`` (the page at supersampling ``ss``), in place.
+
+    On an ``L`` image (a coverage mask) the ink is 255.
+    """
     draw = ImageDraw.Draw(img)
+    ink = 255 if img.mode == "L" else INK_RGB
     width = _ss_width(_trace_width(spec, geom.px_per_mm), ss)
     for p in geom.panels:
         pts = _panel_points(ecg.signal[LEAD_INDEX[p.lead]], ecg.fs, p, geom, ss, width)
         if len(pts) >= 2:
-            draw.line(pts.ravel().tolist(), fill=INK_RGB, width=width)
+            draw.line(pts.ravel().tolist(), fill=ink, width=width)
 
 
 def _tint_factors(tint: float) -> tuple[float, float, float]:
@@ -541,10 +554,17 @@ def render(ecg: Ecg, spec: RenderSpec = RenderSpec(), *, augment: Augment | None
     aug = augment or Augment()
     geom = geometry(spec, ecg)
     ss = geom.supersample
-    img = _background(spec, spec.grid and not aug.drop_grid).copy()
-    _draw_traces(img, ecg, spec, geom, ss)
+    grid = spec.grid and not aug.drop_grid
     if ss > 1:
-        img = img.reduce(ss)
+        # Anti-aliasing without copying the supersampled page: draw the traces on a one-byte coverage mask at
+        # ``ss``x, box-downsample the mask, and lay the ink over the (cached, already downsampled) page with it.
+        background, ink = _background_1x(spec, grid)
+        mask = Image.new("L", (background.width * ss, background.height * ss), 0)
+        _draw_traces(mask, ecg, spec, geom, ss)
+        img = Image.composite(ink, background, mask.reduce(ss))
+    else:
+        img = _background(spec, grid).copy()
+        _draw_traces(img, ecg, spec, geom, ss)
     if not aug.is_identity:
         img = _augment(img, aug, np.random.default_rng(seed))
     return img
