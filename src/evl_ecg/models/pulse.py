@@ -94,13 +94,20 @@ def divide_to_patches(image: Image.Image, size: int) -> list[Image.Image]:
     return [image.crop((j, i, j + size, i + size)) for i in range(0, h, size) for j in range(0, w, size)]
 
 
-def clip_image_processor(size: int = 336) -> CLIPImageProcessorPil:
-    """The CLIP processor of ``openai/clip-vit-large-patch14-336`` at tile size ``size`` (PIL backend)."""
+def clip_image_processor(size: int = 336, *, crop: bool = True) -> CLIPImageProcessorPil:
+    """The CLIP processor of ``openai/clip-vit-large-patch14-336`` at tile size ``size`` (PIL backend).
+
+    ``crop=True``: CLIP's own resize of the shortest edge then centre crop (PULSE's tiles). ``crop=False``: the
+    whole image resized to ``size x size`` (the tiny single-tile teacher: a centre crop would cut leads off).
+    """
+    geometry = (
+        {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}, "do_center_crop": True}
+        if crop
+        else {"size": {"height": size, "width": size}, "do_center_crop": False}
+    )
     return CLIPImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
+        **geometry,
         do_resize=True,
-        do_center_crop=True,
         resample=PILImageResampling.BICUBIC,
         do_rescale=True,
         rescale_factor=1 / 255,

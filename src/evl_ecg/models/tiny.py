@@ -16,7 +16,10 @@ Weights are random (``seed``); the tokenizers are trained on the texts passed in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -27,8 +30,6 @@ from transformers import (
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from evl_ecg.models.llava import LlavaAdapter
@@ -97,18 +98,7 @@ def build_tiny_teacher(texts: Iterable[str], seed: int = 0, vocab_size: int = 10
     )
     _seeded(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    processor = CLIPImageProcessorPil(
-        size={"height": TEACHER_IMAGE_SIZE, "width": TEACHER_IMAGE_SIZE},
-        do_resize=True,
-        do_center_crop=False,
-        resample=PILImageResampling.BICUBIC,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-        do_convert_rgb=True,
-    )
+    processor = clip_image_processor(TEACHER_IMAGE_SIZE, crop=False)
     return LlavaAdapter(model, tokenizer, processor)
 
 
@@ -194,3 +184,35 @@ def build_tiny_pulse(
     _seeded(seed)
     model = PulseLlavaForConditionalGeneration(config).eval()
     return PulseAdapter(model, tokenizer, PulseImageProcessor(clip_image_processor(tile), pinpoints))
+
+
+def save_compact(adapter: Any, path: str | Path, weight_dtype: torch.dtype = torch.float16) -> Path:
+    """Save ``adapter`` with its weights stored in ``weight_dtype`` (half the bytes) that load back as float32.
+
+    The checkpoint's ``config.json`` keeps ``dtype: float32``, so :func:`evl_ecg.models.load_adapter` (``dtype="auto"``)
+    upcasts the stored weights on load; the model in memory is not changed.
+    """
+    path = Path(path)
+    model = adapter.model
+    original = next(model.parameters()).dtype
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.to(weight_dtype)
+        adapter.save_pretrained(path)
+    finally:
+        model.to(original)
+        model.load_state_dict(state)
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+
+    def _set_dtype(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("dtype", "torch_dtype"):
+                if key in node:
+                    node[key] = "float32"
+            for value in node.values():
+                _set_dtype(value)
+
+    _set_dtype(config)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path

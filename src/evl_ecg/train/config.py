@@ -61,6 +61,18 @@ class EvlConfig(TrainingArguments):
     hidden_positions: str = field(
         default="all", metadata={"help": "positions in hidden-state losses: 'all', 'response' or 'text'."}
     )
+    pretrain_vision_steps: int = field(
+        default=0,
+        metadata={
+            "help": "phases 'teacher'/'sft' building a tiny model: first pretrain its vision tower this many steps "
+            "as a findings classifier (evl_ecg.models.pretrain; 0: off)."
+        },
+    )
+    pretrain_vision_records: int = field(
+        default=2000, metadata={"help": "synthetic images rendered for vision pretraining (reused over the steps)."}
+    )
+    pretrain_vision_batch_size: int = field(default=16, metadata={"help": "images per vision pretraining step."})
+    pretrain_vision_lr: float = field(default=2e-3, metadata={"help": "peak learning rate of vision pretraining."})
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -69,6 +81,10 @@ class EvlConfig(TrainingArguments):
             raise ValueError(f"hidden_positions must be 'all', 'response' or 'text', got {self.hidden_positions!r}")
         if self.projector_lr <= 0:
             raise ValueError("projector_lr must be positive")
+        if self.pretrain_vision_steps < 0 or self.pretrain_vision_records < 1 or self.pretrain_vision_batch_size < 1:
+            raise ValueError("pretrain_vision_steps must be >= 0, pretrain_vision_records/batch_size >= 1")
+        if self.pretrain_vision_lr <= 0:
+            raise ValueError("pretrain_vision_lr must be positive")
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
         self.remove_unused_columns = False
         super().__post_init__()

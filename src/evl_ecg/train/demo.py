@@ -54,7 +54,10 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool) ->
     student_dir = out_dir / "student"
     if (student_dir / "config.json").exists():
         return student_dir
-    extra = {"max_steps": 4, "save_steps": 2, "logging_steps": 1} if quick else {}
+    #: --quick: a smoke test of every stage, not a trained model.
+    quick_settings = {"max_steps": 4, "save_steps": 2, "logging_steps": 1}
+    quick_settings.update(pretrain_vision_steps=2, pretrain_vision_records=32)
+    extra = quick_settings if quick else {}
     cfg = load_config(tiny_config_path(phase), output_dir=str(out_dir), **overrides, **extra)
     return run(cfg).student_dir
 

@@ -134,6 +134,24 @@ def _student_adapter(config: EvlConfig, records: list[Record]) -> Adapter:
     raise ValueError("phase 'kd' needs a student checkpoint (the SFT run's student/ directory)")
 
 
+def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] | None:
+    """Vision pretraining of a freshly built tiny model (``pretrain_vision_steps``; see evl_ecg.models.pretrain)."""
+    if config.student or config.phase not in ("teacher", "sft") or config.pretrain_vision_steps <= 0:
+        return None
+    from evl_ecg.models.pretrain import pretrain_vision
+
+    return pretrain_vision(
+        adapter,
+        n_records=config.pretrain_vision_records,
+        seed=config.seed,
+        steps=config.pretrain_vision_steps,
+        batch_size=config.pretrain_vision_batch_size,
+        lr=config.pretrain_vision_lr,
+        workers=max(1, min(2, config.dataloader_num_workers)),
+        log=print if config.process_index == 0 else None,
+    )
+
+
 def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
     if config.phase in ("teacher", "sft"):
         return Objective.from_preset("sft", make_loss_context(student))
@@ -150,7 +168,14 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     set_seed(config.seed)
     out_dir = Path(config.output_dir)
     records = load_training_records(config)
+    checkpoint = None
+    if resume is True and out_dir.exists():
+        checkpoint = get_last_checkpoint(str(out_dir))
+    elif isinstance(resume, str):
+        checkpoint = resume
     student = _student_adapter(config, records)
+    # A resumed run loads its weights from the checkpoint: pretraining them again would be wasted work.
+    pretrain = pretrain_tiny_vision(config, student) if checkpoint is None else None
     teacher = None
     if config.phase == "kd":
         if not config.teacher:
@@ -177,12 +202,10 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         callbacks=callbacks,
     )
     if trainer.args.should_save:
-        write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records))
-    checkpoint = None
-    if resume is True and out_dir.exists():
-        checkpoint = get_last_checkpoint(str(out_dir))
-    elif isinstance(resume, str):
-        checkpoint = resume
+        if pretrain is None and (out_dir / "provenance.json").exists():  # resumed: keep the first run's record
+            pretrain = json.loads((out_dir / "provenance.json").read_text()).get("vision_pretraining")
+        extra = {"vision_pretraining": pretrain} if pretrain is not None else {}
+        write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records), **extra)
     trainer.train(resume_from_checkpoint=checkpoint)
     student_dir = out_dir / STUDENT_DIR
     history = trainer.state.log_history

@@ -1,0 +1,283 @@
+"""Vision pretraining of the tiny models: teach the vision tower to see the findings before instruction tuning.
+
+The paper's teacher (PULSE-7B) and student (Qwen3-VL-2B) come with pretrained vision encoders; the tiny presets
+(:mod:`evl_ecg.models.tiny`) start from random weights and, trained by CE alone on a CPU budget, never learn to see.
+:func:`pretrain_vision` is the tiny analogue of a pretrained encoder: the adapter's vision tower is trained as a
+multi-label classifier of the canonical findings (:data:`evl_ecg.ecg.labels.FINDINGS`) on synthetic ECG images,
+through a temporary linear head on mean-pooled vision features that is discarded afterwards. Nothing of the language
+model (nor LLaVA's multimodal projector) is touched.
+
+Features are the ones the multimodal model hands on:
+
+* LLaVA (tiny teacher): the CLIP layer ``config.vision_feature_layer``, without the CLS token when
+  ``vision_feature_select_strategy == "default"`` (exactly what the projector reads);
+* Qwen3-VL (tiny student): the output of the visual merger (``pooler_output``, what replaces the image tokens).
+
+Data: a fresh stream of synthetic records, never a corpus split. Record ``i`` of the training pool (and of the
+held-out set) draws everything from ``numpy.random.SeedSequence(seed, spawn_key=(PRETRAIN_KEY[+1], i))``: findings
+by ``sample_spec`` with a vocabulary drawn like the corpus' training mix, the signal by ``generate``, the image by
+``render`` with the default :class:`~evl_ecg.ecg.render.RenderSpec` and the corpus' augmentation habits (half the
+images augmented, strength ``U(0.2, 1)``). Images are rendered once into memory (PNG bytes, lossless) and reused
+over the steps; batches are drawn by a seeded generator, so a seed gives the same weights whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from evl_ecg.ecg.labels import FINDINGS
+
+#: spawn-key of the pretraining pool (held-out set: ``PRETRAIN_KEY + 1``); far from the corpus' split keys.
+PRETRAIN_KEY = 0x5052  # "PR"
+FINDING_CODES: tuple[str, ...] = tuple(FINDINGS)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def _vocabularies() -> tuple[list[str | None], np.ndarray]:
+    from evl_ecg.data.corpus import TRAIN_MIX
+
+    tasks = sorted(TRAIN_MIX)
+    weights = np.array([TRAIN_MIX[t][0] for t in tasks], dtype=float)
+    return [TRAIN_MIX[t][1] for t in tasks], weights / weights.sum()
+
+
+def make_example(seed: int, key: int, index: int, augment_fraction: float = 0.5) -> tuple[bytes, np.ndarray]:
+    """Render record ``index`` of stream ``key``: ``(PNG bytes, float32 multi-hot over FINDING_CODES)``."""
+    from evl_ecg.ecg.render import Augment, RenderSpec, render
+    from evl_ecg.ecg.synth import generate, sample_spec
+
+    ss_spec, ss_signal, ss_render = np.random.SeedSequence(int(seed), spawn_key=(int(key), int(index))).spawn(3)
+    rng_spec = np.random.default_rng(ss_spec)
+    vocabularies, weights = _vocabularies()
+    vocabulary = vocabularies[int(rng_spec.choice(len(vocabularies), p=weights))]
+    spec = sample_spec(rng_spec, vocabulary=vocabulary)
+    ecg = generate(spec, seed=int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    rng_render = np.random.default_rng(ss_render)
+    augmented = bool(rng_render.random() < augment_fraction)
+    strength = float(rng_render.uniform(0.2, 1.0))
+    render_seed = int(rng_render.integers(2**31))
+    augment = Augment.random(rng_render, strength) if augmented else None
+    image = render(ecg, RenderSpec(), augment=augment, seed=render_seed)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    target = np.array([code in spec.findings for code in FINDING_CODES], dtype=np.float32)
+    return buf.getvalue(), target
+
+
+def _make_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray]:
+    return make_example(*args)
+
+
+def make_pool(seed: int, key: int, n: int, workers: int = 1) -> tuple[list[bytes], np.ndarray]:
+    """``n`` records of stream ``key`` (same bytes whatever ``workers``)."""
+    jobs = [(seed, key, i) for i in range(n)]
+    if workers > 1 and n > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            out = list(pool.map(_make_one, jobs, chunksize=8))
+    else:
+        out = [_make_one(j) for j in jobs]
+    if not out:
+        return [], np.zeros((0, len(FINDING_CODES)), dtype=np.float32)
+    return [o[0] for o in out], np.stack([o[1] for o in out])
+
+
+def _open(png: bytes) -> Any:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        return img.convert("RGB")
+
+
+# ---- the tower ----------------------------------------------------------------------------------------------
+def vision_module(adapter: Any) -> nn.Module:
+    """The module :func:`pretrain_vision` trains: LLaVA's ``vision_tower`` or Qwen3-VL's ``visual``."""
+    inner = adapter.model.model
+    for name in ("vision_tower", "visual"):
+        module = getattr(inner, name, None)
+        if module is not None:
+            return module
+    raise TypeError(f"{type(adapter.model).__name__}: no vision tower (vision_tower / visual) found")
+
+
+def pooled_features(adapter: Any, images: Sequence[Any]) -> Tensor:
+    """Mean-pooled vision features of ``images`` (PIL), one row per image, as the multimodal model reads them."""
+    processed = [adapter.process_image(img)[0] for img in images]
+    batch = adapter.collate_images(processed)
+    model = adapter.model
+    tower = vision_module(adapter)
+    pixel_values = batch["pixel_values"].to(next(tower.parameters()).dtype)
+    if "image_grid_thw" in batch:  # Qwen3-VL: the merger's output, split per image
+        grid = batch["image_grid_thw"]
+        out = tower(pixel_values, grid_thw=grid)
+        merged = out.pooler_output if hasattr(out, "pooler_output") else out[0]
+        merge = int(tower.spatial_merge_size) ** 2
+        sizes = (grid.prod(-1) // merge).tolist()
+        return torch.stack([chunk.mean(0) for chunk in torch.split(merged, sizes, 0)])
+    cfg = model.config
+    layer = cfg.vision_feature_layer
+    out = tower(pixel_values, output_hidden_states=True)
+    if isinstance(layer, int):
+        feats = out.hidden_states[layer]
+    else:
+        feats = torch.cat([out.hidden_states[i] for i in layer], -1)
+    if getattr(cfg, "vision_feature_select_strategy", "default") == "default":
+        feats = feats[:, 1:]
+    return feats.mean(1)
+
+
+def _macro_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
+    from sklearn.metrics import roc_auc_score
+
+    per = {}
+    for k, code in enumerate(FINDING_CODES):
+        y = targets[:, k]
+        if 0 < y.sum() < len(y):
+            per[code] = float(roc_auc_score(y, scores[:, k]))
+    return (float(np.mean(list(per.values()))) if per else float("nan")), per
+
+
+def pretrain_vision(
+    adapter: Any,
+    *,
+    n_records: int = 2000,
+    seed: int = 0,
+    steps: int = 500,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    weight_decay: float = 0.01,
+    warmup: float = 0.05,
+    n_eval: int = 200,
+    workers: int = 1,
+    log_every: int = 50,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Pretrain ``adapter``'s vision tower as a multi-label findings classifier; returns metrics.
+
+    Args:
+        adapter: a LLaVA (tiny teacher) or Qwen3-VL (tiny student) adapter; changed in place (vision tower only).
+        n_records: training pool size (rendered once, reused over ``steps``).
+        seed: seeds the records, the head's initialisation and the batch order.
+        steps: optimiser steps (AdamW, linear warm-up then cosine decay, gradient norm clipped at 1).
+        batch_size: images per step.
+        lr: peak learning rate (tower and head).
+        weight_decay: AdamW weight decay.
+        warmup: warm-up share of the steps.
+        n_eval: held-out records for the metric (0: no evaluation).
+        workers: processes that render the images (does not change the result).
+        log_every: log the running BCE every this many steps (``log`` ``None``: silent).
+
+    Returns:
+        ``{"steps", "records", "train_bce", "eval_macro_auc", "eval_auc" (per finding), "seconds",
+        "render_seconds", "features"}``; the temporary head is discarded (never part of the model).
+    """
+    t0 = time.perf_counter()
+    tower = vision_module(adapter)
+    images, targets = make_pool(seed, PRETRAIN_KEY, n_records, workers)
+    eval_images, eval_targets = make_pool(seed, PRETRAIN_KEY + 1, n_eval, workers)
+    render_s = time.perf_counter() - t0
+    if log:
+        log(f"[pretrain] rendered {len(images)} + {len(eval_images)} images in {render_s:.1f} s")
+
+    was_training = adapter.model.training
+    frozen = {name: p.requires_grad for name, p in adapter.model.named_parameters()}
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    params = [p for p in tower.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+
+    with torch.no_grad():
+        dim = pooled_features(adapter, [_open(images[0])]).shape[-1] if images else 1
+    gen = torch.Generator().manual_seed(int(seed))
+    # The head standardises the pooled features over the batch first (BatchNorm): a random tower's pooled features
+    # are nearly the same on every image (grid, paper, position embeddings), and a plain linear head on them gets
+    # no usable gradient. Both layers are temporary.
+    linear = nn.Linear(dim, len(FINDING_CODES))
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), linear)
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(dim)
+        linear.weight.copy_(torch.empty_like(linear.weight).uniform_(-bound, bound, generator=gen))
+        prevalence = torch.from_numpy(targets.mean(0) if len(targets) else np.full(len(FINDING_CODES), 0.5))
+        linear.bias.copy_(torch.logit(prevalence.clamp(0.01, 0.99)).float())
+    opt = torch.optim.AdamW(
+        [{"params": params, "weight_decay": weight_decay}, {"params": head.parameters(), "weight_decay": 0.0}],
+        lr=lr,
+    )
+    n_warm = max(1, int(round(warmup * steps)))
+
+    def lr_at(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    loss_fn = nn.BCEWithLogitsLoss()
+    y_all = torch.from_numpy(targets)
+    order: list[int] = []
+    running, history = 0.0, []
+    adapter.model.train()
+    head.train()
+    try:
+        for step in range(steps if images else 0):
+            if len(order) < batch_size:
+                order += torch.randperm(len(images), generator=gen).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            feats = pooled_features(adapter, [_open(images[i]) for i in idx])
+            loss = loss_fn(head(feats), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([*params, *head.parameters()], 1.0)
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            if (step + 1) % max(1, log_every) == 0 or step + 1 == steps:
+                n = (step % max(1, log_every)) + 1
+                history.append(round(running / n, 4))
+                if log:
+                    log(f"[pretrain] step {step + 1}/{steps} bce {running / n:.4f} ({time.perf_counter() - t0:.0f} s)")
+                running = 0.0
+        adapter.model.eval()
+        head.eval()
+        macro, per = float("nan"), {}
+        if len(eval_images):
+            with torch.no_grad():
+                scores = torch.cat(
+                    [
+                        torch.sigmoid(head(pooled_features(adapter, [_open(b) for b in eval_images[i : i + 32]])))
+                        for i in range(0, len(eval_images), 32)
+                    ]
+                ).numpy()
+            macro, per = _macro_auc(eval_targets, scores)
+    finally:
+        for name, p in adapter.model.named_parameters():
+            p.requires_grad_(frozen[name])
+        adapter.model.train(was_training)
+        for p in params:
+            p.grad = None
+    seconds = time.perf_counter() - t0
+    if log:
+        log(f"[pretrain] held-out findings macro AUC {macro:.4f} in {seconds:.1f} s")
+    return {
+        "steps": steps,
+        "records": len(images),
+        "batch_size": batch_size,
+        "lr": lr,
+        "train_bce": history,
+        "eval_macro_auc": macro,
+        "eval_auc": per,
+        "seconds": round(seconds, 1),
+        "render_seconds": round(render_s, 1),
+        "features": int(dim),
+    }
+
+
+__all__ = ["FINDING_CODES", "PRETRAIN_KEY", "make_example", "make_pool", "pooled_features", "pretrain_vision"]

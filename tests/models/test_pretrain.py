@@ -1,0 +1,91 @@
+"""Vision pretraining of the tiny models: only the vision tower moves, a seed fixes the result, no head is saved."""
+
+import numpy as np
+import pytest
+import torch
+
+from evl_ecg.models import build_tiny_student, build_tiny_teacher, load_adapter
+from evl_ecg.models.pretrain import FINDING_CODES, make_example, make_pool, pretrain_vision, vision_module
+
+from .conftest import corpus
+
+BUILDERS = {"teacher": build_tiny_teacher, "student": build_tiny_student}
+TOWER_PREFIX = {"teacher": "model.vision_tower.", "student": "model.visual."}
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus()
+
+
+def _state(adapter):
+    return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
+
+
+def _pretrain(adapter, seed=0):
+    return pretrain_vision(adapter, n_records=6, seed=seed, steps=2, batch_size=3, lr=1e-2, n_eval=0, log=None)
+
+
+@pytest.mark.parametrize("side", ["teacher", "student"])
+def test_pretraining_moves_only_the_vision_tower(side, texts):
+    adapter = BUILDERS[side](texts, seed=0)
+    before = _state(adapter)
+    grads_before = {n: p.requires_grad for n, p in adapter.model.named_parameters()}
+    metrics = _pretrain(adapter)
+    after = _state(adapter)
+    assert set(after) == set(before)  # no head, nothing added
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "pretraining changed nothing"
+    assert all(k.startswith(TOWER_PREFIX[side]) for k in changed), sorted(changed)[:5]
+    assert {n: p.requires_grad for n, p in adapter.model.named_parameters()} == grads_before
+    assert not adapter.model.training
+    assert all(p.grad is None for p in adapter.model.parameters())
+    assert metrics["steps"] == 2 and metrics["records"] == 6 and metrics["seconds"] >= 0
+    expected = adapter.model.model.vision_tower if side == "teacher" else adapter.model.model.visual
+    assert vision_module(adapter) is expected
+
+
+def test_pretraining_is_deterministic_for_a_seed(texts):
+    a, b, c = (build_tiny_teacher(texts, seed=0) for _ in range(3))
+    _pretrain(a, seed=1)
+    _pretrain(b, seed=1)
+    _pretrain(c, seed=2)
+    sa, sb, sc = _state(a), _state(b), _state(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_records_are_seeded_and_labelled():
+    png, target = make_example(0, 7, 3)
+    assert make_example(0, 7, 3)[0] == png
+    assert target.shape == (len(FINDING_CODES),) and target.sum() >= 1  # a rhythm at least
+    assert sum(target[FINDING_CODES.index(r)] for r in ("SR", "SB", "STACH", "AF")) == 1
+    images, targets = make_pool(0, 7, 4, workers=1)
+    assert images[3] == png and np.array_equal(targets[3], target)
+
+
+def test_saved_model_has_no_head(texts, tmp_path):
+    adapter = build_tiny_student(texts, seed=0)
+    _pretrain(adapter)
+    adapter.save_pretrained(tmp_path)
+    loaded = load_adapter(tmp_path)
+    state = loaded.model.state_dict()
+    assert not any("head" in k and "lm_head" not in k for k in state)
+    ref = adapter.model.state_dict()
+    assert all(torch.equal(ref[k], state[k]) for k in ref)
+
+
+def test_save_compact_halves_the_weights_and_loads_float32(texts, tmp_path):
+    from evl_ecg.models.tiny import save_compact
+
+    adapter = build_tiny_teacher(texts, seed=0)
+    before = _state(adapter)
+    save_compact(adapter, tmp_path / "half")
+    adapter.save_pretrained(tmp_path / "full")
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())  # model unchanged
+    half, full = (tmp_path / d / "model.safetensors" for d in ("half", "full"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_adapter(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    state = loaded.model.state_dict()
+    assert all(torch.allclose(before[k], state[k], atol=1e-3, rtol=1e-3) for k in before)
