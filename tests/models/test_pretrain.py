@@ -11,6 +11,8 @@ from .conftest import corpus
 
 BUILDERS = {"teacher": build_tiny_teacher, "student": build_tiny_student}
 TOWER_PREFIX = {"teacher": "model.vision_tower.", "student": "model.visual."}
+#: the one layer outside the tower that absorbs the head's standardisation (``fold_standardization``)
+FOLDED = {"teacher": "model.multi_modal_projector.linear_1.", "student": "model.visual.merger.linear_fc2."}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,8 @@ def test_pretraining_moves_only_the_vision_tower(side, texts):
     assert set(after) == set(before)  # no head, nothing added
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "pretraining changed nothing"
-    assert all(k.startswith(TOWER_PREFIX[side]) for k in changed), sorted(changed)[:5]
+    assert all(k.startswith((TOWER_PREFIX[side], FOLDED[side])) for k in changed), sorted(changed)[:5]
+    assert {FOLDED[side] + "weight", FOLDED[side] + "bias"} <= changed
     assert {n: p.requires_grad for n, p in adapter.model.named_parameters()} == grads_before
     assert not adapter.model.training
     assert all(p.grad is None for p in adapter.model.parameters())
@@ -89,3 +92,73 @@ def test_save_compact_halves_the_weights_and_loads_float32(texts, tmp_path):
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     state = loaded.model.state_dict()
     assert all(torch.allclose(before[k], state[k], atol=1e-3, rtol=1e-3) for k in before)
+
+
+def _images(n, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_token_features_are_what_the_projector_reads(texts):
+    from evl_ecg.models.pretrain import token_features
+
+    adapter = build_tiny_teacher(texts, seed=0)
+    images = _images(2)
+    with torch.no_grad():
+        tokens = token_features(adapter, images)
+        pixel_values = adapter.collate_images([adapter.process_image(i)[0] for i in images])["pixel_values"]
+        projected = adapter.model.model.get_image_features(
+            pixel_values=pixel_values, vision_feature_layer=-2, vision_feature_select_strategy="default"
+        ).pooler_output
+    assert [tuple(t.shape) for t in tokens] == [(196, 64), (196, 64)]  # 14 x 14 patches, CLS dropped
+    for k in range(2):
+        torch.testing.assert_close(adapter.model.model.multi_modal_projector(tokens[k]), projected[k])
+
+
+def test_token_head_pools_token_logits_as_mean_plus_max_over_two():
+    from evl_ecg.models.pretrain import TokenHead
+
+    torch.manual_seed(0)
+    head = TokenHead(3, 2).eval()
+    head.norm.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    head.norm.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    tokens = [torch.randn(5, 3), torch.randn(2, 3)]
+    with torch.no_grad():
+        out = head(tokens)
+        for k, t in enumerate(tokens):
+            z = (
+                (t - head.norm.running_mean) / torch.sqrt(head.norm.running_var + head.norm.eps)
+            ) @ head.linear.weight.T
+            z = z + head.linear.bias
+            torch.testing.assert_close(out[k], 0.5 * (z.mean(0) + z.max(0).values))
+
+
+@pytest.mark.parametrize("side", ["teacher", "student"])
+def test_fold_standardization_is_exact(side, texts):
+    """After the fold, the model reads (h - mean) / sqrt(var + eps) where it read h: checked on the projector (LLaVA)
+    and on the merger output (Qwen3-VL) against the standardisation written out by hand."""
+    from evl_ecg.models.pretrain import fold_standardization, token_features
+
+    adapter = BUILDERS[side](texts, seed=0)
+    images = _images(2, seed=1)
+    with torch.no_grad():
+        tokens = token_features(adapter, images)
+    dim = tokens[0].shape[-1]
+    mean, var = torch.linspace(-1.0, 1.0, dim), torch.linspace(0.5, 3.0, dim)
+    standardised = [(t - mean) / torch.sqrt(var + 1e-5) for t in tokens]
+    if side == "teacher":
+        projector = adapter.model.model.multi_modal_projector
+        with torch.no_grad():
+            expected = [projector(t) for t in standardised]
+        fold_standardization(adapter, mean, var)
+        with torch.no_grad():
+            got = [projector(t) for t in tokens]
+    else:
+        expected = standardised
+        fold_standardization(adapter, mean, var)
+        with torch.no_grad():
+            got = token_features(adapter, images)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)

@@ -102,3 +102,86 @@ def test_objective_modules_train_at_the_projector_learning_rate(tmp_path, tiny_c
         assert lr_of[id(p)] == expected, name
     assert any(n.startswith("objective.") for n, _ in module.named_parameters())
     assert all(not p.requires_grad for p in teacher.model.parameters())
+
+
+def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
+    from evl_ecg.eval.run import evaluate_model
+    from evl_ecg.train.card import NOT_A_DEVICE, has_model_card
+    from evl_ecg.train.pipeline import run
+
+    cfg = tiny_config(
+        tmp_path / "card", tiny_corpus, phase="sft", max_steps=1, student=str(tiny_checkpoints["student"])
+    )
+    student_dir = run(cfg).student_dir
+    card = (student_dir / "README.md").read_text()
+    assert has_model_card(student_dir) and NOT_A_DEVICE in card
+    assert "Qwen3VLForConditionalGeneration" in card and str(cfg.train_file) in card
+    assert "Not evaluated yet" in card
+    doc = evaluate_model(
+        student_dir,
+        tiny_corpus / "bench",
+        tmp_path / "eval",
+        subsets=["ptb-test"],
+        max_new_tokens=4,
+        likelihood=False,
+        image_root=tiny_corpus / "images",
+        progress=False,
+    )
+    card = (student_dir / "README.md").read_text()
+    assert "Not evaluated yet" not in card and NOT_A_DEVICE in card
+    strict = next(r for r in doc["results"] if r["scorer"] == "strict")
+    assert f"| ptb-test | strict | AUC {strict['metrics']['AUC']}" in card
+
+
+def test_frozen_vision_tower_stays_fixed_and_in_eval_mode(tmp_path, tiny_corpus, tiny_config):
+    import torch
+
+    from evl_ecg.data.records import load_records
+    from evl_ecg.models.tiny import build_tiny_teacher
+    from evl_ecg.models.tokenizers import corpus_from_records
+    from evl_ecg.train.pipeline import freeze_vision_encoder
+    from evl_ecg.train.trainer import DistillModule
+
+    teacher = build_tiny_teacher(corpus_from_records(load_records(tiny_corpus / "train.json")), seed=0)
+    frozen = freeze_vision_encoder(teacher)
+    tower = teacher.model.model.vision_tower
+    assert frozen == [tower] and not any(p.requires_grad for p in tower.parameters())
+    assert all(p.requires_grad for p in teacher.model.model.multi_modal_projector.parameters())
+    module = DistillModule(teacher, torch.nn.Identity(), frozen=frozen).train()
+    assert module.training and module.student.training and not tower.training
+
+
+def test_train_command_defaults_to_the_tiny_config(tmp_path, tiny_corpus, tiny_checkpoints):
+    """`evl-ecg train sft` without --config runs configs/tiny/sft.yaml (its projector_lr, schedule, seed)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from evl_ecg.cli import app
+    from evl_ecg.train.config import tiny_config_path
+
+    out = tmp_path / "cli-sft"
+    args = ["train", "sft", "--data", str(tiny_corpus / "train.json"), "--out", str(out)]
+    args += ["--student", str(tiny_checkpoints["student"])]
+    args += ["--set", "max_steps=1", "--set", "save_strategy=no", "--set", "disable_tqdm=true"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    used = json.loads((out / "provenance.json").read_text())["config"]
+    tiny = yaml.safe_load(tiny_config_path("sft").read_text())
+    assert used["projector_lr"] == tiny["projector_lr"] != 5e-4  # 5e-4: the dataclass default
+    assert used["lr_scheduler_type"] == tiny["lr_scheduler_type"] and used["max_steps"] == 1
+
+
+def test_overrides_and_yaml_keep_no_as_a_strategy_not_a_boolean(tmp_path):
+    from evl_ecg.train.config import load_config
+
+    cfg = load_config(
+        None, ["save_strategy=no", "bf16=false", "learning_rate=2e-4"], output_dir=str(tmp_path), use_cpu=True
+    )
+    assert cfg.save_strategy == "no" and cfg.bf16 is False and cfg.learning_rate == 2e-4
+    path = tmp_path / "c.yaml"
+    path.write_text("save_strategy: no\nlogging_strategy: no\nuse_cpu: true\n")
+    cfg = load_config(path, output_dir=str(tmp_path))
+    assert cfg.save_strategy == "no" and cfg.logging_strategy == "no"
+    with pytest.raises(ValueError, match="c.yaml: unknown config key"):
+        path.write_text("not_a_key: 1\n")
+        load_config(path)

@@ -255,4 +255,9 @@ def evaluate_model(
         }
     )
     atomic_write_bytes(out_dir / SCORES_FILE, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    if isinstance(model_dir_or_adapter, (str, os.PathLike)) and scorer is not None:
+        from evl_ecg.train.card import has_model_card, write_model_card
+
+        if has_model_card(model_dir_or_adapter):  # a card evl-ecg wrote at export: add the scores to it
+            write_model_card(model_dir_or_adapter, scores=doc)
     return doc

@@ -12,7 +12,9 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (configs/tiny or configs/paper).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default: configs/tiny/<phase>.yaml).")
+]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set key=value (repeat).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="run directory (output_dir).")]
 
@@ -23,9 +25,12 @@ def _fail(message: str) -> None:
 
 
 def _run(phase: str, config: Path | None, overrides: list[str] | None, **kwargs) -> None:
-    from evl_ecg.train.config import load_config
+    from evl_ecg.train.config import load_config, tiny_config_path
     from evl_ecg.train.pipeline import run
 
+    if config is None:  # the offline default: configs/tiny/<phase>.yaml
+        config = tiny_config_path(phase)
+        typer.echo(f"config: {config} (the tiny offline default; --config for another)", err=True)
     try:
         cfg = load_config(config, overrides, phase=phase, **kwargs)
     except (ValueError, FileNotFoundError) as exc:

@@ -56,7 +56,11 @@ class EvlConfig(TrainingArguments):
     min_pixels: int = field(default=784, metadata={"help": "student image processor min pixels (Table 2)."})
     max_pixels: int = field(default=50176, metadata={"help": "student image processor max pixels (Table 2)."})
     freeze_vision: bool = field(
-        default=False, metadata={"help": "freeze the student's vision encoder (not its merger)."}
+        default=False,
+        metadata={
+            "help": "freeze the trained model's vision encoder, not its projector (LLaVA vision_tower, Qwen-VL visual "
+            "without merger); frozen parts stay in eval mode."
+        },
     )
     hidden_positions: str = field(
         default="all", metadata={"help": "positions in hidden-state losses: 'all', 'response' or 'text'."}
@@ -88,13 +92,18 @@ class EvlConfig(TrainingArguments):
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
         self.remove_unused_columns = False
         super().__post_init__()
+        if self.use_cpu:  # pinned memory needs an accelerator (torch warns on every dataloader otherwise)
+            self.dataloader_pin_memory = False
 
 
 def _coerce(value: str) -> Any:
     """A ``key=value`` override's value: YAML scalars (numbers, booleans, null, lists) or the string.
 
-    YAML 1.1 reads ``2e-4`` as a string; numbers in that form are read as floats here.
+    YAML 1.1 reads ``2e-4`` as a string; numbers in that form are read as floats here. ``yes``/``no``/``on``/``off``
+    stay strings (``save_strategy=no``); booleans are ``true``/``false``.
     """
+    if value.strip().lower() in ("yes", "no", "on", "off", "y", "n"):
+        return value.strip()
     parsed = yaml.safe_load(value)
     if isinstance(parsed, str):
         try:
@@ -102,6 +111,13 @@ def _coerce(value: str) -> Any:
         except ValueError:
             return parsed
     return parsed
+
+
+def tiny_config_path(phase: str) -> Path:
+    """``configs/tiny/<phase>.yaml`` inside the package: the offline default of each phase."""
+    from importlib import resources
+
+    return Path(str(resources.files("evl_ecg") / "configs" / "tiny" / f"{phase}.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs: Any) -> EvlConfig:
@@ -125,7 +141,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = item.split("=", 1)
         data[key.strip()] = _coerce(value)
     data.update({k: v for k, v in kwargs.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(EvlConfig)}
+    fields = {f.name: f for f in dataclasses.fields(EvlConfig)}
+    for key, value in list(data.items()):  # YAML 1.1 reads `save_strategy: no` as False: give string fields "no"
+        default = getattr(fields.get(key), "default", None)
+        if (
+            isinstance(value, bool)
+            and not isinstance(default, bool)
+            and isinstance(getattr(default, "value", default), str)
+        ):
+            data[key] = "yes" if value else "no"
+    known = set(fields)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}")

@@ -17,15 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from evl_ecg.train.config import load_config
+from evl_ecg.train.config import load_config, tiny_config_path
 
 #: the tiny teacher that ships with the package (trained by ``evl-ecg train teacher`` on the default corpus).
 SHIPPED_TEACHER = "assets/tiny-teacher"
-
-
-def tiny_config_path(phase: str) -> Path:
-    """``configs/tiny/<phase>.yaml`` inside the package."""
-    return Path(str(resources.files("evl_ecg") / "configs" / "tiny" / f"{phase}.yaml"))
 
 
 def shipped_teacher() -> Path | None:

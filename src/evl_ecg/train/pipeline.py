@@ -10,7 +10,7 @@ Phases (``EvlConfig.phase``):
 
 Every run directory holds ``provenance.json`` (resolved config, package versions, git commit, data manifest hash),
 ``trainer_state``-style ``log_history.json``, ``checkpoint-*`` directories (resumable) and the exported student
-(``student/``: a plain transformers checkpoint without the objective's modules).
+(``student/``: a plain transformers checkpoint without the objective's modules, with a model card, ``README.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from evl_ecg.models import load_adapter
 from evl_ecg.models.base import Adapter, make_loss_context
 from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
 from evl_ecg.models.tokenizers import corpus_from_records
+from evl_ecg.train.card import write_model_card
 from evl_ecg.train.config import EvlConfig
 from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student
 
@@ -152,6 +153,28 @@ def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] 
     )
 
 
+def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
+    """Freeze the vision encoder, not the projector: LLaVA's ``vision_tower`` (as LLaVA-1.5 trains), Qwen-VL's
+    ``visual`` blocks without its ``merger``. Returns the frozen modules (kept in eval mode during training, so that
+    normalisation statistics do not move either)."""
+    inner = adapter.model.model
+    if getattr(inner, "vision_tower", None) is not None:
+        tower = inner.vision_tower
+        tower.requires_grad_(False)
+        return [tower]
+    visual = getattr(inner, "visual", None)
+    if visual is None:
+        raise TypeError(f"{type(adapter.model).__name__}: no vision encoder to freeze")
+    frozen = []
+    for name, child in visual.named_children():
+        if "merger" not in name:
+            child.requires_grad_(False)
+            frozen.append(child)
+    for param in visual.parameters(recurse=False):
+        param.requires_grad_(False)
+    return frozen
+
+
 def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
     if config.phase in ("teacher", "sft"):
         return Objective.from_preset("sft", make_loss_context(student))
@@ -186,13 +209,10 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         raise ValueError(f"objective {objective} needs a teacher")
     if not objective.needs_teacher:
         teacher = None
-    if config.freeze_vision and hasattr(student.model.model, "visual"):
-        for name, param in student.model.model.visual.named_parameters():
-            if "merger" not in name:
-                param.requires_grad_(False)
+    frozen = freeze_vision_encoder(student) if config.freeze_vision else []
     dataset = PairedDataset(records, image_loader(config), teacher, student)
     collator = PairedCollator(student, teacher)
-    module = DistillModule(student, objective, needs=objective.requires)
+    module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)
     trainer = EvlTrainer(
         model=module,
         args=config,
@@ -211,6 +231,7 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     history = trainer.state.log_history
     if trainer.args.should_save:  # only the main process writes
         export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir)
+        write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
         tmp = out_dir / "log_history.json.tmp"
         tmp.write_text(json.dumps(history, indent=1))
         os.replace(tmp, out_dir / "log_history.json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,26 @@ class DistillModule(nn.Module):
     objective's :class:`~evl_ecg.distill.registry.LossOutput`.
     """
 
-    def __init__(self, adapter: Any, objective: nn.Module, *, needs: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        adapter: Any,
+        objective: nn.Module,
+        *,
+        needs: frozenset[str] = frozenset(),
+        frozen: Sequence[nn.Module] = (),
+    ) -> None:
         super().__init__()
         self.student = adapter.model
         self.objective = objective
         self.needs = needs
         object.__setattr__(self, "_adapter", adapter)  # not a submodule: its model is self.student
+        object.__setattr__(self, "_frozen", tuple(frozen))  # parts of self.student that stay in eval mode
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     def forward(
         self,

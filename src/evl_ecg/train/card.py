@@ -1,0 +1,195 @@
+"""The model card (``README.md``) of an exported checkpoint: what it is, how it was trained, its scores, its limits.
+
+:func:`write_model_card` is called when a run exports its ``student/`` folder (training facts from the run's
+``provenance.json``) and again after an evaluation (:func:`evl_ecg.eval.run.evaluate_model` through the demo and
+``evl-ecg eval run``) to add the scores. The card is a Hugging Face model card (YAML front matter, Markdown body); the
+training facts live in ``card.json`` beside it so that a later update keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "README.md"
+FACTS_FILE = "card.json"
+MARKER = "<!-- evl-ecg model card -->"
+
+NOT_A_DEVICE = (
+    "**Research artefact, not a medical device.** This model has not been validated clinically, is not cleared or "
+    "approved by any regulator, and must not be used to diagnose, treat or triage patients or to support any "
+    "clinical decision."
+)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _count_parameters(model_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= int(d)
+                total += n
+    return total
+
+
+def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The card's training section from a run's ``provenance.json``."""
+    cfg = provenance.get("config", {})
+    config_json = model_dir / "config.json"
+    model_config = json.loads(config_json.read_text()) if config_json.exists() else {}
+    architectures = model_config.get("architectures") or []
+    return {
+        "architecture": architectures[0] if architectures else None,
+        "parameters": _count_parameters(model_dir),
+        "phase": provenance.get("phase", cfg.get("phase")),
+        "objective": provenance.get("objective"),
+        "method": cfg.get("method") if cfg.get("phase") == "kd" else None,
+        "teacher": cfg.get("teacher") if cfg.get("phase") == "kd" else None,
+        "initialised_from": cfg.get("student") or "random weights (tiny preset)",
+        "train_file": cfg.get("train_file"),
+        "train_records": provenance.get("records"),
+        "data_manifest_sha256": provenance.get("data_manifest_sha256"),
+        "max_steps": cfg.get("max_steps"),
+        "num_train_epochs": cfg.get("num_train_epochs") if (cfg.get("max_steps") or -1) <= 0 else None,
+        "batch_size": cfg.get("per_device_train_batch_size"),
+        "gradient_accumulation_steps": cfg.get("gradient_accumulation_steps"),
+        "learning_rate": cfg.get("learning_rate"),
+        "seed": cfg.get("seed"),
+        "vision_pretraining": (provenance.get("vision_pretraining") or {}).get("eval_macro_auc"),
+        "git_commit": provenance.get("git_commit"),
+        "packages": provenance.get("packages"),
+    }
+
+
+def _scores_table(scores: dict[str, Any]) -> str:
+    rows = ["| subset | scorer | metrics | scored / gold |", "|---|---|---|---|"]
+    for result in scores.get("results", []):
+        metrics = ", ".join(f"{k} {v}" for k, v in result.get("metrics", {}).items())
+        rows.append(
+            f"| {result.get('subset')} | {result.get('scorer')} | {metrics} | "
+            f"{result.get('n_scored', '?')} / {result.get('n_gold', '?')} |"
+        )
+    likelihood = scores.get("likelihood") or {}
+    if likelihood:
+        rows += ["", "Label probabilities from the teacher-forced likelihood of each label's answer:", ""]
+        rows += ["| subset | ROC-AUC | ECE |", "|---|---|---|"]
+        for subset, doc in likelihood.items():
+            auc, ece = doc.get("auc"), doc.get("ece")
+            fmt = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "n/a"  # noqa: E731
+            rows.append(f"| {subset} | {fmt(auc)} | {fmt(ece)} |")
+    bench = scores.get("bench")
+    return "\n".join(rows) + (f"\n\nBenchmark files: `{bench}`." if bench else "")
+
+
+def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None) -> str:
+    synthetic = "synthetic" in str(facts.get("train_file") or "") or facts.get("initialised_from", "").startswith(
+        "random"
+    )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags: [ecg, electrocardiogram, knowledge-distillation, evl-ecg, research-only]",
+        "---",
+        MARKER,
+        f"# {name}",
+        "",
+        NOT_A_DEVICE,
+        "",
+        "## What it is",
+        "",
+        f"- Model class: `{facts.get('architecture')}` (plain transformers checkpoint, safetensors; load with "
+        "`evl_ecg.models.load_adapter(path)` or the transformers class directly).",
+        f"- Parameters: {facts['parameters']:,}" if facts.get("parameters") else "- Parameters: unknown",
+        f"- Made by the `{facts.get('phase')}` phase of evl-ecg"
+        + (f" with method `{facts['method']}` from teacher `{facts['teacher']}`" if facts.get("method") else "")
+        + ".",
+        f"- Objective: `{facts.get('objective')}`",
+        "",
+        "## How it was trained",
+        "",
+        f"- Initialised from: {facts.get('initialised_from')}",
+        f"- Training data: `{facts.get('train_file')}` ({facts.get('train_records')} conversations; data manifest "
+        f"sha256 `{facts.get('data_manifest_sha256')}`)",
+        f"- Steps: {facts.get('max_steps')}; batch {facts.get('batch_size')} x accumulation "
+        f"{facts.get('gradient_accumulation_steps')}; learning rate {facts.get('learning_rate')}; seed "
+        f"{facts.get('seed')}",
+    ]
+    if facts.get("vision_pretraining") is not None:
+        lines.append(
+            f"- Vision tower pretrained on synthetic ECG findings first (held-out macro AUC "
+            f"{facts['vision_pretraining']:.3f})"
+        )
+    lines += [
+        f"- Code: evl-ecg, git commit `{facts.get('git_commit')}`; the run folder's `provenance.json` has the resolved "
+        "configuration and package versions.",
+        "",
+        "## Scores",
+        "",
+        _scores_table(scores) if scores else "Not evaluated yet: run `evl-ecg eval run --model THIS_DIR ...`.",
+        "",
+        "## Intended use and limitations",
+        "",
+        "- For research on distilling ECG vision-language models: reproducing and extending EVL-ECG "
+        "(arXiv 2605.29977), comparing distillation methods, testing deployment pipelines.",
+    ]
+    if synthetic:
+        lines.append(
+            "- Trained and scored on **synthetic** ECGs (a dipole model with encoded criteria, rendered as images): "
+            "its scores say how well it learned that toy task, nothing about real ECGs."
+        )
+    lines += [
+        "- ECGBench-style scores measure agreement with benchmark labels under a text-matching scorer; they are not "
+        "sensitivity or specificity on a clinical population.",
+        "- Outputs can be wrong, incomplete or confidently stated; never act on them for a patient.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(
+    model_dir: str | os.PathLike[str],
+    *,
+    provenance: dict[str, Any] | None = None,
+    scores: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write (or refresh) ``model_dir/README.md``.
+
+    ``provenance``: a run's ``provenance.json`` content (stored as ``card.json``; a later call without it reuses the
+    stored facts). ``scores``: an evaluation's ``scores.json`` content (kept in ``card.json`` too).
+    """
+    model_dir = Path(model_dir)
+    facts_path = model_dir / FACTS_FILE
+    stored = json.loads(facts_path.read_text()) if facts_path.exists() else {}
+    facts = training_facts(provenance, model_dir) if provenance is not None else stored.get("facts", {})
+    scores = scores if scores is not None else stored.get("scores")
+    name = name or stored.get("name") or model_dir.parent.name or model_dir.name
+    _atomic_write(facts_path, json.dumps({"name": name, "facts": facts, "scores": scores}, indent=1, default=str))
+    path = model_dir / CARD_FILE
+    _atomic_write(path, render_card(name, facts, scores))
+    return path
+
+
+def has_model_card(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``model_dir`` holds a card this module wrote (never overwrite someone else's README)."""
+    path = Path(model_dir) / CARD_FILE
+    return path.is_file() and MARKER in path.read_text(errors="replace")
+
+
+__all__ = ["NOT_A_DEVICE", "has_model_card", "render_card", "training_facts", "write_model_card"]
