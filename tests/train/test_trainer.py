@@ -116,7 +116,7 @@ def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_cor
     card = (student_dir / "README.md").read_text()
     assert has_model_card(student_dir) and NOT_A_DEVICE in card
     assert "Qwen3VLForConditionalGeneration" in card and str(cfg.train_file) in card
-    assert "Not evaluated yet" in card
+    assert "Not evaluated yet" in card and "Trained and scored on **synthetic** ECGs" in card  # from the manifest
     doc = evaluate_model(
         student_dir,
         tiny_corpus / "bench",

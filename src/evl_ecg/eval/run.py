@@ -171,6 +171,7 @@ def evaluate_model(
     model_id: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Generate, score and (multi-label subsets) likelihood-score one model; write ``out_dir/scores.json``.
 
@@ -188,6 +189,7 @@ def evaluate_model(
             or the adapter's family).
         device: move the model there first (``"cuda"``); default: leave it where it is.
         progress: tqdm bars.
+        seed: the training seed of the model, recorded in the document (result tables group runs by method x seed).
 
     Returns:
         The document written to ``scores.json``: the scorer's ``format``/``method``/``results``/``errors``, plus
@@ -244,6 +246,8 @@ def evaluate_model(
         doc = _score(bench_dir, out_dir, scorer, list(files), model_id)
     else:
         doc = {"format": 1, "method": model_id, "seed": None, "results": [], "errors": [], "unpaired": []}
+    if seed is not None:
+        doc["seed"] = seed
     doc.update(
         {
             "model": model_desc,

@@ -53,8 +53,16 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     config_json = model_dir / "config.json"
     model_config = json.loads(config_json.read_text()) if config_json.exists() else {}
     architectures = model_config.get("architectures") or []
+    manifest = Path(cfg["train_file"]).parent / "manifest.json" if cfg.get("train_file") else None
+    data_format = None
+    if manifest is not None and manifest.is_file():
+        try:
+            data_format = json.loads(manifest.read_text()).get("format")
+        except (OSError, ValueError):
+            data_format = None
     return {
         "architecture": architectures[0] if architectures else None,
+        "data_format": data_format,
         "parameters": _count_parameters(model_dir),
         "phase": provenance.get("phase", cfg.get("phase")),
         "objective": provenance.get("objective"),
@@ -97,9 +105,7 @@ def _scores_table(scores: dict[str, Any]) -> str:
 
 
 def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None) -> str:
-    synthetic = "synthetic" in str(facts.get("train_file") or "") or facts.get("initialised_from", "").startswith(
-        "random"
-    )
+    synthetic = "synthetic" in str(facts.get("data_format") or "") or "synthetic" in str(facts.get("train_file") or "")
     lines = [
         "---",
         "library_name: transformers",

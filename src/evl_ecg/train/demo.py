@@ -57,6 +57,51 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool) ->
     return run(cfg).student_dir
 
 
+def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_dir: Path) -> dict[str, Path]:
+    """``out/figures/``: the Sinkhorn plan of one benchmark ECG under the trained ``W_p`` (paper Figure 2), the
+    singular-value spectra of the teacher's and both students' visual tokens over a few ECGs (Figure 3), and the
+    curve of every loss term of the KD run."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from evl_ecg.data.records import load_records, open_image
+    from evl_ecg.eval.figures import plot_loss_curves, plot_singular_values, plot_transport_plan
+    from evl_ecg.models import load_adapter
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    records = load_records(data / "bench" / "ptb-test.json")[:8]
+    images = [open_image(r, data / "images") for r in records]
+
+    def visual_tokens(model_dir: Path) -> list[torch.Tensor]:
+        adapter = load_adapter(model_dir)
+        tokens = []
+        with torch.no_grad():
+            for record, image in zip(records, images, strict=True):
+                side = adapter.forward(adapter.collate([adapter.encode(record, image)]))
+                tokens.append(side.visual[0][side.visual_mask[0]].float())
+        return tokens
+
+    teacher, sft, kd = visual_tokens(teacher_dir), visual_tokens(sft_dir), visual_tokens(kd_dir)
+    paths: dict[str, Path] = {}
+    checkpoint = get_last_checkpoint(str(kd_dir.parent))
+    objective = load_file(str(Path(checkpoint) / "objective.safetensors")) if checkpoint else {}
+    proj = objective.get("terms.ot.proj.weight")
+    if proj is not None:
+        paths["transport_plan"] = plot_transport_plan(
+            teacher[0], kd[0], proj, path=fig_dir / "transport_plan.png", title=f"Sinkhorn plan, {records[0].id}"
+        )
+    paths["singular_values"] = plot_singular_values(
+        {"teacher": torch.cat(teacher), "student (SFT)": torch.cat(sft), "student (EVL-ECG)": torch.cat(kd)},
+        fig_dir / "singular_values.png",
+        title="Visual-token spectra over 8 ptb-test ECGs",
+    )
+    history = json.loads((kd_dir.parent / "log_history.json").read_text())
+    paths["loss_curves"] = plot_loss_curves(history, fig_dir / "loss_curves.png")
+    return paths
+
+
 def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary written to ``results.json``."""
     from evl_ecg.data.corpus import build_corpus
@@ -109,10 +154,12 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
             max_new_tokens=16 if quick else 96,
             batch_size=16,
             model_id=name,
+            seed=seed,
             image_root=data / "images",
             progress=True,
         )
         docs.append(load_score_doc(eval_dir / "scores.json"))
+    figures = _stage("figures", timings, write_figures, out, data, teacher_dir, sft_dir, kd_dir)
     rows = build_table(docs, with_reference=False)
     table_md = to_markdown(rows)
     likelihood = {}
@@ -133,6 +180,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
         "likelihood": likelihood,
         "timings_s": timings,
         "models": {k: str(v) for k, v in models.items()},
+        "figures": {k: str(v) for k, v in figures.items()},
         "quick": quick,
         "seed": seed,
     }
