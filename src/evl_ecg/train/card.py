@@ -84,6 +84,10 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     }
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
+
+
 def _scores_table(scores: dict[str, Any]) -> str:
     rows = ["| subset | scorer | metrics | scored / gold |", "|---|---|---|---|"]
     for result in scores.get("results", []):
@@ -98,8 +102,7 @@ def _scores_table(scores: dict[str, Any]) -> str:
         rows += ["| subset | ROC-AUC | ECE |", "|---|---|---|"]
         for subset, doc in likelihood.items():
             auc, ece = doc.get("auc"), doc.get("ece")
-            fmt = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "n/a"  # noqa: E731
-            rows.append(f"| {subset} | {fmt(auc)} | {fmt(ece)} |")
+            rows.append(f"| {subset} | {_fmt(auc)} | {_fmt(ece)} |")
     bench = scores.get("bench")
     return "\n".join(rows) + (f"\n\nBenchmark files: `{bench}`." if bench else "")
 
