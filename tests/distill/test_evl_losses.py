@@ -150,6 +150,27 @@ def test_mhca_response_positions_on_both_sides() -> None:
     torch.testing.assert_close(out.loss, ref_loss, atol=1e-5, rtol=1e-5)
 
 
+def test_mhca_teacher_text_keys_equal_attention_over_the_text_positions_alone() -> None:
+    """``teacher_positions="text"``: the teacher's image positions leave the keys (gathered out, not just masked)."""
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4, teacher_positions="text")
+    s, t = _student(), _teacher()
+    seen: list[int] = []
+    loss.k_proj.register_forward_hook(lambda mod, args, res: seen.append(args[0].shape[1]))
+    out = loss(s, t)
+    key_mask = t.text_mask & t.attention_mask
+    assert seen == [int(key_mask.sum(1).max())] and seen[0] < t.hidden.shape[1]  # projected: the kept rows only
+    ref = _mha_reference(loss, s, t, key_mask, False)
+    m = s.attention_mask  # the student side keeps positions="all"
+    torch.testing.assert_close(out.extras["aligned_teacher"][m], ref[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ((s.hidden - ref) ** 2).sum(-1)[m].sum() / m.sum(), atol=1e-5, rtol=1e-5)
+    # the image positions' hidden states do not matter at all
+    t_junk = dataclasses.replace(t, hidden=torch.where(key_mask[..., None], t.hidden, torch.nan))
+    torch.testing.assert_close(loss(s, t_junk).loss, out.loss)
+    with pytest.raises(ValueError, match="positions"):
+        build_loss("mhca", CONTEXT, teacher_positions="image")
+
+
 def test_mhca_padding_changes_nothing() -> None:
     torch.manual_seed(0)
     loss = build_loss("mhca", CONTEXT, heads=4)

@@ -115,10 +115,40 @@ def test_envelope_gradient_is_the_gradient_of_the_entropic_ot_value() -> None:
     assert float(g_env[~mask].abs().max()) == 0.0  # no gradient into padding
 
 
+def test_envelope_gradient_matches_pots_autodiff_at_the_papers_dimension() -> None:
+    """Issue 3's check at the paper's single-tile shape: 576 teacher and 64 student tokens, ``D_s`` 2048.
+
+    Reference: POT's ``ot.solve(..., method="sinkhorn_log", grad="autodiff")``, autograd through POT's own
+    iterations. Features: L2-normalised tokens around 8 shared centres, so the plan is structured (about 90 % of
+    its mass joins tokens of one cluster) and the check can fail: the gradient under a uniform plan scores 0.78.
+    Measured: 0.999. The cosine is not > 0.99 on every problem (0.95 to 0.97 at d 16; 0.98 with looser
+    clusters at d 2048): docs/distill.md, Deviations.
+    """
+    g = torch.Generator().manual_seed(0)
+    d, n_s, n_t = 2048, 64, 576
+    centres = torch.randn(8, d, generator=g, dtype=torch.float64)
+    c_s, c_t = torch.randint(0, 8, (n_s,), generator=g), torch.randint(0, 8, (n_t,), generator=g)
+    s = F.normalize(centres[c_s] + torch.randn(n_s, d, generator=g, dtype=torch.float64), dim=-1)
+    t = F.normalize(centres[c_t] + torch.randn(n_t, d, generator=g, dtype=torch.float64), dim=-1)
+    s = s.clone().requires_grad_(True)
+    a, b = torch.full((n_s,), 1.0 / n_s, dtype=torch.float64), torch.full((n_t,), 1.0 / n_t, dtype=torch.float64)
+    res = sinkhorn(_cost(s, t)[None], a[None], b[None], tol=1e-12, max_iter=100_000)
+    assert float((res.plan[0] * (c_s[:, None] == c_t[None, :])).sum()) > 0.85  # structured, not near uniform
+    (g_env,) = torch.autograd.grad(res.value.sum(), s)
+    ref = ot.solve(_cost(s, t), a, b, reg=0.1, reg_type="entropy", method="sinkhorn_log", max_iter=5000,
+                   tol=1e-12, grad="autodiff")  # fmt: skip
+    assert float(marginal_error(ref.plan.detach()[None], a[None], b[None])) < 1e-9
+    (g_ref,) = torch.autograd.grad(ref.value_linear, s)
+    assert float(F.cosine_similarity(g_env.flatten(), g_ref.flatten(), dim=0)) > 0.99
+    (g_uniform,) = torch.autograd.grad((a[:, None] * b[None, :] * _cost(s, t)).sum(), s)
+    assert float(F.cosine_similarity(g_uniform.flatten(), g_ref.flatten(), dim=0)) < 0.9
+
+
 def test_envelope_gradient_is_close_to_the_unrolled_gradient_of_the_transport_cost() -> None:
     """Against autograd of <P(C), C> through the iterations (which adds the <dP, C> term the envelope drops).
 
-    Measured cosine on such problems: 0.96 to 0.99 (docs/distill.md); the direction agrees, not exactly.
+    On these low-dimensional (d 16) problems the dropped term is larger: measured cosine 0.95 to 0.99
+    (docs/distill.md); at the paper's dimension with a structured plan it is > 0.99 (the test above).
     """
     x, y, mx, my, _, _ = _padded_problem(seed=4)
     a, b = uniform_marginals(mx, x.dtype), uniform_marginals(my, x.dtype)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from evl_ecg.distill.presets import list_presets
-from evl_ecg.train.trainer import count_denominators
+from evl_ecg.distill.registry import LossOutput
+from evl_ecg.train.trainer import EvlTrainer, count_denominators
 
 
 def test_denominators_count_every_unit_by_hand():
@@ -33,6 +37,19 @@ def test_denominators_add_over_micro_batches():
         [{"labels": labels[:1], "attention_mask": mask[:1]}, {"labels": labels[1:], "attention_mask": mask[1:]}]
     )
     assert whole == parts
+
+
+def test_logged_terms_are_the_means_over_micro_steps_and_stay_on_the_device_until_logged() -> None:
+    state = SimpleNamespace(_term_sums=defaultdict(float), _term_count=0, _tokens_seen=0, _t0=time.perf_counter())
+    steps = [({"loss": torch.tensor(1.0), "ot/iterations": 5}, 3), ({"loss": torch.tensor(4.0), "ot/iterations": 8}, 2)]
+    for logs, tokens in steps:
+        mask = torch.ones(1, tokens, dtype=torch.long)
+        EvlTrainer._record(state, LossOutput(loss=torch.tensor(0.0), logs=logs), {"student": {"attention_mask": mask}})
+    assert torch.is_tensor(state._term_sums["loss"]) and torch.is_tensor(state._tokens_seen)  # no sync per step
+    means = EvlTrainer._term_means(state)
+    assert means["loss"] == 2.5 and means["ot/iterations"] == 6.5
+    assert means["throughput/student_tokens_per_s"] > 0
+    assert state._term_count == 0 and not state._term_sums and EvlTrainer._term_means(state) == {}
 
 
 def test_sft_run_exports_a_plain_student_and_provenance(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
@@ -102,6 +119,31 @@ def test_objective_modules_train_at_the_projector_learning_rate(tmp_path, tiny_c
         assert lr_of[id(p)] == expected, name
     assert any(n.startswith("objective.") for n, _ in module.named_parameters())
     assert all(not p.requires_grad for p in teacher.model.parameters())
+
+
+def test_hidden_positions_reach_the_hidden_state_losses_or_are_refused(
+    tmp_path, tiny_corpus, tiny_checkpoints, tiny_config
+) -> None:
+    """The trainer counts MHCA/relation denominators over hidden_positions: the terms must average over the same."""
+    from evl_ecg.models import load_adapter
+    from evl_ecg.train.pipeline import build_objective
+
+    def config(**kw):
+        paths = {"student": str(tiny_checkpoints["student"]), "teacher": str(tiny_checkpoints["teacher"])}
+        return tiny_config(tmp_path, tiny_corpus, phase="kd", **paths, **kw)
+
+    cfg = config(hidden_positions="response")
+    student, teacher = load_adapter(cfg.student), load_adapter(cfg.teacher)
+    objective = build_objective(cfg, student, teacher)
+    assert objective.terms["mhca"].positions == "response" and objective.terms["relation"].positions == "response"
+    assert objective.terms["mhca"].teacher_positions == "response"
+    dropped = build_objective(config(objective={"terms": {"relation": None}}), student, teacher)
+    assert set(dropped.terms) == {"mhca", "ot"}  # a removed term stays removed
+    mismatch = config(hidden_positions="response", objective={"terms": {"mhca": {"positions": "all"}}})
+    with pytest.raises(ValueError, match="'mhca' averages over positions='all' but hidden_positions='response'"):
+        build_objective(mismatch, student, teacher)
+    with pytest.raises(ValueError, match="'tinybert'"):  # no positions option: it averages over all positions
+        build_objective(config(method="tinybert", hidden_positions="response"), student, teacher)
 
 
 def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):

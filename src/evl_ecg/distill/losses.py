@@ -48,6 +48,14 @@ def _masked(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows of ``x`` (``B x L x D``) selected by ``mask`` moved to the front of each sample, in order, and cut to
+    the largest count: ``(B x K x D, B x K mask)``. Needs one host synchronisation (``K``)."""
+    keep = max(int(mask.sum(dim=1).max()), 1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :keep]
+    return torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1])), torch.gather(mask, 1, order)
+
+
 def _check_positions(positions: str) -> str:
     if positions not in POSITION_SETS:
         raise ValueError(f"positions must be one of {POSITION_SETS}, got {positions!r}")
@@ -104,7 +112,14 @@ class MHCALoss(DistillLoss):
     Options:
         heads: ``h`` (paper Table 4: 8).
         positions: ``"all"`` (default), ``"response"`` or ``"text"``, applied to both sides.
+        teacher_positions: the teacher's (key) position set, if it should differ from ``positions``. ``"text"``
+            leaves the teacher's visual positions out of the keys: at the paper's multi-tile shape that removes
+            2,880 of 3,400 keys and about 4 of MHCA's 6.6 % of the student's FLOPs (``benchmarks/objective.py``);
+            a departure from the paper (docs/deviations.md), off by default.
         bias: add biases to the four projections (default False, as the paper's equations).
+
+    When the teacher's key set is not ``"all"``, its selected positions are gathered to the front of each row
+    first (one host synchronisation for the longest count), so that the K/V projections run on them only.
 
     Gradients reach ``H_s`` and the MHCA weights. Logs ``norm_student`` / ``norm_aligned``: mean per-token L2 norm
     of ``H_s`` and ``Ĥ_t`` over ``S``. Produces ``extras["aligned_teacher"]`` = ``Ĥ_t`` (``B x L_s x D_s``, with
@@ -114,7 +129,15 @@ class MHCALoss(DistillLoss):
     unit = "student_positions"
     produces = frozenset({"aligned_teacher"})
 
-    def __init__(self, *, context: LossContext, heads: int = 8, positions: str = "all", bias: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        context: LossContext,
+        heads: int = 8,
+        positions: str = "all",
+        teacher_positions: str | None = None,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         context.need("student_hidden", "teacher_hidden", loss="mhca")
         d_s, d_t = int(context.student_hidden), int(context.teacher_hidden)
@@ -123,13 +146,17 @@ class MHCALoss(DistillLoss):
         self.heads = heads
         self.head_dim = d_s // heads
         self.positions = _check_positions(positions)
+        self.teacher_positions = _check_positions(positions if teacher_positions is None else teacher_positions)
         self.q_proj = nn.Linear(d_s, d_s, bias=bias)
         self.k_proj = nn.Linear(d_t, d_s, bias=bias)
         self.v_proj = nn.Linear(d_t, d_s, bias=bias)
         self.o_proj = nn.Linear(d_s, d_s, bias=bias)
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, d_k={self.head_dim}, positions={self.positions!r}"
+        return (
+            f"heads={self.heads}, d_k={self.head_dim}, positions={self.positions!r}, "
+            f"teacher_positions={self.teacher_positions!r}"
+        )
 
     def align(self, h_s: Tensor, h_t: Tensor, key_mask: Tensor) -> Tensor:
         """``Ĥ_t`` (``B x L_s x D_s``) from ``h_s`` (``B x L_s x D_s``) and ``h_t`` (``B x L_t x D_t``).
@@ -150,12 +177,15 @@ class MHCALoss(DistillLoss):
         if teacher is None:
             raise ValueError("mhca needs the teacher's outputs")
         q_mask = student.position_mask(self.positions)
-        k_mask = teacher.position_mask(self.positions)
+        k_mask = teacher.position_mask(self.teacher_positions)
         has_keys = k_mask.any(dim=1)  # a sample without teacher positions takes no part
         q_mask = q_mask & has_keys[:, None]
         k_mask = k_mask | ~has_keys[:, None]
         h_s = _masked(student.hidden, student.attention_mask)
-        h_t = _masked(teacher.hidden.detach(), k_mask)
+        h_t = teacher.hidden.detach()
+        if self.teacher_positions != "all":
+            h_t, k_mask = _compact(h_t, k_mask)
+        h_t = _masked(h_t, k_mask)
         aligned = self.align(h_s, h_t, k_mask)
         dtype = _compute_dtype(h_s)
         with torch.autocast(device_type=h_s.device.type, enabled=False):

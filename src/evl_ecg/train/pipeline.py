@@ -16,6 +16,7 @@ Every run directory holds ``provenance.json`` (resolved config, package versions
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -33,6 +34,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from evl_ecg.data.paired import PairedCollator, PairedDataset
 from evl_ecg.data.records import Record, load_records, open_image
 from evl_ecg.distill.objective import Objective
+from evl_ecg.distill.presets import get_preset
+from evl_ecg.distill.registry import registered
 from evl_ecg.models import load_adapter
 from evl_ecg.models.base import Adapter, make_loss_context
 from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
@@ -176,10 +179,29 @@ def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
 
 
 def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
+    """The phase's objective; ``config.hidden_positions`` is the ``positions`` of every term that has one.
+
+    The trainer counts the denominators of hidden-state losses over ``hidden_positions``, so a term that averages
+    over student positions (or pairs of them) must use the same set: a term's own ``positions`` in
+    ``config.objective`` that disagrees is refused, as is a term without the option when the set is not ``all``.
+    """
     if config.phase in ("teacher", "sft"):
         return Objective.from_preset("sft", make_loss_context(student))
-    overrides = dict(config.objective or {})
-    return Objective.from_preset(config.method, make_loss_context(student, teacher), **overrides)
+    hidden = config.hidden_positions
+    spec = get_preset(config.method, **dict(config.objective or {}))
+    spec["terms"] = {name: dict(options) for name, options in spec["terms"].items()}
+    for name, options in spec["terms"].items():
+        if name in registered() and "positions" in inspect.signature(registered()[name]).parameters:
+            options.setdefault("positions", hidden)
+    objective = Objective(spec, make_loss_context(student, teacher))
+    for name, term in objective.terms.items():
+        used = getattr(term, "positions", "all")
+        if term.unit in ("student_positions", "student_pairs") and used != hidden:
+            raise ValueError(
+                f"objective term {name!r} averages over positions={used!r} but hidden_positions={hidden!r}, over "
+                f"which the trainer counts its denominator; set both to the same value"
+            )
+    return objective
 
 
 def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:

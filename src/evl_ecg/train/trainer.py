@@ -126,9 +126,9 @@ class EvlTrainer(Trainer):
         if teacher is not None:
             teacher.model.eval()
             teacher.model.requires_grad_(False)
-        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._term_count = 0
-        self._tokens_seen = 0
+        self._tokens_seen: torch.Tensor | int = 0
         self._t0 = time.perf_counter()
 
     # ---- denominators over the accumulated batch, summed over ranks ------------------------------------------
@@ -167,21 +167,29 @@ class EvlTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def _record(self, out: LossOutput, inputs: dict[str, Any]) -> None:
+        # Summed on the device: converting to Python numbers here would synchronise with the GPU at every
+        # micro-step; that happens once per logging step instead (in `log`), as the Trainer does for its loss.
         for key, value in out.logs.items():
-            self._term_sums[key] += float(value.detach().float()) if torch.is_tensor(value) else float(value)
+            value = value.detach().float() if torch.is_tensor(value) else float(value)
+            self._term_sums[key] = self._term_sums[key] + value
         self._term_count += 1
-        self._tokens_seen += int(inputs["student"]["attention_mask"].sum())
+        self._tokens_seen = self._tokens_seen + inputs["student"]["attention_mask"].sum()
+
+    def _term_means(self) -> dict[str, float]:
+        """Each logged figure averaged over the micro-steps since the last call, and the throughput; then reset."""
+        if not self._term_count:
+            return {}
+        means = {key: round(float(total) / self._term_count, 6) for key, total in self._term_sums.items()}
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        means["throughput/student_tokens_per_s"] = round(float(self._tokens_seen) / elapsed, 2)
+        self._term_sums.clear()
+        self._term_count = 0
+        self._tokens_seen = 0
+        self._t0 = time.perf_counter()
+        return means
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._term_count:
-            for key, total in self._term_sums.items():
-                logs[key] = round(total / self._term_count, 6)
-            elapsed = max(time.perf_counter() - self._t0, 1e-9)
-            logs["throughput/student_tokens_per_s"] = round(self._tokens_seen / elapsed, 2)
-            self._term_sums.clear()
-            self._term_count = 0
-            self._tokens_seen = 0
-            self._t0 = time.perf_counter()
+        logs.update(self._term_means())
         super().log(logs, *args, **kwargs)
 
     # ---- optimizer groups ------------------------------------------------------------------------------------
