@@ -171,6 +171,30 @@ def test_mhca_teacher_text_keys_equal_attention_over_the_text_positions_alone() 
         build_loss("mhca", CONTEXT, teacher_positions="image")
 
 
+@pytest.mark.parametrize("teacher_positions", ["response", "text"])
+def test_mhca_sample_without_teacher_keys_takes_no_part_and_stays_finite(teacher_positions: str) -> None:
+    """A sample whose teacher has no key position (e.g. its response cut off): no NaN from the junk in its padding."""
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4, positions="response", teacher_positions=teacher_positions)
+    s, t = _with_grad(_student()), _teacher()
+    no_keys = torch.zeros_like(t.attention_mask)
+    no_keys[1:] = True  # sample 0 loses every key position
+    hidden = torch.where(t.attention_mask[..., None], t.hidden, torch.nan)
+    t = dataclasses.replace(
+        t,
+        hidden=hidden,
+        labels=torch.where(no_keys, t.labels, IGNORE_INDEX),
+        text_mask=t.text_mask & no_keys,
+    )
+    out = loss(s, t)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(s.hidden.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in loss.parameters())
+    assert float(s.hidden.grad[0].abs().sum()) == 0.0  # its queries do not count
+    rest = loss(_take(s, slice(1, None)), _take(t, slice(1, None)))  # the same loss without that sample
+    torch.testing.assert_close(out.loss, rest.loss)
+
+
 def test_mhca_padding_changes_nothing() -> None:
     torch.manual_seed(0)
     loss = build_loss("mhca", CONTEXT, heads=4)

@@ -144,6 +144,31 @@ def test_hidden_positions_reach_the_hidden_state_losses_or_are_refused(
         build_objective(mismatch, student, teacher)
     with pytest.raises(ValueError, match="'tinybert'"):  # no positions option: it averages over all positions
         build_objective(config(method="tinybert", hidden_positions="response"), student, teacher)
+    aligned = config(
+        method="tinybert", hidden_positions="response", objective={"terms": {"tinybert": {"hidden_align": "response"}}}
+    )
+    assert build_objective(aligned, student, teacher).terms["tinybert"].unit == "response_tokens"  # counts no positions
+    rkd = build_objective(config(method="rkd", hidden_positions="response"), student, teacher)
+    assert rkd.terms["rkd"].positions == "all"  # per-sample unit: hidden_positions is not its business
+
+
+def test_text_positions_are_counted_as_the_adapter_marks_them(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
+    from evl_ecg.data.paired import PairedCollator, PairedDataset
+    from evl_ecg.models import load_adapter
+    from evl_ecg.train.pipeline import image_loader, load_training_records
+
+    cfg = tiny_config(tmp_path, tiny_corpus, phase="sft", student=str(tiny_checkpoints["student"]))
+    student = load_adapter(cfg.student)
+    dataset = PairedDataset(load_training_records(cfg), image_loader(cfg), None, student)
+    batch = PairedCollator(student)([dataset[i] for i in range(3)])["student"]
+    with torch.no_grad():
+        marked = student.forward(batch).position_mask("text")
+    counts = count_denominators([batch], "text", student.image_token_id)
+    n = marked.sum(1).to(torch.float64)
+    assert counts["student_positions"] == float(n.sum()) < float(batch["attention_mask"].sum())
+    assert counts["student_pairs"] == float((n * (n - 1)).sum())
+    with pytest.raises(ValueError, match="image_token_id"):
+        count_denominators([batch], "text")
 
 
 def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):

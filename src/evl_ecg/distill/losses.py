@@ -51,7 +51,7 @@ def _masked(x: Tensor, mask: Tensor) -> Tensor:
 def _compact(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """The rows of ``x`` (``B x L x D``) selected by ``mask`` moved to the front of each sample, in order, and cut to
     the largest count: ``(B x K x D, B x K mask)``. Needs one host synchronisation (``K``)."""
-    keep = max(int(mask.sum(dim=1).max()), 1)
+    keep = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :keep]
     return torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[-1])), torch.gather(mask, 1, order)
 
@@ -177,15 +177,16 @@ class MHCALoss(DistillLoss):
         if teacher is None:
             raise ValueError("mhca needs the teacher's outputs")
         q_mask = student.position_mask(self.positions)
-        k_mask = teacher.position_mask(self.teacher_positions)
-        has_keys = k_mask.any(dim=1)  # a sample without teacher positions takes no part
+        selected = teacher.position_mask(self.teacher_positions)
+        has_keys = selected.any(dim=1)  # a sample without teacher positions takes no part
         q_mask = q_mask & has_keys[:, None]
-        k_mask = k_mask | ~has_keys[:, None]
+        # ... but attends to one zero key (position 0), so that its softmax stays finite; its queries do not count
+        dummy = ~has_keys[:, None] & (torch.arange(selected.shape[1], device=selected.device) == 0)[None]
+        k_mask = selected | dummy
         h_s = _masked(student.hidden, student.attention_mask)
-        h_t = teacher.hidden.detach()
+        h_t = _masked(teacher.hidden.detach(), selected)  # junk (even NaN) off the keys never reaches a product
         if self.teacher_positions != "all":
             h_t, k_mask = _compact(h_t, k_mask)
-        h_t = _masked(h_t, k_mask)
         aligned = self.align(h_s, h_t, k_mask)
         dtype = _compute_dtype(h_s)
         with torch.autocast(device_type=h_s.device.type, enabled=False):

@@ -178,12 +178,16 @@ def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
     return frozen
 
 
-def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
-    """The phase's objective; ``config.hidden_positions`` is the ``positions`` of every term that has one.
+POSITION_UNITS = ("student_positions", "student_pairs")  # the units counted over hidden_positions
 
-    The trainer counts the denominators of hidden-state losses over ``hidden_positions``, so a term that averages
-    over student positions (or pairs of them) must use the same set: a term's own ``positions`` in
-    ``config.objective`` that disagrees is refused, as is a term without the option when the set is not ``all``.
+
+def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
+    """The phase's objective; ``config.hidden_positions`` is the ``positions`` of the hidden-state terms.
+
+    The trainer counts the denominators of hidden-state losses (units ``student_positions``, ``student_pairs``) over
+    ``hidden_positions``, so such a term must average over the same set: it gets ``hidden_positions`` as its
+    ``positions`` unless ``config.objective`` sets one, and a disagreeing setting, or such a term without the option
+    when the set is not ``all`` (TinyBERT's interpolated hidden states), is refused.
     """
     if config.phase in ("teacher", "sft"):
         return Objective.from_preset("sft", make_loss_context(student))
@@ -191,12 +195,13 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None
     spec = get_preset(config.method, **dict(config.objective or {}))
     spec["terms"] = {name: dict(options) for name, options in spec["terms"].items()}
     for name, options in spec["terms"].items():
-        if name in registered() and "positions" in inspect.signature(registered()[name]).parameters:
+        cls = registered().get(name)
+        if cls is not None and cls.unit in POSITION_UNITS and "positions" in inspect.signature(cls).parameters:
             options.setdefault("positions", hidden)
     objective = Objective(spec, make_loss_context(student, teacher))
     for name, term in objective.terms.items():
         used = getattr(term, "positions", "all")
-        if term.unit in ("student_positions", "student_pairs") and used != hidden:
+        if term.unit in POSITION_UNITS and used != hidden:
             raise ValueError(
                 f"objective term {name!r} averages over positions={used!r} but hidden_positions={hidden!r}, over "
                 f"which the trainer counts its denominator; set both to the same value"

@@ -57,6 +57,11 @@ class DistillModule(nn.Module):
         object.__setattr__(self, "_adapter", adapter)  # not a submodule: its model is self.student
         object.__setattr__(self, "_frozen", tuple(frozen))  # parts of self.student that stay in eval mode
 
+    @property
+    def adapter(self) -> Any:
+        """The student's adapter (its model is :attr:`student`)."""
+        return self._adapter
+
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
         for module in self._frozen:
@@ -85,10 +90,13 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
 
 
-def count_denominators(student_batches: list[dict[str, torch.Tensor]], positions: str = "all") -> dict[str, float]:
+def count_denominators(
+    student_batches: list[dict[str, torch.Tensor]], positions: str = "all", image_token_id: int | None = None
+) -> dict[str, float]:
     """Local counts of every loss unit over micro-batches (one process): the numerators of :class:`Denominators`.
 
-    ``positions`` is the position set of hidden-state losses (``all``, ``response``, ``text``).
+    ``positions`` is the position set of hidden-state losses (``all``, ``response``, ``text``); ``text`` are the
+    valid positions that are not the student's image token (``image_token_id``), as the adapters' ``text_mask``.
     """
     counts = defaultdict(float)
     for batch in student_batches:
@@ -99,8 +107,10 @@ def count_denominators(student_batches: list[dict[str, torch.Tensor]], positions
             pos = mask
         elif positions == "response":
             pos = mask & (labels != IGNORE_INDEX)
+        elif image_token_id is not None:
+            pos = mask & (batch["input_ids"] != image_token_id)
         else:
-            pos = mask & batch["text_mask"].bool() if "text_mask" in batch else mask
+            raise ValueError("hidden_positions='text' needs the student's image_token_id to count text positions")
         n = pos.sum(dim=1).to(torch.float64)
         counts["student_positions"] += float(n.sum())
         counts["student_pairs"] += float((n * (n - 1)).sum())
@@ -135,7 +145,9 @@ class EvlTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Denominators | None:
         if not batch_samples:
             return None
-        counts = count_denominators([b["student"] for b in batch_samples], self.args.hidden_positions)
+        image_token_id = self.accelerator.unwrap_model(self.model).adapter.image_token_id
+        batches = [b["student"] for b in batch_samples]
+        counts = count_denominators(batches, self.args.hidden_positions, image_token_id)
         keys = sorted(counts)
         values = torch.tensor([counts[k] for k in keys], dtype=torch.float64, device=device)
         if self.args.world_size > 1:

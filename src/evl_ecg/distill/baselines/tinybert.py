@@ -114,6 +114,8 @@ class TinyBERTLoss(DistillLoss):
         super().__init__()
         context.need("student_hidden", "teacher_hidden", loss="tinybert")
         self.hidden_align = check_choice("hidden_align", hidden_align, ("interpolate", "response"))
+        # the hidden-state term's count: every valid student position, or the response tokens it aligns
+        self.unit = "student_positions" if self.hidden_align == "interpolate" else "response_tokens"
         self.attention_align = check_choice("attention_align", attention_align, ("pool", "response"))
         self.attention_size = attention_size
         self.layer_map = list(layer_map) if layer_map is not None else None
