@@ -119,7 +119,9 @@ class MHCALoss(DistillLoss):
         bias: add biases to the four projections (default False, as the paper's equations).
 
     When the teacher's key set is not ``"all"``, its selected positions are gathered to the front of each row
-    first (one host synchronisation for the longest count), so that the K/V projections run on them only.
+    first (one host synchronisation for the longest count), so that the K/V projections run on them only. A sample
+    whose teacher has no key position (say, its response cut off by truncation) takes no part: its queries do not
+    count, and it attends to a single zero key so that nothing from its padding can reach a product.
 
     Gradients reach ``H_s`` and the MHCA weights. Logs ``norm_student`` / ``norm_aligned``: mean per-token L2 norm
     of ``H_s`` and ``Ĥ_t`` over ``S``. Produces ``extras["aligned_teacher"]`` = ``Ĥ_t`` (``B x L_s x D_s``, with
