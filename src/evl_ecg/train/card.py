@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evl_ecg.data.records import atomic_write_bytes
+
 CARD_FILE = "README.md"
 FACTS_FILE = "card.json"
 MARKER = "<!-- evl-ecg model card -->"
@@ -22,12 +24,6 @@ NOT_A_DEVICE = (
     "approved by any regulator, and must not be used to diagnose, treat or triage patients or to support any "
     "clinical decision."
 )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _count_parameters(model_dir: Path) -> int | None:
@@ -189,9 +185,10 @@ def write_model_card(
     facts = training_facts(provenance, model_dir) if provenance is not None else stored.get("facts", {})
     scores = scores if scores is not None else stored.get("scores")
     name = name or stored.get("name") or model_dir.parent.name or model_dir.name
-    _atomic_write(facts_path, json.dumps({"name": name, "facts": facts, "scores": scores}, indent=1, default=str))
+    facts_doc = {"name": name, "facts": facts, "scores": scores}
+    atomic_write_bytes(facts_path, json.dumps(facts_doc, indent=1, default=str).encode("utf-8"))
     path = model_dir / CARD_FILE
-    _atomic_write(path, render_card(name, facts, scores))
+    atomic_write_bytes(path, render_card(name, facts, scores).encode("utf-8"))
     return path
 
 

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from evl_ecg.data.records import atomic_write_bytes
 from evl_ecg.train.config import load_config, tiny_config_path
 
 #: the tiny teacher that ships with the package (trained by ``evl-ecg train teacher`` on the default corpus).
@@ -29,9 +30,7 @@ def shipped_teacher() -> Path | None:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
 
 
 def _stage(name: str, timings: dict[str, float], fn, *args, **kwargs):
@@ -185,7 +184,5 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
         "seed": seed,
     }
     _atomic_json(out / "results.json", summary)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(markdown)
-    os.replace(tmp, out / "results.md")
+    atomic_write_bytes(out / "results.md", markdown.encode("utf-8"))
     return summary

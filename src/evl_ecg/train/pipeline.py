@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import platform
 import subprocess
 import time
@@ -32,7 +31,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from evl_ecg.data.paired import PairedCollator, PairedDataset
-from evl_ecg.data.records import Record, load_records, open_image
+from evl_ecg.data.records import Record, atomic_write_bytes, load_records, open_image
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
 from evl_ecg.distill.registry import registered
@@ -93,11 +92,8 @@ def write_provenance(config: EvlConfig, out_dir: Path, **extra: Any) -> Path:
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "provenance.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode("utf-8"))
     return path
 
 
@@ -259,8 +255,6 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     if trainer.args.should_save:  # only the main process writes
         export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir)
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
-        tmp = out_dir / "log_history.json.tmp"
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, out_dir / "log_history.json")
+        atomic_write_bytes(out_dir / "log_history.json", json.dumps(history, indent=1).encode("utf-8"))
     trainer.accelerator.wait_for_everyone()
     return RunResult(out_dir, student_dir, history, time.perf_counter() - t0, str(objective))
