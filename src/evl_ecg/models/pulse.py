@@ -35,7 +35,6 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
-    LlavaNextModelOutputWithPast,
     LlavaNextPreTrainedModel,
 )
 
@@ -163,6 +162,19 @@ class PulseImageProcessor:
 
 
 # ---- the model ----------------------------------------------------------------------------------------------
+class _PlaceholderSafeEmbedding(nn.Embedding):
+    """``nn.Embedding`` that looks an out-of-vocabulary id (LLaVA's image placeholder) up as row 0.
+
+    PULSE's image placeholder lies outside Vicuna's 32,000 rows, as LLaVA's ``IMAGE_TOKEN_INDEX``; the model
+    overwrites those positions with the visual tokens (``masked_scatter``), so the row looked up there never reaches
+    the language model. Keeping the lookup tolerant lets :class:`PulseLlavaModel` use ``LlavaNextModel.forward`` as
+    it is, whatever output fields a transformers release gives it. Same parameter (``weight``), same state dict.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Embedding's own argument name
+        return super().forward(input.masked_fill(input >= self.num_embeddings, 0))
+
+
 class _FlatInit:
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -179,74 +191,15 @@ class PulseLlavaModel(_FlatInit, LlavaNextModel):
         super().__init__(config)
         del self.image_newline
         self.image_newline = None
+        old = self.language_model.get_input_embeddings()
+        safe = _PlaceholderSafeEmbedding(old.num_embeddings, old.embedding_dim, old.padding_idx)
+        self.language_model.set_input_embeddings(safe)
 
     def pack_image_features(self, image_features, image_sizes, vision_feature_select_strategy, image_newline=None):
         """Flat: each image's ``T x P x D`` tile features become ``(T * P) x D``, base tile first."""
         feats = [f.reshape(-1, f.shape[-1]) for f in image_features]
         lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=feats[0].device)
         return feats, lens
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
-        inputs_embeds: torch.Tensor | None = None,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        use_cache: bool | None = None,
-        mm_encoder_outputs: dict | None = None,
-        **kwargs: Any,
-    ) -> LlavaNextModelOutputWithPast:
-        """``LlavaNextModel.forward``, except that the image placeholder id may lie outside the vocabulary."""
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        image_mask = None
-        if inputs_embeds is None:
-            image_mask = input_ids == self.config.image_token_id
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-        image_features = None
-        if pixel_values is not None and pixel_values.size(0) > 0:
-            if mm_encoder_outputs is not None:
-                raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
-            mm_encoder_outputs = {
-                "image": self.get_image_features(
-                    pixel_values,
-                    image_sizes,
-                    vision_feature_layer=vision_feature_layer,
-                    vision_feature_select_strategy=vision_feature_select_strategy,
-                    return_dict=True,
-                )
-            }
-        if mm_encoder_outputs and mm_encoder_outputs.get("image") is not None:
-            if image_mask is None:
-                raise ValueError("PULSE's image features need input_ids to find the image positions")
-            image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
-            if int(image_mask.sum()) != image_features.shape[0]:
-                raise ValueError(
-                    f"Image features and image tokens do not match, tokens: {int(image_mask.sum())}, "
-                    f"features: {image_features.shape[0]}"
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        return LlavaNextModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
 
 
 class PulseLlavaForConditionalGeneration(_FlatInit, LlavaNextForConditionalGeneration):
