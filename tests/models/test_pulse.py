@@ -206,9 +206,13 @@ def test_load_pulse_reproduces_the_original_flat_forward(original_checkpoint, re
 def test_load_pulse_takes_an_omitted_tower_from_mm_vision_tower(tmp_path, records, image):
     ckpt, parts = _write_original_checkpoint(tmp_path, seed=3, with_tower=False)
     adapter = load_pulse(ckpt)
+
+    def encoder(tower):  # older transformers 5 releases keep CLIPVisionModel's ``vision_model`` level
+        return getattr(tower, "vision_model", tower).encoder
+
     torch.testing.assert_close(
-        adapter.model.model.vision_tower.encoder.layers[1].mlp.fc1.weight,
-        parts[1].encoder.layers[1].mlp.fc1.weight,
+        encoder(adapter.model.model.vision_tower).layers[1].mlp.fc1.weight,
+        encoder(parts[1]).layers[1].mlp.fc1.weight,
         rtol=0,
         atol=0,
     )

@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, LlavaForConditionalGeneration
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration
 
 from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, require_files
 from evl_ecg.models.tokenizers import LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE

@@ -29,9 +29,15 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig, LlavaNextConfig, PreTrainedModel
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    PreTrainedModel,
+)
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,

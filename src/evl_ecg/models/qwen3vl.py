@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 
 from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, require_files
 from evl_ecg.models.tokenizers import CHATML_TEMPLATE
