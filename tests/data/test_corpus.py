@@ -149,3 +149,36 @@ def test_failed_items_are_listed_as_skipped(tmp_path, monkeypatch):
     assert item["reason"] == "ValueError: cannot make this one" and item["id"].startswith("synth-")
     listed = {r.id for s in SUBSETS for r in load_records(tmp_path / "d" / "bench" / f"{s}.json")}
     assert item["id"] not in listed and sum(manifest["counts"].values()) == 36 - len(result.skipped)
+
+
+def test_validation_split_is_in_the_bench_format_and_disjoint_from_train_and_bench(tmp_path):
+    out = tmp_path / "v"
+    result = build(out, n_val=3)
+    bench_seeds, val_seeds, train_seeds = set(), set(), set()
+    for rec in load_records(out / "train.json"):
+        train_seeds.add(rec.meta["signal_seed"])
+    for subset in SUBSETS:
+        bench = load_records(out / "bench" / f"{subset}.json")
+        val = load_records(out / "val" / f"{subset}.json")
+        assert len(val) == 3 and result.counts[f"val-{subset}"] == 3
+        for rec in val:  # same task, same question format, an image of its own
+            assert rec.meta["split"] == f"val-{subset}" and rec.image.startswith(f"val-{subset}/")
+            assert rec.meta["task"] == bench[0].meta["task"]
+            assert open_image(rec, out / "images").size == SIZE
+        bench_seeds |= {r.meta["signal_seed"] for r in bench}
+        val_seeds |= {r.meta["signal_seed"] for r in val}
+    assert not val_seeds & bench_seeds and not val_seeds & train_seeds
+    # the bench and train bytes do not depend on whether a validation split is drawn
+    plain = tmp_path / "plain"
+    build(plain)
+    for rel in ("train.json", *(f"bench/{s}.json" for s in SUBSETS)):
+        assert (plain / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_ecgbench_proportions_scale_the_other_subsets_to_ptb(tmp_path):
+    settings = corpus.CorpusSettings(n_train=0, n_bench=500, seed=0, bench_proportions="ecgbench")
+    counts = {s: settings.count(s) for s in SUBSETS}
+    assert counts["ptb-test"] == 500
+    for subset in SUBSETS:
+        assert counts[subset] == round(500 * corpus.ECGBENCH_SIZES[subset] / 2082)
+    assert "val-ptb-test" not in settings.splits()

@@ -418,3 +418,197 @@ def test_read_record_dispatches_on_suffix(tmp_path, code15):
         read_record(h5)
     with pytest.raises(EcgError, match="unknown ECG file type"):
         read_record(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------ PhysioNet/CinC Challenge layout (hand-written)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHALLENGE = FIXTURES / "A0001.hea"  # written by fixtures/make_challenge_fixture.py with struct, not by wfdb
+CHALLENGE_COMMENTS = [
+    "#Age: 74",
+    "#Sex: Male",
+    "#Dx: 59118001,164884008",
+    "#Rx: Unknown",
+    "#Hx: Unknown",
+    "#Sx: Unknown",
+]
+
+
+def _signed16(total: int) -> int:
+    return (int(total) + 32768) % 65536 - 32768
+
+
+def _read_mat_v4(path: Path) -> tuple[tuple[int, ...], bytes, np.ndarray]:
+    """Parse a MATLAB v4 file by the format, independently of wfdb: (header ints, name, matrix rows x cols)."""
+    import struct
+
+    raw = path.read_bytes()
+    head = struct.unpack("<5i", raw[:20])
+    mtype, mrows, ncols, imagf, namlen = head
+    name = raw[20 : 20 + namlen]
+    data = np.frombuffer(raw, dtype="<i2", offset=20 + namlen, count=mrows * ncols)
+    return head, name, data.reshape(ncols, mrows).T  # column-major on disk
+
+
+def _mat_v4(val: np.ndarray) -> bytes:
+    """MATLAB v4 bytes of int16 ``val`` (leads x samples) as the Challenge stores them."""
+    import struct
+
+    name = b"val\x00"
+    return struct.pack("<5i", 30, val.shape[0], val.shape[1], 0, len(name)) + name + val.astype("<i2").tobytes("F")
+
+
+def _write_challenge(directory: Path, record: str, val: np.ndarray, *, fs="500", comments=None, checksums=True):
+    """Challenge-layout ``.hea`` + ``.mat`` written line by line / byte by byte (not by wfdb)."""
+    lines = [f"{record} {val.shape[0]} {fs} {val.shape[1]} 05-Feb-2020 11:39:16"]
+    for i, lead in enumerate(LEADS):
+        row = val[i].astype(np.int64)
+        check = f" {_signed16(row.sum())} 0" if checksums else ""
+        lines.append(f"{record}.mat 16+24 1000/mV 16 0 {int(row[0])}{check} {lead}")
+    (directory / f"{record}.mat").write_bytes(_mat_v4(val))
+    hea = directory / f"{record}.hea"
+    hea.write_text("\n".join(lines + list(CHALLENGE_COMMENTS if comments is None else comments)) + "\n")
+    return hea
+
+
+def _challenge_val(seconds: float, fs: int = 500, seed: int = 7) -> np.ndarray:
+    """Deterministic int16 samples (1000 units/mV): a 1.2 Hz wave per lead plus noise, with a negative mean."""
+    t = np.arange(round(seconds * fs)) / fs
+    rng = np.random.default_rng(seed)
+    waves = np.stack([800 * np.sin(2 * np.pi * 1.2 * t + k) - 40 * k for k in range(12)])
+    return np.round(waves + rng.normal(0, 20, waves.shape)).astype(np.int16)
+
+
+def _copy_challenge(tmp_path: Path, edit) -> Path:
+    """The fixture's header with ``edit(lines) -> lines`` applied, next to a copy of its .mat file."""
+    (tmp_path / "A0001.mat").write_bytes((FIXTURES / "A0001.mat").read_bytes())
+    lines = edit(CHALLENGE.read_text().splitlines())
+    hea = tmp_path / "A0001.hea"
+    hea.write_text("\n".join(lines) + "\n")
+    return hea
+
+
+def test_challenge_fixture_is_the_published_layout_with_negative_checksums():
+    """The committed fixture really is MATLAB v4 int16 'val' (12 x n) + a Challenge header; some checksums < 0."""
+    import scipy.io
+
+    head, name, val = _read_mat_v4(FIXTURES / "A0001.mat")
+    assert head == (30, 12, 6000, 0, 4) and name == b"val\x00"  # 20 + 4 bytes: the header's "16+24"
+    assert np.array_equal(scipy.io.loadmat(FIXTURES / "A0001.mat")["val"], val)  # a real MATLAB v4 file
+    lines = CHALLENGE.read_text().splitlines()
+    assert lines[0].split()[:4] == ["A0001", "12", "500", "6000"]
+    checks = []
+    for i, line in enumerate(lines[1:13]):
+        fields = line.split()
+        assert fields[:5] == ["A0001.mat", "16+24", "1000/mV", "16", "0"] and fields[8] == LEADS[i]
+        assert int(fields[5]) == int(val[i, 0])  # initial value
+        checks.append(int(fields[6]))
+    # Checksum: the sum of the int16 samples wrapped to signed 16 bit, computed here without wfdb.
+    assert checks == [_signed16(val[i].astype(np.int64).sum()) for i in range(12)]
+    assert min(checks) < 0 and any(abs(int(val[i].astype(np.int64).sum())) > 32767 for i in range(12))
+    assert lines[13:] == CHALLENGE_COMMENTS
+    rec = wfdb.rdrecord(str(FIXTURES / "A0001"), physical=False)  # and wfdb sees the same samples
+    assert np.array_equal(rec.d_signal.T, val)
+
+
+def test_challenge_record_with_negative_checksums_is_read():
+    ecg = read_wfdb(CHALLENGE)
+    _, _, val = _read_mat_v4(FIXTURES / "A0001.mat")
+    assert ecg.fs == 500 and ecg.signal.shape == (12, 6000)
+    np.testing.assert_allclose(ecg.signal, val / 1000.0, atol=1e-6)
+    assert ecg.labels["snomed"] == ("59118001", "164884008") and ecg.findings == {"RBBB", "PVC"}
+    assert ecg.meta["age"] == "74" and ecg.meta["sex"] == "Male" and ecg.meta["checksums_verified"] is True
+
+
+def test_checksums_are_compared_modulo_65536_and_a_wrong_one_is_still_refused(tmp_path):
+    def unsigned_v1(lines):  # -26118 written as its unsigned form 39418: the same 16-bit checksum
+        fields = lines[7].split()
+        assert fields[8] == "V1" and int(fields[6]) < 0
+        fields[6] = str(int(fields[6]) % 65536)
+        return [*lines[:7], " ".join(fields), *lines[8:]]
+
+    assert read_wfdb(_copy_challenge(tmp_path, unsigned_v1)).signal.shape == (12, 6000)
+
+    def off_by_one_v3(lines):
+        fields = lines[9].split()
+        fields[6] = str(int(fields[6]) + 1)
+        return [*lines[:9], " ".join(fields), *lines[10:]]
+
+    with pytest.raises(EcgError) as exc:
+        read_wfdb(_copy_challenge(tmp_path, off_by_one_v3))
+    _one_line_error(exc, "A0001.hea", "checksum mismatch", "V3")
+
+
+def test_header_without_checksums_is_read_without_a_check(tmp_path):
+    val = _challenge_val(4.0)
+    hea = _write_challenge(tmp_path, "nock", val, checksums=False)
+    assert hea.read_text().splitlines()[1].split() == ["nock.mat", "16+24", "1000/mV", "16", "0", str(val[0, 0]), "I"]
+    ecg = read_wfdb(hea)
+    np.testing.assert_allclose(ecg.signal, val / 1000.0, atol=1e-6)
+    assert ecg.meta["checksums_verified"] is False
+
+
+def _replace_field(line_no: int, field: int, value: str):
+    def edit(lines):
+        fields = lines[line_no].split()
+        fields[field] = value
+        return [*lines[:line_no], " ".join(fields), *lines[line_no + 1 :]]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (_replace_field(0, 2, "50000"), ("sampling frequency", "'50000'", "50-20000 Hz")),
+        (_replace_field(0, 2, "5"), ("sampling frequency", "'5'", "50-20000 Hz")),
+        (_replace_field(0, 2, "abc"), ("sampling frequency", "'abc'", "not a number")),
+        (_replace_field(0, 2, "-500"), ("sampling frequency", "'-500'", "not a positive number")),
+        (lambda lines: ["A0001 12", *lines[1:]], ("sampling frequency missing", "250 Hz")),
+        (_replace_field(0, 3, "0"), ("number of samples", "'0'", "zero")),
+        (_replace_field(8, 2, "0/mV"), ("signal 8 (V2)", "ADC gain", "'0'", "zero")),
+        (_replace_field(8, 2, "x/mV"), ("signal 8 (V2)", "ADC gain", "'x'", "not a number")),
+        (lambda lines: [*lines[:12], *lines[13:]], ("number of signals", "'12'", "11 signal lines")),
+        (lambda lines: [*lines[:5], " ".join(lines[5].split()[:8]), *lines[6:]], ("signal 5", "description")),
+    ],
+    ids=[
+        "fs-50000",
+        "fs-5",
+        "fs-abc",
+        "fs-negative",
+        "fs-missing",
+        "zero-length",
+        "gain-0",
+        "gain-x",
+        "11-lines",
+        "no-name",
+    ],
+)
+def test_implausible_header_values_are_refused_naming_file_field_and_value(tmp_path, edit, needles):
+    hea = _copy_challenge(tmp_path, edit)
+    with pytest.raises(EcgError) as exc:
+        read_wfdb(hea)
+    _one_line_error(exc, "A0001.hea", *needles)
+
+
+def test_header_without_checksums_or_descriptions_is_refused_not_a_type_error(tmp_path):
+    """A line cut after the initial value has no checksum and no lead name: a clear refusal (it was a TypeError)."""
+    hea = _write_challenge(tmp_path, "bare", _challenge_val(2.0), checksums=False)
+    lines = hea.read_text().splitlines()
+    hea.write_text("\n".join([lines[0], *(" ".join(ln.split()[:6]) for ln in lines[1:13]), *lines[13:]]) + "\n")
+    with pytest.raises(EcgError) as exc:
+        read_wfdb(hea)
+    _one_line_error(exc, "bare.hea", "signal 1", "description", "missing")
+
+
+def test_sampling_rate_forms_wfdb_allows_are_accepted(tmp_path):
+    for fs in ("500.0", "500/500000"):  # decimal, and with a counter frequency
+        hea = _copy_challenge(tmp_path, _replace_field(0, 2, fs))
+        assert read_wfdb(hea).fs == 500
+
+
+def test_challenge_record_of_25_s_is_read_whole(tmp_path):
+    val = _challenge_val(25.0)
+    ecg = read_wfdb(_write_challenge(tmp_path, "long", val))
+    assert ecg.signal.shape == (12, 12500) and ecg.duration == 25.0
+    np.testing.assert_allclose(ecg.signal, val / 1000.0, atol=1e-6)

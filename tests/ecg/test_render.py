@@ -334,3 +334,127 @@ def test_random_augment_respects_strength_zero_and_varies_otherwise():
     assert any(a.jpeg_quality for a in augs) and any(a.noise for a in augs)
     zero = [Augment.random(rng, strength=0.0) for _ in range(50)]
     assert all(a.rotation_deg == 0 and a.noise == 0 and a.blur == 0 for a in zero)
+
+
+# ------------------------------------------------------------------------------ window of a long record
+
+
+def test_start_draws_the_chosen_window_of_a_long_record():
+    spec = RenderSpec(rhythm_lead="V5", size=None, dpi=60, **PLAIN)
+    sig = flat(duration=25.0)
+    for t in (3.0, 13.0, 23.0):
+        spike(sig, "V5", t, 2.0)
+    ecg = Ecg(sig, FS)
+    ppm = geometry(spec).px_per_mm
+
+    def strip_spikes(start: float) -> list[float]:
+        geom = geometry(spec, ecg, start=start)
+        strip = geom.panel("V5", rhythm=True)
+        top = round(strip.baseline - 30 * ppm)
+        img = render(ecg, spec, start=start)
+        return [x for x, _ in spike_columns(img.crop((0, top, geom.width, geom.height)))]
+
+    x0 = geometry(spec).panel("V5", rhythm=True).x0
+    assert geometry(spec, ecg).window == (0.0, 10.0)  # default: the first 10 s, said so
+    assert strip_spikes(0.0) == pytest.approx([x0 + 3.0 * 25 * ppm], abs=2.0)
+    geom = geometry(spec, ecg, start=12.0)
+    assert geom.window == (12.0, 22.0)
+    assert (geom.panel("I").t0, geom.panel("I").t1) == (12.0, 14.5)  # panel times are record times
+    assert to_pixel(geom, "V5", 13.0, 0.0, rhythm=True)[0] == pytest.approx(x0 + 1.0 * 25 * ppm)
+    assert strip_spikes(12.0) == pytest.approx([x0 + 1.0 * 25 * ppm], abs=2.0)  # 13 s, one second in
+    assert geometry(spec, ecg, start=20.0).window == (20.0, 25.0)  # the last 5 s; the rest of the page blank
+    assert strip_spikes(20.0) == pytest.approx([x0 + 3.0 * 25 * ppm], abs=2.0)  # 23 s
+    for bad in (25.0, 30.0):
+        with pytest.raises(ValueError, match="beyond the end of the record"):
+            render(ecg, spec, start=bad)
+    with pytest.raises(ValueError, match=">= 0"):
+        geometry(spec, ecg, start=-1.0)
+
+
+# ------------------------------------------------------------------------------ labels over an early QRS
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [RenderSpec(layout="12x1", size=None, dpi=150, grid=False), RenderSpec(grid=False)],
+    ids=["12x1-150dpi", "3x4-512x384"],
+)
+def test_lead_labels_stay_on_top_of_an_early_qrs(spec):
+    """A 1.2 mV R wave 0.06 s into every panel runs through the label area; the labels stay as on a flat page."""
+    geom = geometry(spec)
+    early = flat()
+    for p in geom.panels:
+        spike(early, p.lead, p.t0 + 0.06, 1.2)
+    drawn = np.asarray(render(Ecg(early, FS), spec))
+    blank = np.asarray(render(Ecg(flat(), FS), spec))
+    unlabelled = dark(render(Ecg(early, FS), RenderSpec(**{**spec.__dict__, "labels": False})))
+    assert [lab.text for lab in geom.labels] == [p.lead for p in geom.panels]
+    crossed = 0
+    for lab in geom.labels:
+        left, top, right, bottom = lab.box
+        box = (slice(top, bottom), slice(left, right))
+        assert dark(drawn)[box].sum() >= 4, lab  # the text is there
+        assert np.array_equal(drawn[box], blank[box]), lab  # and no trace pixel inside the box
+        crossed += bool(unlabelled[box].any())
+    assert crossed >= len(geom.labels) - 1  # without labels on top, the QRS does run through the boxes
+
+
+# ------------------------------------------------------------------------------------------- half gain
+
+
+def test_half_gain_pulse_is_5_mm_tall_and_printed_in_the_footer():
+    spec = RenderSpec(size=None, dpi=100, grid=False, labels=False, gain_mm_mv=5.0)
+    img = render(Ecg(flat(), FS), spec)
+    geom = geometry(spec)
+    ppm = geom.px_per_mm
+    _, x_end, base = geom.calibrations[0]
+    rise, fall = geom.pulse_x[0]
+    window = (base - 15 * ppm, base + 5 * ppm)
+    y_base = ink_centroid_y(img, round(x_end + 3 * ppm), *window)
+    y_top = ink_centroid_y(img, round((rise + fall) / 2), *window)
+    assert y_base - y_top == pytest.approx(5 * ppm, abs=1.0)  # 1 mV x 5 mm/mV
+    assert [lab.text for lab in geom.labels] == ["25 mm/s  5 mm/mV"]
+    left, top, right, bottom = geom.labels[0].box
+    assert top > max(b for _, _, b in geom.calibrations) + 5 * ppm  # in the bottom margin
+    assert dark(img)[top:bottom, left:right].sum() > 20
+    assert geometry(RenderSpec(size=None, dpi=100, grid=False, labels=False)).labels == ()  # standard: no footer
+
+
+# Precordial R/S amplitudes (mV) of a normal adult with tall voltages: R at 2.00 s, S at 2.04 s.
+TALL_QRS = {"V1": (0.3, -1.4), "V2": (0.6, -1.4), "V3": (1.0, -1.0), "V4": (1.4, -0.5), "V5": (1.4, -0.3),
+            "V6": (1.2, -0.2), "I": (0.8, -0.2), "II": (1.2, -0.2), "III": (0.5, -0.2), "aVR": (0.2, -1.0),
+            "aVL": (0.5, -0.3), "aVF": (0.8, -0.2)}  # fmt: skip
+
+
+def _lane_ink(spec: RenderSpec) -> dict[str, np.ndarray]:
+    """Per lead: the pixels its QRS inks (the page with only that lead's QRS, minus the flat page)."""
+    base = dark(render(Ecg(flat(), FS), spec))
+    out = {}
+    for lead, (r, s) in TALL_QRS.items():
+        sig = spike(spike(flat(), lead, 2.0, r), lead, 2.04, s)
+        out[lead] = dark(render(Ecg(sig, FS), spec)) & ~base
+    return out
+
+
+def test_half_gain_keeps_the_12x1_lanes_apart():
+    full = RenderSpec(layout="12x1", size=None, dpi=150, **PLAIN)
+    half = RenderSpec(**{**full.__dict__, "gain_mm_mv": 5.0})
+    geom = geometry(half)
+    pitch = geom.panel("V2").baseline - geom.panel("V1").baseline
+    assert pitch == pytest.approx(15 * geom.px_per_mm, abs=1.0)
+
+    def extent(ink: np.ndarray) -> tuple[int, int]:
+        ys = np.nonzero(ink.any(axis=1))[0]
+        return int(ys.min()), int(ys.max())
+
+    ink_full, ink_half = _lane_ink(full), _lane_ink(half)
+    # At 10 mm/mV V2's S reaches below V3's R peak: the two lanes' ink share rows (the reported overlap).
+    assert extent(ink_full["V2"])[1] > extent(ink_full["V3"])[0]
+    for k, lead in enumerate(LEADS):
+        base = geom.panel(lead).baseline
+        top, bottom = extent(ink_half[lead])
+        r, s = TALL_QRS[lead]
+        assert bottom - top >= 0.9 * (r - s) * 5 * geom.px_per_mm, lead  # the whole complex is drawn, at 5 mm/mV
+        assert base - pitch / 2 < top and bottom < base + pitch / 2, lead  # inside its own lane
+        if k + 1 < len(LEADS):
+            assert bottom < extent(ink_half[LEADS[k + 1]])[0], lead  # above every pixel of the next lane's ink

@@ -40,6 +40,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _size_or_dpi(size: str | None, dpi: int | None, where: str) -> tuple[tuple[int, int] | None, int | None]:
+    """``--size`` and ``--dpi`` resolved: either alone, neither (the default size), never both."""
+    if size is not None and dpi is not None:
+        _fail(f"{where}: give --size or --dpi, not both (--dpi D draws the letter page at D DPI)")
+    if dpi is not None:
+        return None, dpi
+    return parse_size(size or DEFAULT_SIZE), None
+
+
 def _jsonable(value: Any) -> Any:
     """Meta values as JSON (numpy scalars/arrays, tuples, sets, dataclasses)."""
     import dataclasses
@@ -83,23 +92,47 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Output folder (created; resumed if it holds a partial build)."),
     train: int = typer.Option(2000, "--train", min=0, help="Training records (train.json)."),
     bench: int = typer.Option(100, "--bench", min=0, help="Records per ECGBench subset (bench/<subset>.json)."),
+    val: int = typer.Option(
+        0,
+        "--val",
+        min=0,
+        help="Records per validation subset (val/<subset>.json): the benchmark's format, drawn from the training "
+        "distribution, disjoint from train and bench. Choose settings on it, report on bench/.",
+    ),
+    bench_proportions: str = typer.Option(
+        "equal",
+        "--bench-proportions",
+        help="'equal' (--bench records per subset) or 'ecgbench' (--bench PTB-XL records, the other subsets in "
+        "ECGBench's proportions).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Run seed; the same arguments give the same bytes."),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
     ),
-    size: str = typer.Option(DEFAULT_SIZE, "--size", help="Image WIDTHxHEIGHT in px (ECGInstruct: 2200x1700)."),
-    dpi: int | None = typer.Option(None, "--dpi", min=1, help="Render dpi (ECGInstruct: 200)."),
+    size: str | None = typer.Option(
+        None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE}; ECGInstruct: 2200x1700)."
+    ),
+    dpi: int | None = typer.Option(
+        None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size (ECGInstruct: 200)."
+    ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build a synthetic ECGInstruct training set and the six ECGBench-style test subsets."""
     from evl_ecg.data.corpus import CorpusError, build_corpus
 
-    wh = parse_size(size)
+    wh, dpi = _size_or_dpi(size, dpi, str(out))
+    if wh is None:
+        # The corpus takes a pixel size: the letter page at ``dpi`` (2200 x 1700 at 200 DPI), which the renderer
+        # fits at ``dpi / 25.4`` px/mm (the size is what the manifest records).
+        from evl_ecg.ecg.render import RenderSpec, geometry
+
+        page = geometry(RenderSpec.at_dpi(dpi))
+        wh, dpi = (page.width, page.height), None
     try:
         result = build_corpus(
             out, n_train=train, n_bench=bench, seed=seed, workers=workers, size=wh, dpi=dpi, augment=augment,
-            progress=progress,
+            progress=progress, n_val=val, bench_proportions=bench_proportions,
         )  # fmt: skip
     except (CorpusError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0])
@@ -126,29 +159,43 @@ def render(
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     layout: str = typer.Option("3x4", "--layout", help="3x4 (ECG-Image-Kit default), 6x2 or 12x1."),
     index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
-    size: str = typer.Option(DEFAULT_SIZE, "--size", help="Image WIDTHxHEIGHT in px."),
-    dpi: int | None = typer.Option(None, "--dpi", min=1, help="Render dpi."),
+    size: str | None = typer.Option(None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE})."),
+    dpi: int | None = typer.Option(None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size."),
+    start: float = typer.Option(
+        0.0, "--start", min=0.0, help="First second of the record drawn; the page shows 10 s from it."
+    ),
+    gain: float = typer.Option(
+        10.0, "--gain", min=0.1, help="Vertical gain in mm/mV; 5 = half gain, for tall QRS (e.g. --layout 12x1)."
+    ),
 ) -> None:
-    """Render one ECG record as a 12-lead paper image."""
+    """Render one ECG record as a 12-lead paper image (10 s from --start; the window drawn is noted on stderr)."""
     from evl_ecg.data.records import write_png
-    from evl_ecg.ecg.render import RenderSpec
+    from evl_ecg.ecg.render import RenderSpec, geometry
     from evl_ecg.ecg.render import render as render_ecg
 
     if layout not in {"3x4", "6x2", "12x1"}:
         _fail(f"{record}: unknown layout {layout!r}; use 3x4, 6x2 or 12x1")
-    wh = parse_size(size)
+    wh, dpi = _size_or_dpi(size, dpi, str(record))
     ecg = _read(record, index)
     try:
-        image = render_ecg(ecg, RenderSpec(layout=layout, size=wh, dpi=dpi))
+        spec = RenderSpec(layout=layout, size=wh, dpi=dpi, gain_mm_mv=gain)
+        t0, t1 = geometry(spec, ecg, start=start).window
+        image = render_ecg(ecg, spec, start=start)
         write_png(out, image)
     except (ValueError, OSError) as exc:
         _fail(f"{record}: {str(exc).splitlines()[0]}")
+    more = "; --start SECONDS draws another window" if t1 - t0 < ecg.duration else ""
+    typer.echo(f"{record}: window: [{t0:g}, {t1:g}] s of {ecg.duration:g} s{more}", err=True)
     typer.echo(f"wrote {out} ({image.size[0]}x{image.size[1]} px, layout {layout})")
 
 
-def describe(ecg: Any, path: Path, index: int | None) -> dict[str, Any]:
-    """The JSON ``inspect`` prints: leads, fs, duration, labels per vocabulary, findings, meta."""
+def describe(ecg: Any, path: Path, index: int | None, *, start: float = 0.0) -> dict[str, Any]:
+    """The JSON ``inspect`` prints: leads, fs, duration, the window ``render`` draws from ``start``
+    (``[start, end]`` s of ``duration_s``), labels per vocabulary, findings, meta."""
     from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
+    from evl_ecg.ecg.render import RenderSpec, geometry
+
+    t0, t1 = geometry(RenderSpec(), ecg, start=start).window
 
     labels = {v: list(ecg.labels_in(v)) for v in VOCABULARIES}
     labels.update({k: list(v) for k, v in ecg.labels.items() if k not in labels})
@@ -160,6 +207,7 @@ def describe(ecg: Any, path: Path, index: int | None) -> dict[str, Any]:
         "fs": float(ecg.fs),
         "n_samples": int(ecg.signal.shape[1]),
         "duration_s": round(float(ecg.duration), 6),
+        "window_s": [round(float(t0), 6), round(float(t1), 6)],
         "findings": {code: FINDINGS[code].name for code in sorted(ecg.findings) if code in FINDINGS},
         "labels": labels,
         "meta": _jsonable(ecg.meta),
@@ -170,7 +218,13 @@ def describe(ecg: Any, path: Path, index: int | None) -> dict[str, Any]:
 def inspect(
     record: Path = typer.Argument(..., help="WFDB header (.hea), DICOM (.dcm) or CODE-15% HDF5 (.h5/.hdf5)."),
     index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
+    start: float = typer.Option(0.0, "--start", min=0.0, help="Report the window `render --start` would draw."),
 ) -> None:
-    """Print a record's leads, sampling rate, duration, labels in each vocabulary and findings as JSON."""
+    """Print a record's leads, sampling rate, duration, the window `render` draws (window_s, [start, end] s of
+    duration_s), labels in each vocabulary and findings as JSON."""
     ecg = _read(record, index)
-    typer.echo(json.dumps(describe(ecg, record, index), indent=2))
+    try:
+        info = describe(ecg, record, index, start=start)
+    except ValueError as exc:
+        _fail(f"{record}: {str(exc).splitlines()[0]}")
+    typer.echo(json.dumps(info, indent=2))

@@ -5,7 +5,10 @@ Layout of ``out_dir`` (image paths in records are relative to ``out_dir/images``
 
     train.json                    ECGInstruct-format records, a mix of all task types
     bench/<subset>.json           ptb-test, code15-test, cpsc-test, csn-test-no-cot, g12-test-no-cot, ecgqa-test
-    images/<split>/<id>.png       split = train or a bench subset
+    val/<subset>.json             (``n_val > 0``) a validation split in the benchmark's format, from the training
+                                  distribution, disjoint from train and bench (its own seed streams): settings are
+                                  chosen on it, never on bench/
+    images/<split>/<id>.png       split = train, a bench subset, or val-<subset>
     manifest.json                 counts, label frequencies, settings, seed, versions, skipped items
 
 Determinism: record ``i`` of split ``s`` draws everything (findings, signal, noise, augmentation, wording) from
@@ -39,8 +42,19 @@ from evl_ecg.data.questions import BENCH_SUBSETS, build_record
 from evl_ecg.data.records import Record, atomic_write_bytes, dumps_records, image_is_valid, write_png
 from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
 
+#: Validation splits: one per benchmark subset, in its format (``val/<subset>.json``).
+VAL_SPLITS: tuple[str, ...] = tuple(f"val-{name}" for name in BENCH_SUBSETS)
 #: Splits in a fixed order; the position is the split's seed-stream key (never reorder, only append).
-SPLITS: tuple[str, ...] = ("train", *BENCH_SUBSETS)
+SPLITS: tuple[str, ...] = ("train", *BENCH_SUBSETS, *VAL_SPLITS)
+#: ECGBench's subset sizes (ecgbench-scoring.md section 2.1): ``bench_proportions="ecgbench"`` keeps their ratios.
+ECGBENCH_SIZES: dict[str, int] = {
+    "ptb-test": 2082,
+    "code15-test": 1400,
+    "cpsc-test": 2061,
+    "csn-test-no-cot": 1611,
+    "g12-test-no-cot": 2026,
+    "ecgqa-test": 1317,
+}
 SPLIT_KEYS: dict[str, int] = {name: i for i, name in enumerate(SPLITS)}
 CHUNK = 16
 
@@ -80,6 +94,9 @@ class CorpusSettings:
         fs: sampling rate of the synthetic signals (Hz).
         duration: signal length (s).
         augment_fraction: share of augmented images when ``augment``.
+        n_val: records per validation subset (``val/<subset>.json``; 0: none).
+        bench_proportions: ``"equal"`` (``n_bench`` per subset) or ``"ecgbench"`` (``n_bench`` PTB-XL records and
+            the other subsets in ECGBench's proportions to it).
     """
 
     n_train: int
@@ -92,10 +109,16 @@ class CorpusSettings:
     fs: int = 500
     duration: float = 10.0
     augment_fraction: float = 0.5
+    n_val: int = 0
+    bench_proportions: str = "equal"
 
     def __post_init__(self) -> None:
-        if self.n_train < 0 or self.n_bench < 0:
-            raise ValueError(f"n_train and n_bench must be >= 0, got {self.n_train}, {self.n_bench}")
+        if self.n_train < 0 or self.n_bench < 0 or self.n_val < 0:
+            raise ValueError(
+                f"n_train, n_bench and n_val must be >= 0, got {self.n_train}, {self.n_bench}, {self.n_val}"
+            )
+        if self.bench_proportions not in ("equal", "ecgbench"):
+            raise ValueError(f"bench_proportions must be 'equal' or 'ecgbench', got {self.bench_proportions!r}")
         if len(self.size) != 2 or min(self.size) < 16:
             raise ValueError(f"size must be (width, height) with both >= 16 px, got {self.size}")
         if self.dpi is not None and self.dpi <= 0:
@@ -108,8 +131,18 @@ class CorpusSettings:
         d["size"] = list(self.size)
         return d
 
+    def splits(self) -> tuple[str, ...]:
+        """The splits this corpus has: train, the bench subsets, and the validation subsets when ``n_val > 0``."""
+        return tuple(s for s in SPLITS if s not in VAL_SPLITS or self.n_val > 0)
+
     def count(self, split: str) -> int:
-        return self.n_train if split == "train" else self.n_bench
+        if split == "train":
+            return self.n_train
+        if split in VAL_SPLITS:
+            return self.n_val
+        if self.bench_proportions == "ecgbench":
+            return int(round(self.n_bench * ECGBENCH_SIZES[split] / ECGBENCH_SIZES["ptb-test"]))
+        return self.n_bench
 
 
 @dataclass
@@ -125,6 +158,15 @@ class CorpusResult:
     resumed: int
     seconds: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def split_file(split: str) -> str:
+    """Where a split's records go in the corpus folder: ``train.json``, ``bench/<s>.json`` or ``val/<s>.json``."""
+    if split == "train":
+        return "train.json"
+    if split in VAL_SPLITS:
+        return f"val/{split.removeprefix('val-')}.json"
+    return f"bench/{split}.json"
 
 
 def record_id(split: str, index: int) -> str:
@@ -155,7 +197,7 @@ def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -
         vocabulary = TRAIN_MIX[task][1]
         kwargs: dict[str, Any] = {"style": "csn" if rng_spec.random() < 0.5 else "g12"} if task == "mcq" else {}
     else:
-        task, kwargs, vocabulary = BENCH_SUBSETS[split]
+        task, kwargs, vocabulary = BENCH_SUBSETS[split.removeprefix("val-")]
     signal_seed = int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
     rng_render = np.random.default_rng(ss_render)
     augmented = bool(settings.augment and rng_render.random() < settings.augment_fraction)
@@ -215,6 +257,7 @@ def _check_settings(out_dir: Path, settings: CorpusSettings) -> None:
             found = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CorpusError(f"{marker}: unreadable build marker ({exc}); delete it to start over") from None
+        found = {"n_val": 0, "bench_proportions": "equal", **found}  # markers written before these settings existed
         diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         if diff:
             raise CorpusError(
@@ -263,7 +306,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _chunks(settings: CorpusSettings) -> Iterator[tuple[str, int]]:
-    for split in SPLITS:
+    for split in settings.splits():
         for chunk in range(math.ceil(settings.count(split) / CHUNK)):
             yield split, chunk
 
@@ -280,6 +323,8 @@ def build_corpus(
     augment: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    n_val: int = 0,
+    bench_proportions: str = "equal",
 ) -> CorpusResult:
     """Build (or resume) a synthetic corpus in ``out_dir``; see the module docstring for layout and guarantees.
 
@@ -294,10 +339,19 @@ def build_corpus(
         augment: paper-image augmentations on about half the images.
         progress: show a progress bar (stderr).
         log: where to report skipped items as they happen (``None``: silent; they are in the result and manifest).
+        n_val: records per validation subset (``val/<subset>.json``, the benchmark's format, own seed streams).
+        bench_proportions: ``"equal"`` or ``"ecgbench"`` (``n_bench`` PTB-XL records, the rest in ECGBench's ratios).
     """
     t0 = time.perf_counter()
     settings = CorpusSettings(
-        n_train=n_train, n_bench=n_bench, seed=seed, size=(int(size[0]), int(size[1])), dpi=dpi, augment=augment
+        n_train=n_train,
+        n_bench=n_bench,
+        seed=seed,
+        size=(int(size[0]), int(size[1])),
+        dpi=dpi,
+        augment=augment,
+        n_val=n_val,
+        bench_proportions=bench_proportions,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,7 +372,7 @@ def build_corpus(
                 continue
             part.unlink(missing_ok=True)
         todo.append((split, chunk))
-    total = sum(settings.count(s) for s in SPLITS)
+    total = sum(settings.count(s) for s in settings.splits())
     done_before = sum(len(v) for v in results.values())
     rendered = reused = 0
     bar = _progress(total, progress)
@@ -339,7 +393,8 @@ def build_corpus(
     finally:
         bar.close()
 
-    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    splits = settings.splits()
+    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in splits}
     skipped: list[dict[str, Any]] = []
     for split, chunk in _chunks(settings):
         for item in results[(split, chunk)]:
@@ -351,8 +406,8 @@ def build_corpus(
                 by_split[split].append(item["record"])
 
     files: dict[str, str] = {}
-    for split in SPLITS:
-        rel = "train.json" if split == "train" else f"bench/{split}.json"
+    for split in splits:
+        rel = split_file(split)
         records = [Record.from_dict(r, source=f"{out / rel}") for r in by_split[split]]
         atomic_write_bytes(out / rel, dumps_records(records))
         files[split] = rel
@@ -364,11 +419,11 @@ def build_corpus(
         "settings": settings.to_dict(),
         "image_root": "images",
         "files": files,
-        "requested": {s: settings.count(s) for s in SPLITS},
-        "counts": {s: len(by_split[s]) for s in SPLITS},
-        "tasks": {s: dict(sorted(Counter(r["meta"]["task"] for r in by_split[s]).items())) for s in SPLITS},
-        "augmented": {s: sum(1 for r in by_split[s] if r["meta"]["augmented"]) for s in SPLITS},
-        "label_frequencies": {s: label_frequencies(by_split[s]) for s in SPLITS},
+        "requested": {s: settings.count(s) for s in splits},
+        "counts": {s: len(by_split[s]) for s in splits},
+        "tasks": {s: dict(sorted(Counter(r["meta"]["task"] for r in by_split[s]).items())) for s in splits},
+        "augmented": {s: sum(1 for r in by_split[s] if r["meta"]["augmented"]) for s in splits},
+        "label_frequencies": {s: label_frequencies(by_split[s]) for s in splits},
         "versions": _versions(),
         "skipped": skipped,
     }
@@ -390,6 +445,9 @@ __all__ = [
     "CHUNK",
     "SPLITS",
     "SPLIT_KEYS",
+    "VAL_SPLITS",
+    "ECGBENCH_SIZES",
+    "split_file",
     "SYNTHETIC_NOTE",
     "TRAIN_MIX",
     "CorpusError",

@@ -33,6 +33,7 @@ from evl_ecg.ecg.signal import Ecg, EcgError
 __all__ = [
     "CODE15_FS",
     "CODE15_SCALE_TO_MV",
+    "ECG_FS_RANGE",
     "iter_ptbxl",
     "read_code15",
     "read_dicom",
@@ -114,15 +115,103 @@ def _wfdb_base(path: str | Path) -> Path:
 _WFDB_BYTES_PER_SAMPLE: dict[str, float] = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
 
 
-def _check_data_size(base: Path, source: str) -> None:
-    """Compare each data file's size with what the header implies (truncated file / header-data mismatch)."""
+#: Sampling rates (Hz) a header may state for an ECG; outside them the value is a mistake, not an ECG.
+ECG_FS_RANGE: tuple[float, float] = (50.0, 20_000.0)
+
+
+def _field_error(source: str, where: str, field: str, value: str | None, problem: str) -> EcgError:
+    """One line: file, where in the header, field, value as written (or 'missing'), what is wrong."""
+    shown = "missing" if value is None else repr(value)
+    return EcgError(f"{source}: {where}: {field} {shown}: {problem}")
+
+
+def _check_record_line(lines: list[str], source: str) -> bool:
+    """Check the record line and the number of signal lines of a header's non-comment ``lines`` as written.
+
+    wfdb's parser turns what it cannot read into defaults (a sampling frequency of ``abc`` or ``-500`` becomes
+    250 Hz, an ADC gain of 0 becomes 200), so the raw text is checked first. Returns whether the record is
+    single-segment (its signal lines are then checked by :func:`_check_signal_lines`).
+    """
+    if not lines:
+        raise EcgError(f"{source}: empty header (no record line)")
+    fields = lines[0].split()
+    where = "record line"
+    multi = "/" in fields[0]
+    n_sig = fields[1] if len(fields) > 1 else None
+    if n_sig is None or not n_sig.isdigit():
+        raise _field_error(source, where, "number of signals", n_sig, "not a whole number")
+    fs_text = fields[2].split("/")[0] if len(fields) > 2 else None  # fs[/counter_freq[(base_counter)]]
+    if fs_text is None:
+        raise _field_error(
+            source, where, "sampling frequency", None, "an ECG header must state it (wfdb would assume 250 Hz)"
+        )
+    try:
+        fs = float(fs_text)
+    except ValueError:
+        raise _field_error(source, where, "sampling frequency", fs_text, "not a number (Hz)") from None
+    if not np.isfinite(fs) or fs <= 0:
+        raise _field_error(source, where, "sampling frequency", fs_text, "not a positive number (Hz)")
+    if not re.fullmatch(r"\d+\.?\d*|\.\d+", fs_text):
+        raise _field_error(source, where, "sampling frequency", fs_text, "not a plain decimal number (WFDB syntax)")
+    lo, hi = ECG_FS_RANGE
+    if not lo <= fs <= hi:
+        raise _field_error(
+            source, where, "sampling frequency", fs_text, f"outside {lo:g}-{hi:g} Hz, not an ECG sampling rate"
+        )
+    if len(fields) > 3 and not multi:
+        length = fields[3]
+        if not length.isdigit():
+            raise _field_error(source, where, "number of samples", length, "not a whole number")
+        if int(length) == 0:
+            raise _field_error(source, where, "number of samples", length, "zero: the record holds no samples")
+    if not multi and len(lines) - 1 != int(n_sig):
+        raise _field_error(source, where, "number of signals", n_sig, f"the header has {len(lines) - 1} signal lines")
+    return not multi
+
+
+def _check_signal_lines(lines: list[str], names: list[str | None], source: str) -> None:
+    """Each signal line's ADC gain (as written) and description (as wfdb parsed it): present and usable."""
+    for k, (line, name) in enumerate(zip(lines, names, strict=True), start=1):
+        label = f"signal {k}" + (f" ({name.strip()})" if name and name.strip() else "")
+        fields = line.split()
+        gain_text = re.split(r"[(/]", fields[2], maxsplit=1)[0] if len(fields) > 2 else None
+        if gain_text is None:
+            raise _field_error(source, label, "ADC gain", None, "an ECG header must state it (wfdb would assume 200)")
+        try:
+            gain = float(gain_text)
+        except ValueError:
+            raise _field_error(
+                source, label, "ADC gain", gain_text, "not a number (ADC units per physical unit)"
+            ) from None
+        if gain == 0 or not np.isfinite(gain):
+            raise _field_error(source, label, "ADC gain", gain_text, "zero or not finite (wfdb would silently use 200)")
+        if not name or not name.strip():
+            raise _field_error(source, label, "description", None, "each signal line must name its lead")
+
+
+def _read_header(base: Path, source: str) -> Any:
+    """The record's header, checked as written (:func:`_check_record_line`) and as wfdb parses it."""
     import wfdb
 
+    try:
+        text = base.with_suffix(".hea").read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise EcgError(f"{source}: cannot read header ({type(exc).__name__}: {exc})") from None
+    # As wfdb splits a header: stripped non-empty lines; those starting with '#' are comments.
+    lines = [ln for ln in (raw.strip() for raw in text.splitlines()) if ln and not ln.startswith("#")]
+    single = _check_record_line(lines, source)
     try:
         head = wfdb.rdheader(str(base))
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EcgError(f"{source}: cannot parse WFDB header ({type(exc).__name__}: {reason})") from None
+    if single:
+        _check_signal_lines(lines[1:], list(head.sig_name or [None] * (len(lines) - 1)), source)
+    return head
+
+
+def _check_data_size(base: Path, head: Any, source: str) -> None:
+    """Compare each data file's size with what the header implies (truncated file / header-data mismatch)."""
     if getattr(head, "n_seg", None) or not head.file_name or head.sig_len is None:
         return  # multi-segment records and headers without signals are left to wfdb
     per_file: dict[str, list[int]] = {}
@@ -151,13 +240,18 @@ def read_wfdb(header_path: str | Path) -> Ecg:
 
     Leads are matched by name (:func:`~evl_ecg.ecg.leads.canonical_lead_name`) and put in standard order; each
     lead's physical unit (``mV``, ``uV``, ``V``) is converted to mV; per-signal checksums in the header are
-    verified against the data. Header comments ``# Key: value`` go to ``meta`` (keys lower-cased); a
-    Challenge-2020 / CPSC-2018 ``# Dx:`` line of SNOMED CT codes gives ``labels['snomed']`` (the codes),
-    ``labels['cpsc']`` and ``findings``.
+    verified against the data, modulo 65,536 (headers write them signed, the Challenge's ``-1716`` is the sum
+    ``63820``); a header without checksums is read unchecked (``meta['checksums_verified']`` says which). The header
+    text is checked before wfdb parses it, because wfdb replaces what it cannot read by defaults: the sampling
+    frequency must be a number in :data:`ECG_FS_RANGE`, the length (when given) non-zero, there must be one
+    signal line per signal, each with a non-zero ADC gain and a description (the lead name). Header comments
+    ``# Key: value`` go to ``meta`` (keys lower-cased); a Challenge-2020 / CPSC-2018 ``# Dx:`` line of SNOMED CT
+    codes gives ``labels['snomed']`` (the codes), ``labels['cpsc']`` and ``findings``.
 
     Raises:
-        EcgError: missing/truncated files, header/data mismatch (length, checksum), unknown units or leads,
-            not exactly the 12 standard leads, NaN samples.
+        EcgError: missing/truncated files, header/data mismatch (length, checksum), implausible or missing header
+            fields (one line: file, field, value, what is wrong), unknown units or leads, not exactly the 12
+            standard leads, NaN samples.
         UnknownCodeError: a ``# Dx:`` code that is not a SNOMED code we know.
     """
     import wfdb
@@ -166,7 +260,7 @@ def read_wfdb(header_path: str | Path) -> Ecg:
     source = str(base.with_suffix(".hea"))
     if not base.with_suffix(".hea").is_file():
         raise EcgError(f"{source}: no such WFDB header")
-    _check_data_size(base, source)
+    _check_data_size(base, _read_header(base, source), source)
     try:
         rec = wfdb.rdrecord(str(base), physical=False, return_res=64)
     except Exception as exc:  # wfdb raises ValueError/IndexError/OSError for bad files
@@ -175,11 +269,13 @@ def read_wfdb(header_path: str | Path) -> Ecg:
     names = list(rec.sig_name or [])
     if rec.d_signal is None or rec.d_signal.ndim != 2 or rec.d_signal.shape[1] != len(names):
         raise EcgError(f"{source}: header lists {len(names)} signals but the data do not match")
-    if rec.checksum is not None:
-        actual = rec.calc_checksum()
-        bad = [names[i] for i, (want, got) in enumerate(zip(rec.checksum, actual, strict=True)) if want != got]
-        if bad:
-            raise EcgError(f"{source}: checksum mismatch in lead(s) {', '.join(bad)} (data do not match the header)")
+    # Checksums are 16-bit: headers write them signed (the Challenge: -1716), wfdb sums modulo 65536 (63820).
+    wanted = list(rec.checksum or [None] * len(names))
+    actual = rec.calc_checksum()
+    bad = [n for n, want, got in zip(names, wanted, actual, strict=True) if want is not None and (want - got) % 65536]
+    if bad:
+        raise EcgError(f"{source}: checksum mismatch in lead(s) {', '.join(bad)} (data do not match the header)")
+    checked = any(want is not None for want in wanted)
     phys = rec.dac(expanded=False, return_res=64, inplace=False).T  # channels x n, NaN where invalid
     units = list(rec.units or [""] * len(names))
     scale = np.array([_mv_per_unit(u, source, n) for u, n in zip(units, names, strict=True)])[:, None]
@@ -192,7 +288,12 @@ def read_wfdb(header_path: str | Path) -> Ecg:
         codes = tuple(c.strip() for c in comments["dx"].split(",") if c.strip())
         findings = findings_from_snomed(codes, source=source)
         labels = {"snomed": codes, "cpsc": cpsc_labels_from_snomed(codes, source=source)}
-    meta: dict[str, Any] = {"source": source, "units": units, "comments": list(rec.comments or [])}
+    meta: dict[str, Any] = {
+        "source": source,
+        "units": units,
+        "comments": list(rec.comments or []),
+        "checksums_verified": checked,
+    }
     meta.update({k: v for k, v in comments.items() if k != "dx"})
     return Ecg(
         signal=np.ascontiguousarray(signal, dtype=np.float32),

@@ -14,11 +14,12 @@ Coordinates. The page is laid out in millimetres on ``RenderSpec.paper`` and sca
 returned by :func:`geometry` and :func:`to_pixel` are *pixel-centre* indices: ``(x, y) = (10.0, 20.0)``
 is the centre of the pixel in column 10, row 20 of ``numpy.asarray(image)[20, 10]``.
 
-Speed. The static page (grid, labels, calibration pulses) is drawn once per (spec, grid) at the
+Speed. The static page (grid, calibration pulses) is drawn once per (spec, grid) at the
 supersampled size and cached; each render copies it, draws the traces with ``ImageDraw.line`` over
 numpy-computed points (min/max decimated when several samples fall in one supersampled pixel column, so
 peaks are kept), and box-downsamples (``Image.reduce``): anti-aliasing at 2x below
-:data:`SUPERSAMPLE_BELOW_PX_PER_MM` px/mm, direct drawing above it.
+:data:`SUPERSAMPLE_BELOW_PX_PER_MM` px/mm, direct drawing above it. The labels (cached patches, text on a
+paper-coloured box) are pasted last, over the traces.
 See ``docs/rendering.md`` and ``benchmarks/render_speed.py``.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "SUPERSAMPLE_BELOW_PX_PER_MM",
     "Augment",
     "Geometry",
+    "Label",
     "Panel",
     "RenderSpec",
     "geometry",
@@ -72,6 +74,8 @@ _CAL_LEAD_MM = 1.0  # baseline before and after the calibration pulse
 _MIN_MARGIN_MM = 5.0  # least left/right margin; below it the time axis is compressed
 _LABEL_MM = 3.5  # label text height
 _LABEL_MIN_PX = 9.0  # labels stay legible at tiny sizes
+_LABEL_PAD_MM = 0.5  # paper-coloured margin of the box behind each label (at least 1 px)
+_STANDARD_SPEED_GAIN = (25.0, 10.0)  # mm/s, mm/mV: anything else is printed in the footer
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,15 @@ class RenderSpec:
             in ``"12x1"``).
         speed_mm_s: paper speed; compressed only if the 10 s do not fit the paper width (see
             :attr:`Geometry.mm_per_s`).
-        gain_mm_mv: vertical gain.
-        grid, labels, calibration: draw the grid, the lead names, the 1 mV pulses.
+        gain_mm_mv: vertical gain; 5.0 is the printers' half gain, for tall QRS complexes (``"12x1"`` rows are
+            15 mm apart, so at 10 mm/mV complexes above 0.75 mV cross into the next lane). The calibration
+            pulse is 1 mV at this gain (5 mm tall at half gain), and a gain or speed other than 10 mm/mV,
+            25 mm/s is printed in the bottom margin (``"25 mm/s  5 mm/mV"``), as ECG printers do.
+        grid, labels, calibration: draw the grid, the lead names (on top of the traces, each on a paper-coloured
+            box, so that an early QRS does not hide them), the 1 mV pulses.
         line_width: trace width in output px; None -> ``max(1, 0.25 mm)``.
-        duration_s: seconds of signal laid out across the page (ECG-Image-Kit: 10 s).
+        duration_s: seconds of signal laid out across the page (ECG-Image-Kit: 10 s); which seconds of the
+            record is the ``start`` argument of :func:`render` / :func:`geometry` (default 0).
         supersample: the page is drawn at this factor and box-downsampled (anti-aliasing); None -> 2 below
             :data:`SUPERSAMPLE_BELOW_PX_PER_MM` px/mm (small images, where it matters), else 1 (it would cost
             ~10x at 200 DPI; Pillow's lines are then aliased but 2 px wide).
@@ -217,6 +226,18 @@ class Panel:
 
 
 @dataclass(frozen=True)
+class Label:
+    """Text drawn on top of the traces on a paper-coloured box: a lead name or the speed/gain footer.
+
+    ``box`` is ``(left, top, right, bottom)`` in output pixels, right and bottom exclusive
+    (``numpy.asarray(img)[top:bottom, left:right]``); nothing of a trace is drawn inside it.
+    """
+
+    text: str
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
 class Geometry:
     """Where everything is drawn (pixel-centre coordinates, before augmentation).
 
@@ -234,6 +255,10 @@ class Geometry:
         pulse_x: per row, ``(x_rise, x_fall)`` px of the pulse's rising and falling edges.
         minor_grid: whether 1 mm lines are drawn (see :data:`MINOR_GRID_MIN_PX`).
         supersample: the factor the page is drawn at (``RenderSpec.supersample`` resolved).
+        labels: the lead names (and the footer, at a non-standard gain or speed) with their boxes; empty when
+            ``RenderSpec.labels`` is off.
+        window: ``(start, end)`` s of the record drawn: ``start`` to ``start + duration_s``, cut at the record's
+            end when :func:`geometry` is given the record. Panel times ``t0``/``t1`` are record times.
     """
 
     width: int
@@ -248,6 +273,8 @@ class Geometry:
     pulse_x: tuple[tuple[float, float], ...]
     minor_grid: bool
     supersample: int
+    labels: tuple[Label, ...] = ()
+    window: tuple[float, float] = (0.0, 10.0)
 
     def panel(self, lead: str, *, rhythm: bool = False) -> Panel:
         """The panel drawing ``lead`` (the rhythm strip if ``rhythm``)."""
@@ -342,6 +369,13 @@ def _page_geometry(spec: RenderSpec) -> Geometry:
             fall = float(round(ox + (lay.cal_x0 + _CAL_LEAD_MM + 0.2 * lay.mm_per_s) * ppm))
             cals.append((x_start, ox + lay.trace_x0 * ppm, float(round(oy + y_mm * ppm))))
             pulses.append((rise, fall))
+    ss = spec.supersample or (2 if ppm < SUPERSAMPLE_BELOW_PX_PER_MM else 1)
+    labels: list[Label] = []
+    if spec.labels:
+        labels += [_label(p.lead, p.x0 + 1.0 * ppm, p.baseline - 3.0 * ppm, ppm, ss)[0] for p in panels]
+    if spec.calibration and (lay.mm_per_s, spec.gain_mm_mv) != _STANDARD_SPEED_GAIN:
+        x, y = ox + lay.cal_x0 * ppm, oy + (spec.paper[1] - 4.0) * ppm
+        labels.append(_label(_footer_text(lay.mm_per_s, spec.gain_mm_mv), x, y, ppm, ss)[0])
     return Geometry(
         width=w,
         height=h,
@@ -354,24 +388,63 @@ def _page_geometry(spec: RenderSpec) -> Geometry:
         calibrations=tuple(cals),
         pulse_x=tuple(pulses),
         minor_grid=ppm >= MINOR_GRID_MIN_PX,
-        supersample=spec.supersample or (2 if ppm < SUPERSAMPLE_BELOW_PX_PER_MM else 1),
+        supersample=ss,
+        labels=tuple(labels),
+        window=(0.0, spec.duration_s),
     )
 
 
-def geometry(spec: RenderSpec, ecg: Ecg | None = None) -> Geometry:
+def _footer_text(mm_per_s: float, gain_mm_mv: float) -> str:
+    return f"{mm_per_s:.3g} mm/s  {gain_mm_mv:.3g} mm/mV"
+
+
+def _label(text: str, x: float, y: float, ppm: float, ss: int) -> tuple[Label, tuple[float, float]]:
+    """The label ``text`` whose baseline starts at pixel centre ``(x, y)``: its box (output px, aligned so that
+    the box covers whole output pixels) and the text anchor in supersampled coordinates relative to the box."""
+    font = _font(_label_px(ppm, ss))
+    ax, ay = _to_ss(x, ss), _to_ss(y, ss)
+    left, top, right, bottom = font.getbbox(text, anchor="ls")
+    pad = max(1.0, _LABEL_PAD_MM * ppm) * ss
+    box = (
+        math.floor((ax + left - pad) / ss),
+        math.floor((ay + top - pad) / ss),
+        math.ceil((ax + right + pad) / ss),
+        math.ceil((ay + bottom + pad) / ss),
+    )
+    return Label(text, box), (ax - box[0] * ss, ay - box[1] * ss)
+
+
+def _label_px(ppm: float, ss: int) -> int:
+    return round(max(_LABEL_MIN_PX, _LABEL_MM * ppm) * ss)
+
+
+def _check_start(start: float, ecg: Ecg | None) -> float:
+    start = float(start)
+    if not math.isfinite(start) or start < 0:
+        raise ValueError(f"start must be a number of seconds >= 0, got {start}")
+    if ecg is not None and start >= ecg.duration:
+        raise ValueError(f"start {start:g} s is beyond the end of the record ({ecg.duration:g} s)")
+    return start
+
+
+def geometry(spec: RenderSpec, ecg: Ecg | None = None, *, start: float = 0.0) -> Geometry:
     """Pixel geometry of ``spec``'s page: px/mm, image size and each panel's lead, window, x0 and baseline.
 
-    With ``ecg``, each panel's ``t1`` is clipped to the record's duration (a shorter record draws less;
-    a longer one is cut at ``spec.duration_s``).
+    The page shows the record from ``start`` s (default 0) for ``spec.duration_s``: panel times are record times
+    (in ``"3x4"`` at ``start=10``, lead I shows ``[10, 12.5)``) and :attr:`Geometry.window` is ``(start, end)``.
+    With ``ecg``, each panel's ``t1`` is clipped to the record's duration (a shorter record draws less; a longer
+    one draws only the window) and a ``start`` at or beyond the record's end is a ``ValueError``.
     """
+    start = _check_start(start, ecg)
     geom = _page_geometry(spec)
-    if ecg is None or ecg.duration >= spec.duration_s:
+    end = start + spec.duration_s if ecg is None else min(start + spec.duration_s, ecg.duration)
+    if start == 0.0 and end == spec.duration_s:
         return geom
-    dur = ecg.duration
     panels = tuple(
-        Panel(p.lead, p.t0, max(p.t0, min(p.t1, dur)), p.x0, p.baseline, p.row, p.col, p.rhythm) for p in geom.panels
+        Panel(p.lead, start + p.t0, max(start + p.t0, min(start + p.t1, end)), p.x0, p.baseline, p.row, p.col, p.rhythm)
+        for p in geom.panels
     )
-    return replace(geom, panels=panels)
+    return replace(geom, panels=panels, window=(start, end))
 
 
 def to_pixel(geom: Geometry, lead: str, t: float, mv: float, *, rhythm: bool = False) -> tuple[float, float]:
@@ -438,7 +511,7 @@ def _draw_grid(draw: ImageDraw.ImageDraw, geom: Geometry, ss: int) -> None:
 
 @lru_cache(maxsize=16)  # 11 MB each at 200 DPI
 def _background(spec: RenderSpec, grid: bool) -> Image.Image:
-    """The static page (grid, labels, calibration pulses) at the supersampled size."""
+    """The static page (grid, calibration pulses) at the supersampled size; labels go on top of the traces."""
     geom = _page_geometry(spec)
     ss = geom.supersample
     img = Image.new("RGB", (geom.width * ss, geom.height * ss), PAPER_RGB)
@@ -453,13 +526,31 @@ def _background(spec: RenderSpec, grid: bool) -> Image.Image:
             pts = [(x_start, base), (rise, base), (rise, base - top), (fall, base - top), (fall, base), (x_end, base)]
             pts = [(_to_ss(x, ss, width), _to_ss(y, ss, width)) for x, y in pts]
             draw.line(pts, fill=INK_RGB, width=width, joint="curve")
-    if spec.labels:
-        font = _font(round(max(_LABEL_MIN_PX, _LABEL_MM * ppm) * ss))
-        for p in geom.panels:
-            x = _to_ss(p.x0 + 1.0 * ppm, ss)
-            y = _to_ss(p.baseline - 3.0 * ppm, ss)
-            draw.text((x, y), p.lead, fill=INK_RGB, font=font, anchor="ls")
     return img
+
+
+@lru_cache(maxsize=16)
+def _label_patches(spec: RenderSpec) -> tuple[tuple[tuple[int, int], Image.Image], ...]:
+    """Each label of ``spec``'s page as an output-size patch (text on paper colour) and where to paste it.
+
+    The text is drawn at the supersampled scale and box-reduced, as the rest of the page, so labels look as they
+    would drawn on the page; pasted after the traces, they stay legible over an early QRS.
+    """
+    geom = _page_geometry(spec)
+    ss, ppm = geom.supersample, geom.px_per_mm
+    font = _font(_label_px(ppm, ss))
+    texts = [(p.lead, p.x0 + 1.0 * ppm, p.baseline - 3.0 * ppm) for p in geom.panels] if spec.labels else []
+    if spec.calibration and (geom.mm_per_s, spec.gain_mm_mv) != _STANDARD_SPEED_GAIN:
+        x, y = geom.mm_to_px(_layout_mm(spec).cal_x0, spec.paper[1] - 4.0)
+        texts.append((_footer_text(geom.mm_per_s, spec.gain_mm_mv), x, y))
+    patches = []
+    for text, x, y in texts:
+        label, anchor = _label(text, x, y, ppm, ss)
+        left, top, right, bottom = label.box
+        patch = Image.new("RGB", ((right - left) * ss, (bottom - top) * ss), PAPER_RGB)
+        ImageDraw.Draw(patch).text(anchor, text, fill=INK_RGB, font=font, anchor="ls")
+        patches.append(((left, top), patch.reduce(ss) if ss > 1 else patch))
+    return tuple(patches)
 
 
 @lru_cache(maxsize=16)
@@ -545,14 +636,18 @@ def _augment(img: Image.Image, aug: Augment, rng: np.random.Generator) -> Image.
     return img
 
 
-def render(ecg: Ecg, spec: RenderSpec = RenderSpec(), *, augment: Augment | None = None, seed: int = 0) -> Image.Image:
+def render(
+    ecg: Ecg, spec: RenderSpec = RenderSpec(), *, augment: Augment | None = None, seed: int = 0, start: float = 0.0
+) -> Image.Image:
     """Draw ``ecg`` as a 12-lead paper ECG; returns an RGB image of ``geometry(spec).width x height``.
 
-    The first ``spec.duration_s`` seconds are drawn. ``seed`` drives the random parts of ``augment``
-    (pixel noise); the same inputs give the same bytes.
+    The ``spec.duration_s`` seconds from ``start`` (default 0: the first 10 s) are drawn;
+    ``geometry(spec, ecg, start=start).window`` says which, and a ``start`` at or beyond the record's end is a
+    ``ValueError``. ``seed`` drives the random parts of ``augment`` (pixel noise); the same inputs give the same
+    bytes.
     """
     aug = augment or Augment()
-    geom = geometry(spec, ecg)
+    geom = geometry(spec, ecg, start=start)
     ss = geom.supersample
     grid = spec.grid and not aug.drop_grid
     if ss > 1:
@@ -565,6 +660,8 @@ def render(ecg: Ecg, spec: RenderSpec = RenderSpec(), *, augment: Augment | None
     else:
         img = _background(spec, grid).copy()
         _draw_traces(img, ecg, spec, geom, ss)
+    for xy, patch in _label_patches(spec):
+        img.paste(patch, xy)
     if not aug.is_identity:
         img = _augment(img, aug, np.random.default_rng(seed))
     return img
