@@ -140,9 +140,9 @@ from evl_ecg.distill.baselines import (  # noqa: E402
     build_vocab_map,
     uniform_layer_map,
 )
-from evl_ecg.distill.baselines._common import align, segment_ids  # noqa: E402
+from evl_ecg.distill.baselines._common import align, segment_ids, student_rows  # noqa: E402
 from evl_ecg.distill.objective import Objective  # noqa: E402
-from evl_ecg.distill.registry import DistillLoss, build_loss, registered  # noqa: E402
+from evl_ecg.distill.registry import Denominators, DistillLoss, build_loss, registered  # noqa: E402
 
 NAMES = ["vanilla_kl", "tinybert", "uld", "multilevel_ot", "dskd", "emkd", "rkd"]
 OPTIONS = {
@@ -436,7 +436,7 @@ def _mlot_reference(rows_s, rows_t, top_k, masked, reduction):
     n = [min(len(rows_s[i]), len(rows_t[i])) for i in range(b)]
     token = np.mean([np.abs(ps[i, : n[i]] - pt[i, : n[i]]).sum(-1).mean() for i in range(b)])
     ce = -(np_softmax(ps) * np.log(np_softmax(pt))).sum(-1)
-    kl = np.mean([ce[i, k] for i in range(b) for k in range(n[i])]) if masked else ce.mean()
+    kl = np.mean([ce[i, : n[i]].mean() for i in range(b)]) if masked else ce.mean()  # masked: per-sample means
     sink = []
     for i in range(b):
         qs, qt = np_softmax(ps[i] / 2), np_softmax(pt[i] / 2)
@@ -471,6 +471,86 @@ def test_multilevel_ot_masked_option_differs_from_faithful_only_with_unequal_ans
     a = build_loss("multilevel_ot", LossContext(), masked=False, skip_student_eos=False)(s, t).loss
     b = build_loss("multilevel_ot", LossContext(), masked=True, skip_student_eos=False)(s, t).loss
     assert not torch.allclose(a, b)
+
+
+def _left_padded_rows_side(rows, v, left):
+    """:func:`_rows_side` with ``left[b]`` NaN-filled padded positions in front of sample ``b`` (left padding)."""
+    right = _rows_side(rows, v)
+    length = right.labels.shape[1] + max(left)
+    logits = torch.full((len(rows), length, v), float("nan"), dtype=torch.float64)
+    labels = torch.full((len(rows), length), IGNORE_INDEX)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, k in enumerate(left):
+        n = int(right.attention_mask[i].sum())
+        logits[i, k : k + n] = right.logits[i, :n]
+        labels[i, k : k + n] = right.labels[i, :n]
+        mask[i, k : k + n] = True
+    return mk(logits.tolist(), labels.tolist(), mask=mask.tolist())
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+def test_multilevel_ot_left_padding_gives_finite_gradients_equal_to_the_unpadded_ones(faithful):
+    # the teacher's answer is longer than the student's, so the student has empty row slots; they gather position
+    # 0, which left padding makes a NaN-filled padded position
+    g = np.random.default_rng(3)
+    rows_s, rows_t = [g.normal(size=(2, 4)).tolist()], [g.normal(size=(4, 5)).tolist()]
+    loss = build_loss("multilevel_ot", LossContext(), faithful=faithful, top_k=3, skip_student_eos=False)
+    plain = _rows_side(rows_s, 4)
+    plain.logits.requires_grad_(True)
+    ref = loss(plain, _rows_side(rows_t, 5)).loss
+    (g_ref,) = torch.autograd.grad(ref, plain.logits)
+    padded = _left_padded_rows_side(rows_s, 4, [3])
+    padded.logits.requires_grad_(True)
+    out = loss(padded, _left_padded_rows_side(rows_t, 5, [2])).loss
+    (grad,) = torch.autograd.grad(out, padded.logits)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(out, ref)
+    n = int(plain.attention_mask.sum())
+    torch.testing.assert_close(grad[0, 3 : 3 + n], g_ref[0, :n])
+    assert float(grad[0, :3].abs().sum()) == 0.0
+    # a batch: the short answer left-padded gives the gradients of the same batch right-padded
+    rows_s = [g.normal(size=(3, 4)).tolist(), g.normal(size=(1, 4)).tolist()]
+    rows_t = [g.normal(size=(2, 5)).tolist(), g.normal(size=(3, 5)).tolist()]
+    right, left = _rows_side(rows_s, 4), _left_padded_rows_side(rows_s, 4, [0, 2])
+    values, grads = [], []
+    for side in (right, left):
+        side.logits.requires_grad_(True)
+        values.append(loss(side, _rows_side(rows_t, 5)).loss)
+        grads.append(torch.autograd.grad(values[-1], side.logits)[0])
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(values[1], values[0])
+    torch.testing.assert_close(grads[1][1, 2:4], grads[0][1, :2])
+    torch.testing.assert_close(grads[1][0, :4], grads[0][0, :4])
+
+
+def _ordered_rows(g, lengths, v, scale=2.0):
+    """Answer rows whose columns keep one order in any sub-batch (a large decreasing bias plus small noise), so that
+    MultiLevelOT's batch-level top-k column order is the same in every micro-batch."""
+    bias = np.linspace(scale, -scale, v)
+    return [(bias + 0.05 * g.normal(size=(n, v))).tolist() for n in lengths]
+
+
+MLOT_MODES = [{"faithful": True}, {"faithful": False}, {"faithful": True, "sinkhorn_reduction": "mean"}]
+
+
+@pytest.mark.parametrize("micro_batches", [2, 3])
+@pytest.mark.parametrize("options", MLOT_MODES)
+def test_multilevel_ot_micro_batches_with_global_samples_sum_to_the_full_batch(options, micro_batches):
+    g = np.random.default_rng(4)
+    # faithful mode pads every sample to the micro-batch's longest answer (the code's quirk): equal lengths there
+    lengths_s = [3] * 6 if options["faithful"] else [3, 2, 4, 3, 1, 2]
+    lengths_t = [3] * 6 if options["faithful"] else [2, 3, 4, 1, 2, 3]
+    rows_s, rows_t = _ordered_rows(g, lengths_s, 6), _ordered_rows(g, lengths_t, 7)
+    loss = build_loss("multilevel_ot", LossContext(), top_k=4, skip_student_eos=False, **options)
+    full = loss(_rows_side(rows_s, 6), _rows_side(rows_t, 7)).logs
+    den = Denominators(samples=6.0)
+    size = 6 // micro_batches
+    parts = [
+        loss(_rows_side(rows_s[k : k + size], 6), _rows_side(rows_t[k : k + size], 7), den).logs
+        for k in range(0, 6, size)
+    ]
+    for key in ("loss", "token_l1", "kl_wo", "sinkhorn"):
+        torch.testing.assert_close(sum(p[key] for p in parts), full[key], rtol=1e-12, atol=1e-12)
 
 
 # ---- DSKD ------------------------------------------------------------------------------------------------------
@@ -590,6 +670,42 @@ def test_emkd_logits_matching_and_mapped_space_run():
     student, teacher, ctx = make_batch(seed=8)
     out = _build("emkd", ctx, match="logits", vsd_space="mapped")(student, teacher.detached())
     assert torch.isfinite(out.loss) and out.logs["matched"] == 3 + 2 + 3
+
+
+def _take_samples(side: SideOutputs, idx: slice) -> SideOutputs:
+    """Samples ``idx`` of a batch (per-sample tensors and tuples of them; the weight matrices stay whole)."""
+    names = ("logits", "hidden", "attention_mask", "labels", "input_ids", "text_mask", "image_positions")
+    changes = {name: getattr(side, name)[idx] for name in (*names, "token_offsets")}
+    for name in ("all_hidden", "attentions"):
+        changes[name] = tuple(t[idx] for t in getattr(side, name))
+    return replace(side, **changes)
+
+
+@pytest.mark.parametrize("splits", [[slice(0, 1), slice(1, 3)], [slice(0, 1), slice(1, 2), slice(2, 3)]])
+@pytest.mark.parametrize("name", ["emkd", "vanilla_kl", "uld"])  # dskd: batch-level stds (as the code)
+def test_micro_batches_with_global_denominators_sum_to_the_full_batch(name, splits):
+    student, teacher, ctx = make_batch(seed=11, dtype=torch.float64, requires_grad=False)
+    loss = _build(name, ctx).double()
+    full = loss(student, teacher).logs
+    den = Denominators(response_tokens=float(student_rows(student, "rows").sum()), samples=3.0)
+    parts = [loss(_take_samples(student, p), _take_samples(teacher, p), den).logs for p in splits]
+    for key in ["loss"] + (["vsd", "vlad", "rld"] if name == "emkd" else []):
+        torch.testing.assert_close(sum(p[key] for p in parts), full[key], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_label_left_on_padding_changes_nothing(name):
+    # right padding whose labels are real token ids instead of -100: the row before the padding must not become a
+    # row predicting a padded token
+    student, teacher, ctx = make_batch(seed=12, requires_grad=False)
+    loss = _build(name, ctx)
+    ref = loss(student, teacher).loss
+
+    def label_padding(side):
+        return replace(side, labels=torch.where(side.attention_mask, side.labels, torch.ones_like(side.labels)))
+
+    out = loss(label_padding(student), label_padding(teacher)).loss
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)
 
 
 # ---- RKD -------------------------------------------------------------------------------------------------------

@@ -103,6 +103,22 @@ def test_ce_matches_torch_cross_entropy_on_shifted_labels() -> None:
     torch.testing.assert_close(s.labels, labels)  # inputs untouched
 
 
+def test_ce_ignores_a_label_left_on_the_first_padded_position() -> None:
+    # sample 1 is valid on 0..4 and right-padded on 5..6; a caller leaves a real token id (not -100) at position 5:
+    # the last valid row (4) must not be trained to predict it (nor may padding count in the denominator)
+    s = _student()
+    ref = build_loss("ce")(s, None)
+    labels = s.labels.clone()
+    assert not s.attention_mask[1, 5] and labels[1, 5] == IGNORE_INDEX
+    labels[1, 5] = 3
+    leaky = dataclasses.replace(s, logits=s.logits.clone().requires_grad_(True), labels=labels)
+    out = build_loss("ce")(leaky, None)
+    torch.testing.assert_close(out.loss, ref.loss)
+    assert int(out.logs["tokens"]) == int(ref.logs["tokens"])
+    out.loss.backward()
+    assert float(leaky.logits.grad[1, 4:].abs().sum()) == 0.0  # neither the row before padding nor padding
+
+
 # ---- mhca ----------------------------------------------------------------------------------------------------------
 def _mha_reference(loss: nn.Module, s: SideOutputs, t: SideOutputs, key_mask: torch.Tensor, bias: bool):
     mha = nn.MultiheadAttention(D_S, loss.heads, kdim=D_T, vdim=D_T, bias=bias, batch_first=True)
@@ -279,6 +295,92 @@ def test_relation_target_is_detached_by_default() -> None:
     assert target.grad is not None and target.grad.abs().sum() > 0
 
 
+def _relation_direct_float64(h_s: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """L_rel of one sample (all positions valid) from direct differences ``h_i - h_j`` (``L x L x D``), float64."""
+    off = ~torch.eye(h_s.shape[0], dtype=torch.bool)
+
+    def psi(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = (h[:, None] - h[None]).pow(2).sum(-1).clamp_min(1e-300).sqrt()
+        u = F.normalize(h, dim=-1)
+        return d / d[off].mean(), u @ u.T
+
+    (d_s, a_s), (d_t, a_t) = psi(h_s), psi(h_t)
+    return 0.5 * (((d_t - d_s)[off] ** 2).sum() + ((a_t - a_s)[off] ** 2).sum()) / off.sum()
+
+
+def _near_duplicates(delta: float, length: int = 16, d: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student features: ``length / 2`` random tokens (offset 1) and a copy of each at relative distance ``delta``;
+    the target has no duplicates (so the loss pulls the near-duplicate pairs apart: large distance gradients)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(length // 2, d, generator=g, dtype=torch.float64) + 1.0
+    step = F.normalize(torch.randn(length // 2, d, generator=g, dtype=torch.float64), dim=-1)
+    h_s = torch.cat([base, base + delta * (base - base.mean(0)).norm(dim=-1, keepdim=True) * step])
+    h_t = torch.randn(length, d, generator=g, dtype=torch.float64)
+    return h_s.float().double(), h_t.float().double()  # exactly representable in float32
+
+
+def _relation_grad_error(h_s: torch.Tensor, h_t: torch.Tensor, **options) -> float:
+    """Relative error of the float32 gradient of L_rel w.r.t. H_s against the float64 direct reference."""
+    x = h_s.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(_relation_direct_float64(x, h_t), x)
+    h = h_s.float()[None].clone().requires_grad_(True)
+    mask = torch.ones(1, h.shape[1], dtype=torch.bool)
+    s = SideOutputs(logits=h[..., :1], hidden=h, attention_mask=mask, labels=torch.zeros_like(mask, dtype=torch.long))
+    out = build_loss("relation", **options)(s, None, aligned_teacher=h_t.float()[None])
+    (grad,) = torch.autograd.grad(out.loss, h)
+    return float((grad[0].double() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+@pytest.mark.parametrize("delta", [1e-3, 1e-4, 1e-5])
+def test_relation_float32_gradient_of_near_duplicates_matches_float64_direct_differences(
+    delta: float, chunk_size: int | None
+) -> None:
+    h_s, h_t = _near_duplicates(delta)
+    err = _relation_grad_error(h_s, h_t, chunk_size=chunk_size)
+    assert err < 1e-4  # measured 2e-7 to 3e-7
+    if delta <= 1e-4:  # from the Gram matrix alone (direct_below=0, the old code): 0.26 to 0.28
+        assert _relation_grad_error(h_s, h_t, chunk_size=chunk_size, direct_below=0.0) > 1e-2
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_relation_direct_distances_in_blocks_equal_one_block(
+    monkeypatch: pytest.MonkeyPatch, chunk_size: int | None
+) -> None:
+    import evl_ecg.distill.losses as losses
+
+    h_s, h_t = _near_duplicates(1e-4, d=32)
+    mask = torch.ones(1, 16, dtype=torch.bool)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        h = h_s.float()[None].clone().requires_grad_(True)
+        s = SideOutputs(logits=h[..., :1], hidden=h, attention_mask=mask, labels=torch.zeros(1, 16, dtype=torch.long))
+        loss = build_loss("relation", chunk_size=chunk_size)(s, None, aligned_teacher=h_t.float()[None]).loss
+        return loss, torch.autograd.grad(loss, h)[0]
+
+    one = run()
+    monkeypatch.setattr(losses, "_DIRECT_BLOCK", 3 * 32)  # 3 of the 16 near-duplicate pairs (i, i +- 8) a block
+    blocks = run()
+    torch.testing.assert_close(blocks[0], one[0])
+    torch.testing.assert_close(blocks[1], one[1])
+
+
+def test_relation_gradcheck_float64_through_the_direct_distances() -> None:
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(1, 5, 3, generator=g, dtype=torch.float64)
+    h[0, 1] = h[0, 0] + 1e-4 * torch.randn(3, generator=g, dtype=torch.float64)  # a near-duplicate pair
+    h_s = h.clone().requires_grad_(True)
+    h_t = torch.randn(1, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    loss = build_loss("relation", detach_target=False)
+
+    def f(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        s = SideOutputs(logits=x[..., :1], hidden=x, attention_mask=mask, labels=torch.zeros(1, 5, dtype=torch.long))
+        return loss(s, None, aligned_teacher=target).loss
+
+    assert torch.autograd.gradcheck(f, (h_s, h_t), eps=1e-8, atol=1e-5, rtol=1e-4)
+
+
 def test_relation_without_aligned_teacher_is_an_error() -> None:
     with pytest.raises(ValueError, match="aligned_teacher"):
         build_loss("relation")(_student(), _teacher())
@@ -435,3 +537,29 @@ def test_ot_gradcheck_float64_with_plan_constant() -> None:
         return (plan * cost).sum()
 
     assert torch.autograd.gradcheck(f, (v_s, weight))
+
+
+def test_mhca_mean_reduction_is_the_mean_squared_error_per_feature() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4, reduction="mean")
+    s, t = _student(), _teacher()
+    out = loss(s, t)
+    ref = _mha_reference(loss, s, t, t.attention_mask, bias=False)
+    m = s.attention_mask
+    ref_loss = sum(
+        float(((s.hidden[b, i] - ref[b, i]) ** 2).mean()) for b in range(3) for i in range(7) if m[b, i]
+    ) / float(m.sum())
+    assert float(out.loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss("mhca", CONTEXT, reduction="max")
+
+
+def test_ot_fixed_projection_gets_no_gradient_and_its_value_is_the_pot_reference() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("ot", CONTEXT, tol=1e-9, train_proj=False)
+    s = _with_grad(_student())
+    out = loss(s, _teacher())
+    assert float(out.loss.detach()) == pytest.approx(_ot_reference(loss, s, _teacher()), abs=1e-6)
+    out.loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in loss.parameters())
+    assert s.visual.grad is not None and float(s.visual.grad.abs().sum()) > 0

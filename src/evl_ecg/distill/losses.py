@@ -26,6 +26,7 @@ from evl_ecg.distill.registry import (
     LossContext,
     LossOutput,
     masked_mean_denominator,
+    next_token_targets,
     register,
 )
 from evl_ecg.distill.sinkhorn import SOLVERS, sinkhorn, uniform_marginals
@@ -69,8 +70,9 @@ class CrossEntropyLoss(DistillLoss):
 
     .. math::  L_{CE} = \frac{1}{N} \sum_{(b, l) \in M} -\log \mathrm{softmax}(z_{b,l})_{y_{b,l+1}}
 
-    ``z``: student logits ``B x L_s x V_s``; ``M``: positions whose next token is supervised
-    (:meth:`SideOutputs.next_token_targets`); ``N``: ``Denominators.response_tokens`` (local ``|M|``).
+    ``z``: student logits ``B x L_s x V_s``; ``M``: positions whose next token is supervised, both positions valid
+    (:func:`~evl_ecg.distill.registry.next_token_targets`: a label left on a padded position never counts);
+    ``N``: ``Denominators.response_tokens`` (local ``|M|``).
     The log-softmax runs in float32 on the supervised rows only. Needs no teacher.
     """
 
@@ -83,7 +85,7 @@ class CrossEntropyLoss(DistillLoss):
     def forward(
         self, student: SideOutputs, teacher: SideOutputs | None = None, denominators: Denominators | None = None
     ) -> LossOutput:
-        targets, mask = student.next_token_targets()
+        targets, mask = next_token_targets(student)
         logits = student.logits[mask]  # N x V_s
         with torch.autocast(device_type=logits.device.type, enabled=False):
             total = F.cross_entropy(logits.to(_compute_dtype(logits)), targets[mask], reduction="sum")
@@ -117,6 +119,9 @@ class MHCALoss(DistillLoss):
             2,880 of 3,400 keys and about 4 of MHCA's 6.6 % of the student's FLOPs (``benchmarks/objective.py``);
             a departure from the paper (docs/deviations.md), off by default.
         bias: add biases to the four projections (default False, as the paper's equations).
+        reduction: ``"sum"`` (default, the paper's: squared norm summed over the ``D_s`` features) or ``"mean"``
+            (divided by ``D_s``: the mean squared error per feature, so that the term's scale does not grow with
+            the hidden size; a departure, docs/deviations.md).
 
     When the teacher's key set is not ``"all"``, its selected positions are gathered to the front of each row
     first (one host synchronisation for the longest count), so that the K/V projections run on them only. A sample
@@ -139,9 +144,13 @@ class MHCALoss(DistillLoss):
         positions: str = "all",
         teacher_positions: str | None = None,
         bias: bool = False,
+        reduction: str = "sum",
     ) -> None:
         super().__init__()
         context.need("student_hidden", "teacher_hidden", loss="mhca")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"mhca: reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
         d_s, d_t = int(context.student_hidden), int(context.teacher_hidden)
         if heads < 1 or d_s % heads:
             raise ValueError(f"mhca: D_s={d_s} is not divisible by heads={heads}")
@@ -157,7 +166,7 @@ class MHCALoss(DistillLoss):
     def extra_repr(self) -> str:
         return (
             f"heads={self.heads}, d_k={self.head_dim}, positions={self.positions!r}, "
-            f"teacher_positions={self.teacher_positions!r}"
+            f"teacher_positions={self.teacher_positions!r}, reduction={self.reduction!r}"
         )
 
     def align(self, h_s: Tensor, h_t: Tensor, key_mask: Tensor) -> Tensor:
@@ -194,6 +203,8 @@ class MHCALoss(DistillLoss):
         with torch.autocast(device_type=h_s.device.type, enabled=False):
             hs32, al32 = h_s.to(dtype), aligned.to(dtype)
             per_token = (hs32 - al32).pow(2).sum(-1)  # B x L_s
+            if self.reduction == "mean":
+                per_token = per_token / hs32.shape[-1]
             total = torch.where(q_mask, per_token, torch.zeros((), dtype=dtype, device=h_s.device)).sum()
             count = masked_mean_denominator(q_mask)
             loss = total / _denominator(denominators, self.unit, count)
@@ -228,7 +239,10 @@ class OTLoss(DistillLoss):
     in float32 with autocast disabled (:func:`evl_ecg.distill.sinkhorn.sinkhorn`).
 
     Options: ``epsilon`` (0.1), ``max_iter`` (1000), ``tol`` (1e-6 L1 marginal error; None = exactly ``max_iter``
-    iterations), ``solver`` (``"torch"`` default | ``"pot"``), ``check_every`` (5), ``bias`` (False: ``W_p v``).
+    iterations), ``solver`` (``"torch"`` default | ``"pot"``), ``check_every`` (5), ``bias`` (False: ``W_p v``),
+    ``train_proj`` (True, the paper's: ``W_p`` learns with the student; False: ``W_p`` stays at its seeded
+    initialisation, so the plan can only fall by moving the student's tokens, not by fitting ``W_p`` to them; a
+    departure, docs/deviations.md).
     Logs: ``loss``, ``iterations``, ``marginal_error`` (max over samples). Produces ``extras["ot_plan"]``
     (``B x N_t x N_s``, detached; paper Figure 2).
     """
@@ -247,6 +261,7 @@ class OTLoss(DistillLoss):
         solver: str = "torch",
         check_every: int = 5,
         bias: bool = False,
+        train_proj: bool = True,
     ) -> None:
         super().__init__()
         d_s = context.student_visual or context.student_hidden
@@ -260,9 +275,14 @@ class OTLoss(DistillLoss):
         self.epsilon, self.max_iter, self.tol = float(epsilon), int(max_iter), tol
         self.solver, self.check_every = solver, int(check_every)
         self.proj = nn.Linear(int(d_t), int(d_s), bias=bias)
+        self.train_proj = bool(train_proj)
+        self.proj.requires_grad_(self.train_proj)
 
     def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}, solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}"
+        return (
+            f"epsilon={self.epsilon}, solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, "
+            f"train_proj={self.train_proj}"
+        )
 
     def cost(self, v_s: Tensor, v_t: Tensor, mask_s: Tensor, mask_t: Tensor) -> Tensor:
         """``B x N_t x N_s`` cost ``C_ij = ||t_i - s_j||^2`` (float32, or float64 for float64 inputs)."""
@@ -304,6 +324,10 @@ class OTLoss(DistillLoss):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+#: default :class:`RelationLoss` ``direct_below`` (relative squared distance under which pairs are recomputed).
+DIRECT_BELOW = 1e-3
+
+
 @register("relation")
 class RelationLoss(DistillLoss):
     r"""Geometric intra-architecture relation matching (paper section 2.3, Eq. 1; SPEC section 2, ``L_rel``).
@@ -323,13 +347,21 @@ class RelationLoss(DistillLoss):
     both the sum (where it is 0 anyway: ``psi_D = 0``, ``psi_A = 1`` on both sides) and the count; the paper's
     Eq. 1 divides by ``L_s^2`` instead, a factor ``|S|/(|S|-1)`` apart (docs/distill.md, Deviations).
     Computed in float32 with autocast disabled; distances from the Gram matrix of per-sample centred features
-    (translation invariant, and centring limits cancellation).
+    (translation invariant, and centring limits cancellation), except for near-duplicate pairs, where the Gram form
+    cancels catastrophically in float32 (gradient error 0.26-0.28 at relative distances 1e-4 to 1e-5): those are
+    recomputed from their differences ``h_i - h_j`` (``direct_below``), gathered sparsely, so that no
+    ``B x L x L x D`` tensor is ever built.
 
     Options:
         positions: ``"all"`` (default), ``"response"``, ``"text"`` (student side).
         detach_target: treat ``Ĥ_t`` as a constant target (default True).
         chunk_size: None (default) builds the ``B x L_s x L_s`` relation matrices at once; an int processes rows
             in chunks of that size under activation checkpointing, so memory is ``O(B * chunk_size * L_s)``.
+        direct_below: pairs whose squared Gram distance is below ``direct_below * (|c_i|^2 + |c_j|^2)`` (``c``
+            the centred features; 1e-3: closer than about 4.5 % of their norms, where the float32 Gram distance
+            is still within about 1e-4 of the exact one) get their distance from the difference itself; costs
+            ``K x D`` for ``K`` such pairs (in blocks of bounded size) and one host synchronisation per side and
+            chunk. 0 turns it off (Gram only, no synchronisation).
 
     ``forward`` takes ``aligned_teacher=`` (``Ĥ_t``), passed by the objective from MHCA's ``extras``.
     """
@@ -344,6 +376,7 @@ class RelationLoss(DistillLoss):
         positions: str = "all",
         detach_target: bool = True,
         chunk_size: int | None = None,
+        direct_below: float = DIRECT_BELOW,
     ) -> None:
         super().__init__()
         self.positions = _check_positions(positions)
@@ -351,9 +384,15 @@ class RelationLoss(DistillLoss):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("relation: chunk_size must be a positive int or None")
         self.chunk_size = chunk_size
+        if not 0.0 <= float(direct_below) < 1.0:
+            raise ValueError("relation: direct_below must be in [0, 1)")
+        self.direct_below = float(direct_below)
 
     def extra_repr(self) -> str:
-        return f"positions={self.positions!r}, detach_target={self.detach_target}, chunk_size={self.chunk_size}"
+        return (
+            f"positions={self.positions!r}, detach_target={self.detach_target}, chunk_size={self.chunk_size}, "
+            f"direct_below={self.direct_below}"
+        )
 
     def forward(
         self,
@@ -376,7 +415,11 @@ class RelationLoss(DistillLoss):
         dtype = _compute_dtype(student.hidden)
         with torch.autocast(device_type=student.hidden.device.type, enabled=False):
             sum_d, sum_a = relation_sums(
-                _masked(student.hidden, mask).to(dtype), _masked(target, mask).to(dtype), mask, self.chunk_size
+                _masked(student.hidden, mask).to(dtype),
+                _masked(target, mask).to(dtype),
+                mask,
+                self.chunk_size,
+                self.direct_below,
             )
             n = mask.sum(dim=1).to(dtype)
             pairs = (n * (n - 1)).sum()
@@ -389,6 +432,8 @@ class RelationLoss(DistillLoss):
 
 
 _TINY = 1e-12
+#: elements (pairs x features) of one block of directly recomputed distances (memory bound of that step).
+_DIRECT_BLOCK = 1 << 22
 
 
 def _centre(h: Tensor, mask: Tensor) -> Tensor:
@@ -397,10 +442,46 @@ def _centre(h: Tensor, mask: Tensor) -> Tensor:
     return (h - mean) * m
 
 
-def _row_distances(c: Tensor, sq: Tensor, rows: slice, pair: Tensor) -> Tensor:
-    """``B x r x L`` distances ``||c_i - c_j||`` for rows ``i`` in ``rows`` (0 outside ``pair``)."""
-    d2 = sq[:, rows, None] + sq[:, None, :] - 2.0 * torch.bmm(c[:, rows], c.transpose(1, 2))
-    return torch.where(pair, d2.clamp_min(_TINY).sqrt(), torch.zeros((), dtype=c.dtype, device=c.device))
+def _pair_distances(h: Tensor, b: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """``||h[b, i] - h[b, j]||`` from the differences themselves (``K`` pairs, ``K x D`` temporary)."""
+    return (h[b, i] - h[b, j]).pow(2).sum(-1).clamp_min(_TINY).sqrt()
+
+
+def _direct_distances(h: Tensor, b: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """:func:`_pair_distances` in blocks of at most ``_DIRECT_BLOCK`` elements, each under activation checkpointing
+    when gradients are on, so that memory stays ``O(_DIRECT_BLOCK)`` however many pairs there are."""
+    step = max(1, _DIRECT_BLOCK // max(h.shape[-1], 1))
+    if b.numel() <= step:
+        return _pair_distances(h, b, i, j)
+    parts = []
+    for k in range(0, b.numel(), step):
+        idx = (b[k : k + step], i[k : k + step], j[k : k + step])
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(_pair_distances, h, *idx, use_reentrant=False))
+        else:
+            parts.append(_pair_distances(h, *idx))
+    return torch.cat(parts)
+
+
+def _row_distances(h: Tensor, c: Tensor, sq: Tensor, rows: slice, pair: Tensor, direct_below: float) -> Tensor:
+    """``B x r x L`` distances ``||h_i - h_j||`` for rows ``i`` in ``rows`` (0 outside ``pair``).
+
+    From the Gram matrix of the centred features ``c`` (``sq`` their squared norms). In float32 the Gram form
+    ``|c_i|^2 + |c_j|^2 - 2 c_i.c_j`` cancels for near-duplicate pairs (its error is about ``1e-7 (|c_i|^2 +
+    |c_j|^2)`` at ``D = 2048``): pairs with ``d^2 < direct_below * (|c_i|^2 + |c_j|^2)`` are recomputed from the
+    differences ``h_i - h_j`` (gathered sparsely: ``K x D`` for ``K`` such pairs, in bounded blocks; one host
+    synchronisation for ``K``). ``direct_below = 0``: Gram only.
+    """
+    sq_pair = sq[:, rows, None] + sq[:, None, :]
+    d2 = sq_pair - 2.0 * torch.bmm(c[:, rows], c.transpose(1, 2))
+    d = torch.where(pair, d2.clamp_min(_TINY).sqrt(), torch.zeros((), dtype=c.dtype, device=c.device))
+    if direct_below > 0:
+        with torch.no_grad():
+            close = pair & (d2 < direct_below * sq_pair)
+        b, i, j = close.nonzero(as_tuple=True)
+        if b.numel():
+            d = d.index_put((b, i, j), _direct_distances(h, b, i + rows.start, j))
+    return d
 
 
 def _pair_mask(mask: Tensor, rows: slice) -> Tensor:
@@ -411,20 +492,31 @@ def _pair_mask(mask: Tensor, rows: slice) -> Tensor:
     return mask[:, rows, None] & mask[:, None, :] & off_diag
 
 
-def _distance_sum(c: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
+def _distance_sum(h: Tensor, c: Tensor, mask: Tensor, start: int, stop: int, direct_below: float) -> Tensor:
     rows = slice(start, stop)
-    return _row_distances(c, c.pow(2).sum(-1), rows, _pair_mask(mask, rows)).sum(dim=(1, 2))
+    return _row_distances(h, c, c.pow(2).sum(-1), rows, _pair_mask(mask, rows), direct_below).sum(dim=(1, 2))
 
 
 def _chunk_terms(
-    c_s: Tensor, c_t: Tensor, u_s: Tensor, u_t: Tensor, mu_s: Tensor, mu_t: Tensor, mask: Tensor, start: int, stop: int
+    h_s: Tensor,
+    h_t: Tensor,
+    c_s: Tensor,
+    c_t: Tensor,
+    u_s: Tensor,
+    u_t: Tensor,
+    mu_s: Tensor,
+    mu_t: Tensor,
+    mask: Tensor,
+    start: int,
+    stop: int,
+    direct_below: float,
 ) -> tuple[Tensor, Tensor]:
     """Sums over rows ``start:stop`` of ``(psi_D^t - psi_D^s)^2`` and ``(psi_A^t - psi_A^s)^2`` (valid pairs)."""
     rows = slice(start, stop)
     pair = _pair_mask(mask, rows)
     zero = torch.zeros((), dtype=c_s.dtype, device=c_s.device)
-    psi_d_s = _row_distances(c_s, c_s.pow(2).sum(-1), rows, pair) / mu_s[:, None, None]
-    psi_d_t = _row_distances(c_t, c_t.pow(2).sum(-1), rows, pair) / mu_t[:, None, None]
+    psi_d_s = _row_distances(h_s, c_s, c_s.pow(2).sum(-1), rows, pair, direct_below) / mu_s[:, None, None]
+    psi_d_t = _row_distances(h_t, c_t, c_t.pow(2).sum(-1), rows, pair, direct_below) / mu_t[:, None, None]
     psi_a_s = torch.bmm(u_s[:, rows], u_s.transpose(1, 2))
     psi_a_t = torch.bmm(u_t[:, rows], u_t.transpose(1, 2))
     sum_d = torch.where(pair, (psi_d_t - psi_d_s).pow(2), zero).sum()
@@ -432,13 +524,17 @@ def _chunk_terms(
     return sum_d, sum_a
 
 
-def relation_sums(h_s: Tensor, h_t: Tensor, mask: Tensor, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+def relation_sums(
+    h_s: Tensor, h_t: Tensor, mask: Tensor, chunk_size: int | None = None, direct_below: float = DIRECT_BELOW
+) -> tuple[Tensor, Tensor]:
     """Unnormalised ``(sum L_D, sum L_A)`` over samples and valid pairs ``i != j`` (see :class:`RelationLoss`).
 
     Args:
         h_s, h_t: ``B x L x D`` student features and target features (zero outside ``mask``).
         mask: ``B x L`` valid positions.
         chunk_size: rows per chunk under activation checkpointing (None: all rows at once, no checkpointing).
+        direct_below: relative squared distance under which a pair's distance is recomputed from its difference
+            (:func:`_row_distances`); 0: Gram matrix only.
     """
     length = h_s.shape[1]
     c_s, c_t = _centre(h_s, mask), _centre(h_t, mask)
@@ -454,14 +550,14 @@ def relation_sums(h_s: Tensor, h_t: Tensor, mask: Tensor, chunk_size: int | None
             return fn(*args)
         return checkpoint(fn, *args, use_reentrant=False)
 
-    dist_s = sum(run(_distance_sum, c_s, mask, a, b) for a, b in bounds)
-    dist_t = sum(run(_distance_sum, c_t, mask, a, b) for a, b in bounds)
+    dist_s = sum(run(_distance_sum, h_s, c_s, mask, a, b, direct_below) for a, b in bounds)
+    dist_t = sum(run(_distance_sum, h_t, c_t, mask, a, b, direct_below) for a, b in bounds)
     mu_s = (dist_s / pairs).clamp_min(_TINY)
     mu_t = (dist_t / pairs).clamp_min(_TINY)
     sum_d = h_s.new_zeros(())
     sum_a = h_s.new_zeros(())
     for a, b in bounds:
-        d, ang = run(_chunk_terms, c_s, c_t, u_s, u_t, mu_s, mu_t, mask, a, b)
+        d, ang = run(_chunk_terms, h_s, h_t, c_s, c_t, u_s, u_t, mu_s, mu_t, mask, a, b, direct_below)
         sum_d = sum_d + d
         sum_a = sum_a + ang
     return sum_d, sum_a

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Denominators:
     Each is the count for the *whole* accumulated batch; ``None`` means "use the local count".
 
     Attributes:
-        response_tokens: supervised student tokens (CE, logit losses), i.e. ``next_token_targets`` mask sum.
+        response_tokens: supervised student tokens (CE, logit losses), i.e. the :func:`next_token_targets` mask
+            sum (a supervised label at a valid position whose previous position is valid too).
         teacher_response_tokens: supervised teacher tokens (teacher-space logit losses).
         student_positions: student positions taking part in hidden-state losses (MHCA).
         student_pairs: (sample, i, j) pairs of such positions, i != j (relation losses).
@@ -155,6 +156,21 @@ def build_loss(name: str, context: LossContext | None = None, **kwargs: Any) -> 
     if name not in _REGISTRY:
         raise KeyError(f"no loss registered as {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](context=context or LossContext(), **kwargs)
+
+
+def next_token_targets(side: SideOutputs) -> tuple[Tensor, Tensor]:
+    """``(targets, mask)`` (``B x L``): :meth:`SideOutputs.next_token_targets` with both ends of the shift valid.
+
+    ``targets[:, l] = labels[:, l + 1]``; ``mask[:, l]`` needs positions ``l`` *and* ``l + 1`` valid
+    (``attention_mask``) and a supervised target, so that the label of the first padded position after a
+    right-padded sample (or anything else under padding) never counts, whatever value the caller left there.
+    Where ``mask`` is False the target is ``-100``.
+    """
+    targets, mask = side.next_token_targets()
+    next_valid = torch.zeros_like(side.attention_mask)
+    next_valid[:, :-1] = side.attention_mask[:, 1:]
+    mask = mask & next_valid
+    return torch.where(mask, targets, torch.full_like(targets, IGNORE_INDEX)), mask
 
 
 def masked_mean_denominator(mask: Tensor) -> Tensor:

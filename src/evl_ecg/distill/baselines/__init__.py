@@ -107,8 +107,10 @@ DEVIATIONS: list[dict[str, str]] = [
         "method": "multilevel-ot",
         "authors": "padded zero rows in KL_wo and Sinkhorn; Sinkhorn summed over the batch; T = 2 hard-coded",
         "ours": "the same by default (faithful=True); masked=True / sinkhorn_reduction='mean' fix them; the "
-        "Sinkhorn temperature is its own option",
-        "why": "reproduce the code's numbers, keep the fixes one switch away",
+        "Sinkhorn temperature is its own option; KL_wo (and the 'mean' Sinkhorn) averaged per sample and divided by "
+        "the global sample count (the code's B x R mean on one batch; masked: per-sample means of the compared rows)",
+        "why": "reproduce the code's numbers, keep the fixes one switch away; a local mean grows with gradient "
+        "accumulation and ranks",
     },
     {
         "method": "dskd",
@@ -122,8 +124,10 @@ DEVIATIONS: list[dict[str, str]] = [
         "authors": "no code; shared vocabulary; Hungarian on vision logits (L1); VSD on the shared vocabulary",
         "ours": "match on L2-normalised hidden states after a learned W_v (L1; option: logits on the mapped "
         "vocabulary); VSD = KL(q_s ‖ q_t) through the teacher's LM head after W_v (option: mapped vocabulary); "
-        "VLAD text tokens index-aligned; L_rld over the mapped vocabulary",
-        "why": "logits over different vocabularies are not comparable; the paper's second-best matching needs no map",
+        "VLAD text tokens index-aligned; L_rld over the mapped vocabulary; VSD and VLAD are per-sample means "
+        "divided by the global sample count",
+        "why": "logits over different vocabularies are not comparable; the paper's second-best matching needs no "
+        "map; a batch mean over pairs would grow with gradient accumulation and ranks",
     },
     {
         "method": "rkd",

@@ -2,8 +2,8 @@
 
 Two kinds of rows are aligned between the student's and the teacher's tokenisation of the same response:
 
-* **logit rows** (``kind="rows"``): position ``l`` whose next token ``l + 1`` is supervised
-  (:meth:`SideOutputs.next_token_targets`); its logits predict that token.
+* **logit rows** (``kind="rows"``): position ``l`` whose next token ``l + 1`` is supervised, both valid
+  (:func:`evl_ecg.distill.registry.next_token_targets`); its logits predict that token.
 * **token positions** (``kind="tokens"``): positions holding a supervised token (:attr:`SideOutputs.response_mask`);
   their hidden states encode that token.
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evl_ecg.distill.registry import Denominators
+from evl_ecg.distill.registry import Denominators, next_token_targets
 from evl_ecg.outputs import SideOutputs
 
 ALIGNMENTS = ("index", "offsets")
@@ -124,7 +124,7 @@ def student_rows(side: SideOutputs, kind: str, skip_eos: bool = False) -> Tensor
         return resp & ~last_of_segment(resp) if skip_eos else resp
     if kind != "rows":
         raise ValueError(f"kind must be 'rows' or 'tokens', got {kind!r}")
-    _, mask = side.next_token_targets()
+    _, mask = next_token_targets(side)
     if skip_eos:
         last = F.pad(last_of_segment(resp)[:, 1:], (0, 1), value=False)
         mask = mask & ~last

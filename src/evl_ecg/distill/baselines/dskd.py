@@ -44,7 +44,14 @@ from evl_ecg.distill.baselines._common import (
     need_teacher,
     no_autocast,
 )
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import (
+    Denominators,
+    DistillLoss,
+    LossContext,
+    LossOutput,
+    next_token_targets,
+    register,
+)
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 _FIELDS = ("input_ids", "embedding_weight", "lm_head_weight")
@@ -54,7 +61,7 @@ def _index_embeddings(side: SideOutputs, dtype: torch.dtype) -> tuple[Tensor, Te
     """``(e(x), e(y), row mask)``: detached input embeddings of the input ids and next-token targets, ``B x L x D``."""
     weight = side.embedding_weight.detach().to(dtype)
     v = weight.shape[0]
-    targets, mask = side.next_token_targets()
+    targets, mask = next_token_targets(side)
     ids = torch.where(side.attention_mask & (side.input_ids >= 0) & (side.input_ids < v), side.input_ids, 0)
     tgt = torch.where(mask & (targets != IGNORE_INDEX) & (targets < v), targets, 0)
     return F.embedding(ids, weight), F.embedding(tgt, weight), mask
@@ -121,7 +128,7 @@ class DSKDLoss(DistillLoss):
             v_t = self.t2s((h_t + ey_t).to(self.t2s.weight.dtype)).to(dtype)
             t2s_h = F.softmax(scores, dim=-1) @ v_t  # B x L_s x D_s
             t2s_logits = t2s_h[m_s] @ student.lm_head_weight.detach().to(dtype).t()  # P_s x V_s
-            targets_s, _ = student.next_token_targets()
+            targets_s, _ = next_token_targets(student)
             y_s = targets_s[m_s]
             t2s_ce = F.cross_entropy(t2s_logits, y_s, reduction="sum")
             t2s_hit = t2s_logits.argmax(-1) == y_s
@@ -137,7 +144,7 @@ class DSKDLoss(DistillLoss):
             log_z_t = F.log_softmax(teacher.logits.detach()[m_t].to(dtype) / t, dim=-1)
             log_s2t = F.log_softmax(s2t_logits / t, dim=-1)
             s2t_kd = kl_rows(log_z_t, log_s2t).sum()
-            targets_t, _ = teacher.next_token_targets()
+            targets_t, _ = next_token_targets(teacher)
             s2t_hit = s2t_logits.argmax(-1) == targets_t[m_t]
 
             denom = denominator(denominators, self.unit, m_s.sum().to(torch.float32))

@@ -11,13 +11,14 @@ with ``v_s`` (``n_s``) and ``v_t`` (``n_t``) the last-layer hidden states at eac
    each side decodes its vision states through its own LM head, restricted to the shared string vocabulary
    (:mod:`.vocab_map`) and softmaxed there; ``C_ij = || p_s,i - p_t,j ||_1``.
 2. **VSD**: reverse KL between the matched vision-token distributions,
-   ``L_vsd = (1/|pi|) sum_i KL(q_s,i || q_t,pi(i))``. ``vsd_space="teacher_head"`` (default):
-   ``q_s = softmax(W_t^{lm} W_v v_s / T)``, ``q_t = softmax(W_t^{lm} v_t / T)`` over the teacher's vocabulary (teacher
-   head detached; DSKD-style projection into the teacher's space). ``vsd_space="mapped"``: each side's own head on the
-   shared vocabulary.
+   ``L_vsd = (1/N) sum_b (1/|pi_b|) sum_i KL(q_s,i || q_t,pi(i))``, ``N`` = ``Denominators.samples`` (local ``B``).
+   ``vsd_space="teacher_head"`` (default): ``q_s = softmax(W_t^{lm} W_v v_s / T)``, ``q_t = softmax(W_t^{lm} v_t / T)``
+   over the teacher's vocabulary (teacher head detached; DSKD-style projection into the teacher's space).
+   ``vsd_space="mapped"``: each side's own head on the shared vocabulary.
 3. **VLAD**: ``A_s[k, j] = cos(v_s,k, h_s,j)`` and ``A_t[k, j] = cos(v_t,pi(k), h_t,j)`` between each matched vision
    token and each response token ``j`` (response tokens aligned by index, truncated to the shorter), for each side in
-   its own space (cosine needs no projection); ``L_vlad = SmoothL1(A_s, A_t)`` (beta 1), element mean.
+   its own space (cosine needs no projection); ``L_vlad = (1/N) sum_b mean SmoothL1(A_s, A_t)`` (beta 1, element
+   mean per sample). A sample without vision tokens (or response pairs) adds 0 to VSD (VLAD) and counts in ``N``.
 4. Optional ``L_rld``: reverse KL ``KL(p_s || p_t)`` at ``T`` on index-aligned response rows over the shared vocabulary,
    divided by ``Denominators.response_tokens``.
 
@@ -142,7 +143,7 @@ class EMKDLoss(DistillLoss):
             w_s_m, w_t_m = w_s.index_select(0, vmap.student_ids), w_t.index_select(0, vmap.teacher_ids)
         text = align(student, teacher, "index", kind="tokens")
         zero = student.hidden.flatten()[:0].sum().to(dtype)  # 0, attached to the graph
-        vsd_sum, vlad_sum, n_pairs, n_aff, cost_sum = zero, zero, 0, 0, 0.0
+        vsd_sum, vlad_sum, n_pairs, cost_sum = zero, zero, 0, 0.0
         with no_autocast(student.hidden):
             for b in range(student.batch_size):
                 v_s, v_t = _vision_states(student, b, dtype), _vision_states(teacher, b, dtype).detach()
@@ -166,7 +167,7 @@ class EMKDLoss(DistillLoss):
                 else:
                     log_q_s = F.log_softmax(v_s[rows] @ w_s_m.t() / t, dim=-1)
                     log_q_t = F.log_softmax(v_t[cols] @ w_t_m.t() / t, dim=-1)
-                vsd_sum = vsd_sum + kl_rows(log_q_s, log_q_t).sum()
+                vsd_sum = vsd_sum + kl_rows(log_q_s, log_q_t).sum() / rows.numel()  # mean over b's pairs
                 n_pairs += int(rows.numel())
                 # VLAD
                 sel = text.batch == b
@@ -175,10 +176,12 @@ class EMKDLoss(DistillLoss):
                     h_t = teacher.hidden.detach()[b, text.teacher[sel]].to(dtype)
                     a_s = F.normalize(v_s[rows], dim=-1) @ F.normalize(h_s, dim=-1).t()
                     a_t = F.normalize(v_t[cols], dim=-1) @ F.normalize(h_t, dim=-1).t()
-                    vlad_sum = vlad_sum + F.smooth_l1_loss(a_s, a_t, reduction="sum", beta=1.0)
-                    n_aff += a_s.numel()
-            vsd = vsd_sum / max(n_pairs, 1)
-            vlad = vlad_sum / max(n_aff, 1)
+                    vlad_sum = vlad_sum + F.smooth_l1_loss(a_s, a_t, reduction="mean", beta=1.0)  # b's mean
+            # per-sample means summed over samples, divided by the global sample count (a sample without vision
+            # tokens or response pairs adds 0 and counts): a local mean would grow with accumulation and ranks
+            samples = denominator(denominators, self.unit, float(student.batch_size))
+            vsd = vsd_sum / samples
+            vlad = vlad_sum / samples
             rld = zero
             if self.rld_weight != 0:
                 rows_pairs = align(student, teacher, "index", kind="rows")

@@ -39,10 +39,16 @@ from evl_ecg.outputs import SideOutputs
 
 
 def answer_probs(logits: Tensor, rows: Tensor, temperature: float, std_normalize: bool, dtype: torch.dtype) -> Tensor:
-    """``B x R x V`` probabilities of the answer rows ``rows`` (``B x R``, ``-1`` = none; those rows are 0)."""
+    """``B x R x V`` probabilities of the answer rows ``rows`` (``B x R``, ``-1`` = none; those rows are 0).
+
+    Empty slots gather position 0 (padding under left padding, where junk or NaN logits are possible); they are
+    zeroed *before* the normalisation and softmax, so that neither their values nor their gradients (0 there) can
+    carry junk: a ``where`` after the softmax keeps the value but lets ``NaN * 0`` into the backward pass.
+    """
     valid = rows >= 0
     b = torch.arange(rows.shape[0], device=rows.device)[:, None].expand_as(rows)
-    z = logits[b, rows.clamp_min(0)].to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=logits.device)
+    z = torch.where(valid[..., None], logits[b, rows.clamp_min(0)].to(dtype), zero)
     if std_normalize:
         z = z / (z.std(dim=-1, keepdim=True) + 1e-4)
     p = F.softmax(z / temperature, dim=-1)
@@ -156,13 +162,17 @@ class MultiLevelOTLoss(DistillLoss):
             l1 = (p_s - p_t).abs().sum(-1)  # B x R
             per_sample = torch.where(both, l1, zero).sum(1) / n.clamp_min(1).to(dtype)
             count = present.sum().to(torch.float32)
-            token = per_sample.sum() / denominator(denominators, self.unit, count)
-            # 5. KL_wo
+            samples = denominator(denominators, self.unit, count)
+            token = per_sample.sum() / samples
+            # 5. KL_wo: a mean over each sample's rows, then a sum over samples divided by the global sample count
+            # (the code's mean over B x R rows is that on one batch; a local mean would grow with accumulation)
             ce = -(F.softmax(p_s, dim=-1) * F.log_softmax(p_t, dim=-1)).sum(-1)  # B x R
             if self.masked:
-                kl_wo = torch.where(both, ce, zero).sum() / both.sum().clamp_min(1).to(dtype)
+                kl_per_sample = torch.where(both, ce, zero).sum(1) / n.clamp_min(1).to(dtype)
+                kl_wo = kl_per_sample.sum() / samples
             else:
-                kl_wo = ce.mean() if ce.numel() else ce.sum()
+                kl_per_sample = ce.mean(1) if r else ce.sum(1)
+                kl_wo = kl_per_sample.sum() / denominator(denominators, self.unit, float(ce.shape[0]))
             # 6. Sinkhorn_seq
             q_s = F.softmax(p_s / self.sinkhorn_temperature, dim=-1)
             q_t = F.softmax(p_t / self.sinkhorn_temperature, dim=-1)
@@ -176,8 +186,8 @@ class MultiLevelOTLoss(DistillLoss):
                     x, y = q_t[b], q_s[b]
                 values.append(0.001 * sinkhorn_seq(x, y, self.sinkhorn_epsilon, self.sinkhorn_iters))
             sink = torch.stack(values).sum() if values else zero
-            if self.sinkhorn_reduction == "mean" and values:
-                sink = sink / len(values)
+            if self.sinkhorn_reduction == "mean":
+                sink = sink / samples
             loss = token + self.kl_weight * kl_wo + self.sinkhorn_weight * sink
         logs = {"loss": loss.detach(), "token_l1": token.detach(), "kl_wo": kl_wo.detach(), "sinkhorn": sink.detach()}
         return LossOutput(loss=loss, logs=logs)
