@@ -3,21 +3,24 @@ scorer's differences from it. Expected values are literals or simple arithmetic 
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_LABELS, PTBXL_SUPERCLASSES
-from evl_ecg.eval.metrics import pulse_multilabel, strict_multilabel
-from evl_ecg.eval.predictions import BenchItem, EvalInputError, PredRow
+from evl_ecg.eval.metrics import pct, pulse_multilabel, strict_multilabel
+from evl_ecg.eval.predictions import BenchItem, EvalInputError, PredRow, jsonl_lines, load_predictions
 from evl_ecg.eval.scoring import (
     ScoreOptions,
     ecgqa_candidates,
     pulse_code15_gold,
     pulse_code15_pred,
+    pulse_compute_f1_auc,
     pulse_ecgqa,
     pulse_extract_letter,
     pulse_labels,
+    pulse_round,
     score_file,
     strict_ecgqa,
     strict_extract_letter,
@@ -333,3 +336,117 @@ def test_ecgqa_strict_is_case_insensitive_whole_word_set_match():
 def test_score_file_rejects_unknown_scorer():
     with pytest.raises(ValueError, match="scorer"):
         score_file(PTB_GOLD, PTB_PRED, subset="ptb-test", scorer="loose")
+
+
+# --------------------------------------------------------------------------------------------------
+# Published rounding, one-gold-class F1, line splitting, rows without text, draws of a refused file
+# (numbers from PULSE's evaluate_ecgbench.py @ a439b6c, run on these inputs; tests/eval/test_pulse_traps.py has
+# the file-level cases)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pulse_round_is_numpys_rounding_of_a_float64():
+    # PULSE a439b6c prints round(f1*100, 1) with f1 = np.mean(...): numpy scales, rint(804.5) = 804
+    assert pulse_round(0.8045) == 80.4
+    assert pct(0.8045) == 80.5  # Python's round of the float 80.45000000000000284
+    assert pulse_round(0.41666666666666663) == 41.7
+    assert pulse_round(float("nan")) is None
+
+
+def test_pulse_compute_f1_auc_with_one_gold_class_keeps_the_first_binary_f1():
+    # PULSE a439b6c compute_f1_auc on these lists: "f1 0.0 auc nan hl 60.0", "f1 100.0 auc nan hl 0.0",
+    # "f1 0.0 auc nan hl 100.0"
+    gold = [["ABNORMAL"]] * 5
+    some = pulse_compute_f1_auc(gold, [["ABNORMAL"], ["NORM"], ["ABNORMAL", "RBBB"], ["NORM"], ["RBBB"]])
+    assert some.one_class and some.metrics() == {"AUC": None, "F1": 0.0, "HL": 60.0}
+    # no 0 anywhere: sklearn sees label 1 only and its F1 is the only value
+    assert pulse_compute_f1_auc(gold, gold).metrics() == {"AUC": None, "F1": 100.0, "HL": 0.0}
+    assert pulse_compute_f1_auc(gold, [[]] * 5).metrics() == {"AUC": None, "F1": 0.0, "HL": 100.0}
+    # several classes: the plain macro F1 (PTB_GOLD/PTB_PRED above)
+    two = pulse_compute_f1_auc([["NORM"], ["MI", "CD"], ["STTC"], ["MI"]], [["NORM"], ["MI"], ["HYP"], []])
+    assert not two.one_class and two.metrics() == {"AUC": 68.8, "F1": 41.7, "HL": 18.8}
+
+
+def test_one_gold_class_file_reports_pulses_f1_and_the_classes_own_f1():
+    gold = items(*[(str(i), "q", "ABNORMAL") for i in range(5)])
+    preds = rows(("0", "ABNORMAL"), ("1", "NORM"), ("2", "Answer: ABNORMAL, RBBB"), ("3", "NORM"), ("4", "RBBB"))
+    r = score_file(gold, preds, subset="code15-test", scorer="pulse")
+    assert r["metrics"] == {"AUC": None, "F1": 0.0, "HL": 60.0}  # before: F1 28.6
+    assert r["per_class"]["ABNORMAL"]["f1"] == round(100 * 4 / 7, 1)  # 57.1
+    assert r["parse"]["one_class_f1_label"] == "negative"
+
+
+def test_jsonl_lines_end_only_at_newlines_like_a_text_mode_file():
+    text = '{"a": "x\u2028y"}\n{"b": "p\u0085q\u2029r"}\r\n{"c": 1}\r{"d": 2}\n'
+    assert jsonl_lines(text) == ['{"a": "x\u2028y"}', '{"b": "p\u0085q\u2029r"}', '{"c": 1}', '{"d": 2}']
+    assert len(text.splitlines()) == 7  # what we did before
+    assert jsonl_lines("") == [] and jsonl_lines("x") == ["x"] and jsonl_lines("x\n\ny\n") == ["x", "", "y"]
+
+
+def test_prediction_row_without_a_text_key_is_flagged(tmp_path):
+    path = tmp_path / "p.jsonl"
+    lines = [{"question_id": "1", "text": ""}, {"question_id": "2"}, {"id": "3", "response": "NORM"}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    got, issues = load_predictions(path)
+    assert [(r.id, r.text, r.has_text) for r in got] == [("1", "", True), ("2", "", False), ("3", "NORM", True)]
+    assert [i.kind for i in issues] == ["empty_text", "empty_text"]
+    assert "no 'text' or 'response' key" in issues[1].message
+
+
+def test_row_without_text_reuses_the_previous_prediction_in_pulse():
+    gold = items(("1", "q", "NORM"), ("2", "q", "MI"), ("3", "q", "MI"))
+    preds = [PredRow(1, "2", "", None, has_text=False), PredRow(2, "1", "NORM", None), PredRow(3, "3", "", None, False)]
+    r = score_file(gold, preds, subset="ptb-test", scorer="pulse")
+    # the first row has no previous one: empty (PULSE would crash); the third takes row 2's ["NORM"]
+    assert [it["pred"] for it in r["items"]] == [[], ["NORM"], ["NORM"]]
+    assert r["parse"]["reused_previous_prediction"] == 1
+    mcq = score_file(
+        MCQ_GOLD[:3],
+        [PredRow(1, "1", "C", None), PredRow(2, "2", "", None, has_text=False), PredRow(3, "3", "hm", None)],
+        subset="csn-test-no-cot",
+        scorer="pulse",
+    )
+    first_draw = random.Random(42).choice(list("ABCDEFGH"))
+    assert [(it["pred"], it["rule"]) for it in mcq["items"]] == [
+        ("C", "exact"),
+        ("C", "previous_row"),
+        (first_draw, "fallback_random"),  # row 2 drew nothing
+    ]
+
+
+def test_refused_mcq_file_still_makes_its_draws():
+    rng = random.Random(42)
+    with pytest.raises(EvalInputError, match="1611"):
+        score_file(
+            MCQ_GOLD,
+            MCQ_PRED,
+            subset="csn-test-no-cot",
+            scorer="pulse",
+            rng=rng,
+            options=ScoreOptions(official_counts=True),
+        )
+    ref = random.Random(42)
+    for _ in range(3):  # MCQ_PRED has 3 fallback rows
+        ref.choice(list("ABCDEFGH"))
+    assert rng.random() == ref.random()
+    untouched = random.Random(42)
+    with pytest.raises(EvalInputError, match="1611"):  # strict draws nothing
+        score_file(
+            MCQ_GOLD,
+            MCQ_PRED,
+            subset="csn-test-no-cot",
+            scorer="strict",
+            rng=untouched,
+            options=ScoreOptions(official_counts=True),
+        )
+    assert untouched.random() == random.Random(42).random()
+
+
+def test_ecgqa_gold_option_with_a_leading_space_is_kept_by_pulse_and_stripped_by_strict():
+    cands = ["yes", "no", "not sure"]
+    # PULSE a439b6c: set(["no"]) == set([" no"]) is False
+    assert pulse_ecgqa("no", cands, [" no"]) == (False, ["no"])
+    assert pulse_ecgqa("no", cands, ["no"]) == (True, ["no"])
+    assert strict_ecgqa("no", cands, [" no"])[0] is True
+    # a character list is still joined into options (documented deviation)
+    assert pulse_ecgqa("no", cands, list("no"))[0] is True

@@ -96,12 +96,17 @@ class BenchItem:
 
 @dataclass(frozen=True)
 class PredRow:
-    """One prediction row (line ``line`` of its file; ``text`` is ``""`` where the row had none)."""
+    """One prediction row (line ``line`` of its file; ``text`` is ``""`` where the row had none).
+
+    ``has_text`` is False when the row has neither a ``text`` nor a ``response`` key (the published scorer then
+    reuses the previous row's prediction; see :func:`evl_ecg.eval.scoring.score_file`).
+    """
 
     line: int
     id: str
     text: str
     prompt: str | None
+    has_text: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,10 @@ ISSUE_KINDS: dict[str, str] = {
     "malformed": "line is not a JSON object with an id; not scored (both scorers)",
     "unknown_id": "id not in the gold file; not scored (both scorers; PULSE would crash with KeyError)",
     "duplicate_id": "id seen before in this file; the first row is scored, this one is not (both scorers)",
-    "empty_text": "no text/response or blank; scored as an empty answer (both scorers)",
+    "empty_text": (
+        "no text/response or blank; scored as an empty answer (both scorers), except that pulse reuses the previous"
+        " row's prediction for a row without a text/response key, as published"
+    ),
     "prompt_mismatch": "the row's prompt differs from the gold prompt; pulse scores it, strict counts it wrong",
     "missing_prediction": "gold id without a prediction; pulse shrinks N (as published), strict counts it wrong",
 }
@@ -206,8 +214,21 @@ def resolve_subset(path: str | os.PathLike[str], explicit: str | None, *, what: 
     return named
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text as PULSE's ``for line in open(path, encoding="utf-8")`` reads them (line ends
+    removed): only ``\\n``, ``\\r\\n`` and ``\\r`` end a line (text-mode universal newlines). ``str.splitlines``
+    would also break at U+2028, U+2029, U+0085, ``\\v``, ``\\f`` and ``\\x1c``-``\\x1e``; JSON allows the first
+    three unescaped inside a string, and writers with ``ensure_ascii=False`` (PULSE's baseline harness) leave them so.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line end
+    return lines
+
+
 def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
-    """(line or item number, parsed object or None, error) for a JSON list or a JSONL file."""
+    """(line or item number, parsed object or None, error) for a JSON list or a JSONL file (lines as
+    :func:`jsonl_lines` splits them)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -222,7 +243,7 @@ def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
             raise EvalInputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
         return [(i + 1, row, None) for i, row in enumerate(data)]
     rows: list[tuple[int, Any, str | None]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -282,10 +303,15 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[PredRow], list[
             issues.append(Issue("malformed", f"{path}:{n}: no 'question_id' or 'id'", line=n))
             continue
         rid = str(rid)
+        has_text = "text" in raw or "response" in raw
         text = raw.get("text", raw.get("response"))
         if isinstance(text, list):
             text = join_value(text)
-        if not isinstance(text, str) or not text.strip():
+        if not has_text:
+            why = "has no 'text' or 'response' key (pulse reuses the previous row's prediction, as published)"
+            issues.append(Issue("empty_text", f"{path}:{n}: id {rid!r} {why}", id=rid, line=n))
+            text = ""
+        elif not isinstance(text, str) or not text.strip():
             issues.append(Issue("empty_text", f"{path}:{n}: id {rid!r} has no answer text", id=rid, line=n))
             text = text if isinstance(text, str) else ""
         prompt = raw.get("prompt")
@@ -293,7 +319,9 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[PredRow], list[
             prompt = prompt.get("prompt")
         if isinstance(prompt, list):
             prompt = join_value(prompt)
-        rows.append(PredRow(line=n, id=rid, text=text, prompt=prompt if isinstance(prompt, str) else None))
+        rows.append(
+            PredRow(line=n, id=rid, text=text, prompt=prompt if isinstance(prompt, str) else None, has_text=has_text)
+        )
     return rows, issues
 
 

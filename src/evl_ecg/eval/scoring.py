@@ -5,7 +5,9 @@ behaviour, trap kept or bug fixed):
 
 * multi-label sets: a label is predicted iff its code is a *case-sensitive substring* of the text (``"NORM"`` is
   in ``"ABNORMAL"``, ``"MI"`` in ``"STEMI"``, ``"ST"`` in ``"STE"``, ``"AF"`` in ``"AFL"``); CODE-15% has the
-  whole-answer ``NORM`` / ``ABNORMAL`` rules; metrics by :func:`evl_ecg.eval.metrics.pulse_multilabel`;
+  whole-answer ``NORM`` / ``ABNORMAL`` rules; the headline AUC / F1 / HL by :func:`pulse_compute_f1_auc` (the
+  published ``compute_f1_auc``, one-gold-class F1 included) rounded as published (:func:`pulse_round`), per-class
+  figures by :func:`evl_ecg.eval.metrics.pulse_multilabel`;
 * MCQ sets: :func:`pulse_extract_letter` (five rules, alphabetical rule 2), then ``rng.choice`` of the letters when
   nothing was found, with one ``random.Random(42)`` shared by a whole scoring run (PULSE seeds once at import);
 * ECG-QA: candidates split from the prompt after ``Options:``; a candidate is predicted iff ``c in text.lower()``
@@ -20,12 +22,18 @@ unparsable answers wrong.
 
 from __future__ import annotations
 
+import math
 import random
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
+from sklearn.preprocessing import MultiLabelBinarizer
 
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_LABELS, PTBXL_SUPERCLASSES
 from evl_ecg.eval.metrics import MultiLabelMetrics, accuracy, pct, pulse_multilabel, strict_multilabel
@@ -153,25 +161,130 @@ def ecgqa_gold_options(answer: str | list[str], candidates: Sequence[str] = ()) 
     return [p.strip() for p in re.split(r"[,;/]", text) if p.strip()]
 
 
+def pulse_ecgqa_gold(answer: str | list[str], candidates: Sequence[str] = ()) -> list[str]:
+    """The gold options the ``pulse`` rule compares with.
+
+    A list of option strings is taken as stored, spaces included, as published (``set(predict) ==
+    set(golden_label[qid])``): a gold option ``" no"`` never equals the stripped candidate ``"no"``. A character
+    list or a string is normalised by :func:`ecgqa_gold_options` (our documented deviation: the literal code would
+    compare option strings with characters).
+    """
+    if isinstance(answer, list) and not all(len(a) <= 1 for a in answer):
+        return list(answer)
+    return ecgqa_gold_options(answer, candidates)
+
+
+def ecgqa_correct(pred: Sequence[str], candidates: Sequence[str], gold: str | list[str], *, rule: str) -> bool:
+    """Whether predicted candidates ``pred`` answer ``gold`` by PULSE's rule (option sets, :func:`pulse_ecgqa_gold`)
+    or GEM's (``set("".join(pred)) == set(gold characters)``)."""
+    if rule == "pulse":
+        return set(pred) == set(pulse_ecgqa_gold(gold, candidates))
+    if rule == "gem":
+        gold_chars = set(join_value(gold)) if isinstance(gold, str) else set("".join(gold))
+        return set("".join(pred)) == gold_chars
+    raise ValueError(f"unknown ECG-QA rule {rule!r}; known: {', '.join(ECGQA_RULES)}")
+
+
 def pulse_ecgqa(
     text: str, candidates: Sequence[str], gold: str | list[str], *, rule: str = "pulse"
 ) -> tuple[bool, list[str]]:
     """(correct, predicted candidates) by PULSE's rule or GEM's.
 
     * ``pulse``: ``pred = [c for c in candidates if c in text.lower()]``; correct iff ``set(pred) == set(gold)``
-      with the gold as a list of option strings (:func:`ecgqa_gold_options`).
+      with the gold as :func:`pulse_ecgqa_gold` gives it (a stored option list as is, spaces included).
     * ``gem``: ``pred = [c for c in candidates if c.lower() in text.lower()]``; correct iff
       ``set("".join(pred)) == set(gold characters)`` (a loose character-set comparison).
     """
     lowered = text.lower()
     if rule == "pulse":
         pred = [c for c in candidates if c in lowered]
-        return set(pred) == set(ecgqa_gold_options(gold, candidates)), pred
-    if rule == "gem":
+    elif rule == "gem":
         pred = [c for c in candidates if c.lower() in lowered]
-        gold_chars = set(join_value(gold)) if isinstance(gold, str) else set("".join(gold))
-        return set("".join(pred)) == gold_chars, pred
-    raise ValueError(f"unknown ECG-QA rule {rule!r}; known: {', '.join(ECGQA_RULES)}")
+    else:
+        raise ValueError(f"unknown ECG-QA rule {rule!r}; known: {', '.join(ECGQA_RULES)}")
+    return ecgqa_correct(pred, candidates, gold, rule=rule), pred
+
+
+# --------------------------------------------------------------------------------------------------
+# pulse: the published metrics and their rounding
+# --------------------------------------------------------------------------------------------------
+
+
+def pulse_round(x: float | None) -> float | None:
+    """``round(x * 100, 1)`` on a numpy float64, as the published scorer rounds ``np.mean`` results; ``None`` for NaN.
+
+    numpy rounds by scaling (``rint(y * 10) / 10``), so an exact decimal tie goes to the even digit: F1 0.8045 gives
+    80.4, where Python's ``round`` on the float ``80.45000000000000284...`` gives 80.5 (:func:`pct`).
+    """
+    if x is None or math.isnan(x):
+        return None
+    return float(round(np.float64(x) * 100, 1))
+
+
+@dataclass(frozen=True)
+class PulseMultilabelNumbers:
+    """The published ``compute_f1_auc`` outputs (fractions) and how the published scorer rounds each.
+
+    Attributes:
+        f1: mean of ``f1_score(average=None)[idx]`` over the fitted classes (one gold class: the first of the two
+            binary F1 values, the negative label's, unless no 0 occurs at all).
+        auc: ``np.mean`` of the per-class AUCs (NaN propagates).
+        hl: ``hamming_loss``.
+        one_class: the binariser fitted one class (sklearn then scores a binary problem).
+        hl_numpy: ``hamming_loss`` returns a numpy float64 there (scikit-learn 1.2.2, PULSE's pin: the binary branch
+            returns ``np.average``; the multi-label branch a Python float), so the published rounding is numpy's.
+    """
+
+    f1: float
+    auc: float
+    hl: float
+    one_class: bool
+    hl_numpy: bool
+
+    def metrics(self) -> dict[str, float | None]:
+        """``{"AUC", "F1", "HL"}`` x 100 to one decimal as the published ``round(x*100, 1)`` gives them."""
+        return {
+            "AUC": pulse_round(self.auc),
+            "F1": pulse_round(self.f1),
+            "HL": pulse_round(self.hl) if self.hl_numpy else pct(self.hl),
+        }
+
+
+def pulse_compute_f1_auc(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> PulseMultilabelNumbers:
+    """The published ``compute_f1_auc(y_pred, y_true)``, restated.
+
+    ``MultiLabelBinarizer`` fitted on ``gold``; ``hamming_loss``; ``f1_score(average=None)`` then the values at the
+    indices of the fitted classes, averaged with ``np.mean``; per-class ``roc_auc_score`` on the 0/1 predictions, NaN
+    for a class whose gold column holds one value (the intent of the published ``except ValueError``), ``np.mean``.
+
+    With a single fitted class the indicator arrays have one column, sklearn reads them as a *binary* problem and
+    ``f1_score(average=None)`` returns one F1 per label present (0 and 1); the published loop keeps only the first,
+    the F1 of the negative label (class absent). Five gold rows all ``ABNORMAL`` therefore give F1 0.0.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"gold and pred differ in length: {len(gold)} vs {len(pred)}")
+    if not gold:
+        raise ValueError("nothing to score: no items")
+    mlb = MultiLabelBinarizer()
+    y_true = mlb.fit_transform([list(g) for g in gold])
+    if y_true.shape[1] == 0:
+        raise ValueError("no gold labels at all: the published scorer cannot fit its classes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # unknown predicted labels are ignored (counted elsewhere)
+        y_pred = mlb.transform([list(p) for p in pred])
+    n_classes = len(mlb.classes_)
+    hl = hamming_loss(y_true, y_pred)
+    f1_scores = f1_score(y_true, y_pred, average=None, zero_division=0)
+    f1 = np.mean([f1_scores[idx] for idx in range(n_classes)])
+    aucs = []
+    for i in range(n_classes):
+        if len(np.unique(y_true[:, i])) < 2:
+            aucs.append(np.nan)
+        else:
+            aucs.append(roc_auc_score(y_true[:, i], y_pred[:, i]))
+    return PulseMultilabelNumbers(
+        f1=float(f1), auc=float(np.mean(aucs)), hl=float(hl), one_class=n_classes == 1, hl_numpy=n_classes == 1
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,6 +560,15 @@ def score_file(
 
     ``rng`` is the run's shared fallback generator (pulse MCQ only); a fresh ``Random(42)`` when omitted.
     Raises :class:`EvalInputError` for a file that cannot be scored (wrong subset, official count, no items).
+
+    With ``options.official_counts`` an MCQ file of the wrong size is refused, but the pulse scorer first makes
+    its fallback draws from ``rng``, as the published scorer draws while reading a file and checks its length only
+    afterwards: a skipped file still moves the draws of every later file of the run.
+
+    A row without a ``text``/``response`` key (``PredRow.has_text`` False) takes the previous scored row's
+    prediction in the pulse scorer (the published loop leaves ``predict`` as it was; an MCQ letter is then not
+    drawn); at the top of a file it is scored as an empty answer (the published scorer would crash, or carry the
+    previous file's last prediction). The strict scorer scores it as an empty answer.
     """
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
@@ -456,20 +578,29 @@ def score_file(
     al = align(bench, rows, subset=subset, source=source, read_issues=read_issues)
     task = TASKS[subset]
     warnings: list[str] = []
+    refusal: str | None = None
     if task == "mcq" and al.n_rows != OFFICIAL_COUNTS[subset]:
         msg = (
             f"{source}: {al.n_rows} lines, the published scorer requires exactly {OFFICIAL_COUNTS[subset]} for {subset}"
         )
         if options.official_counts:
-            raise EvalInputError(msg + " (and skips the file); --official-counts is set")
-        warnings.append(msg + "; scored anyway (pass --official-counts to refuse)")
+            refusal = msg + " (and skips the file); --official-counts is set"
+            if scorer != "pulse":
+                raise EvalInputError(refusal)
+        else:
+            warnings.append(msg + "; scored anyway (pass --official-counts to refuse)")
     try:
         if scorer == "pulse":
+            # a refused file is scored too, and the result dropped: its fallback draws are made, as published
             body = _score_pulse(al, subset, task, rng if rng is not None else new_pulse_rng(), options)
         else:
             body = _score_strict(al, subset, task)
     except ValueError as exc:  # e.g. no gold label at all: the published scorer cannot fit its classes
+        if refusal is not None:
+            raise EvalInputError(refusal) from None
         raise EvalInputError(f"{source}: {subset} ({scorer}): {exc}") from None
+    if refusal is not None:
+        raise EvalInputError(refusal + " (its fallback draws were made, as published)")
     counts = issue_counts(al.issues)
     if counts["missing_prediction"]:
         effect = "N shrinks as in the published scorer" if scorer == "pulse" else "counted wrong"
@@ -501,7 +632,7 @@ _EFFECT = {
     "malformed": "not scored",
     "unknown_id": "not scored",
     "duplicate_id": "only the first row of an id is scored",
-    "empty_text": "scored as an empty answer",
+    "empty_text": "scored as an empty answer; pulse gives a row without a text key the previous row's prediction",
     "prompt_mismatch": "pulse scores them; strict counts them wrong",
 }
 
@@ -563,26 +694,50 @@ def _score_pulse(al: Alignment, subset: str, task: str, rng: random.Random, opti
     pairs = al.pairs
     if not pairs:
         raise EvalInputError(f"{subset}: no prediction row matches a gold item; nothing to score")
+    reused = 0  # rows without a text/response key that take the previous row's prediction, as published
     if task == "multilabel":
         vocab = VOCABULARY[subset]
         gold_sets, pred_sets = [], []
         branches: Counter[str] = Counter()
         for item, row in pairs:
-            if subset == "code15-test":
-                gold_sets.append(pulse_code15_gold(item.answer_text))
+            gold_sets.append(
+                pulse_code15_gold(item.answer_text)
+                if subset == "code15-test"
+                else pulse_labels(item.answer_text, vocab)
+            )
+            if not row.has_text and pred_sets:
+                labels = list(pred_sets[-1])  # published: `predict` keeps the previous row's value
+                reused += 1
+            elif subset == "code15-test":
                 labels, branch = pulse_code15_pred(row.text)
                 branches[branch] += 1
                 branches["answer_split"] += int("Answer:" in row.text)
             else:
-                gold_sets.append(pulse_labels(item.answer_text, vocab))
                 labels = pulse_labels(row.text, vocab)
             pred_sets.append(labels)
         order = ("NORM", "ABNORMAL", *vocab) if subset == "code15-test" else vocab
         m = pulse_multilabel(gold_sets, pred_sets, vocabulary=order)
-        parse = {"rows_without_label": sum(1 for p in pred_sets if not p)}
+        published = pulse_compute_f1_auc(gold_sets, pred_sets)
+        parse = {"rows_without_label": sum(1 for p in pred_sets if not p), "reused_previous_prediction": reused}
         if branches:
             parse["code15_branches"] = dict(sorted(branches.items()))
-        return _multilabel_body(m, parse, "pulse", [i.id for i, _ in pairs], gold_sets, pred_sets)
+        body = _multilabel_body(m, parse, "pulse", [i.id for i, _ in pairs], gold_sets, pred_sets)
+        body["metrics"] = published.metrics()
+        if published.one_class:
+            (cls,) = m.classes
+            d = m.per_class[cls]
+            denominator = 2 * d["tp"] + d["fp"] + d["fn"]
+            body["per_class"][cls]["f1"] = pct(2 * d["tp"] / denominator if denominator else 0.0)
+            negative = d["tn"] + d["fp"] + d["fn"] > 0  # a 0 in the gold or predicted column
+            parse["one_class_f1_label"] = "negative" if negative else "positive"
+            if negative:
+                body["warnings"].append(
+                    f"one gold class ({cls}): sklearn scores a binary problem and the published scorer keeps the "
+                    f"first F1 value, that of the negative label (class absent): F1 {body['metrics']['F1']}; the "
+                    f"class's own F1 is per_class.{cls}.f1"
+                )
+        _warn_reused(body, reused)
+        return body
     if task == "mcq":
         choices = MCQ_LETTERS[subset]
         ids, gold, pred, rules = [], [], [], []
@@ -590,32 +745,54 @@ def _score_pulse(al: Alignment, subset: str, task: str, rng: random.Random, opti
             ids.append(item.id)
             # CSN/G12: the first character of the gold answer; MMMU: the whole gold string (keyed by id, not "No")
             gold.append(item.answer_text if subset == "mmmu-ecg" else item.answer_text[:1])
-            letter, rule = pulse_extract_letter(row.text)
-            if letter is None:
-                letter, rule = rng.choice(list(choices)), "fallback_random"
+            if not row.has_text and pred:
+                # published: `predict` keeps the previous row's letter (a drawn one included); no draw is made
+                letter, rule = pred[-1], "previous_row"
+                reused += 1
+            else:
+                letter, rule = pulse_extract_letter(row.text)
+                if letter is None:
+                    letter, rule = rng.choice(list(choices)), "fallback_random"
             rules.append(rule)
             pred.append(letter)
-        return _mcq_body(ids, gold, pred, rules, {"fallback_random": rules.count("fallback_random")})
+        body = _mcq_body(
+            ids,
+            gold,
+            pred,
+            rules,
+            {"fallback_random": rules.count("fallback_random"), "reused_previous_prediction": reused},
+        )
+        _warn_reused(body, reused)
+        return body
     # ecgqa
-    correct, n_match0, gold_outside, from_gold = 0, 0, 0, 0
+    correct, n_match0, gold_outside, from_gold, padded = 0, 0, 0, 0, 0
     per: dict[str, dict[str, int]] = {}
     rows_out: list[dict[str, Any]] = []
+    prev: list[str] | None = None
     for item, row in pairs:
         prompt = row.prompt
         if prompt is None:
             prompt, from_gold = item.prompt, from_gold + 1
         cands = ecgqa_candidates(prompt)
-        ok, pred = pulse_ecgqa(row.text, cands, item.answer, rule=options.ecgqa_rule)
+        if not row.has_text and prev is not None:
+            pred = list(prev)  # published: `predict` keeps the previous row's candidates
+            ok = ecgqa_correct(pred, cands, item.answer, rule=options.ecgqa_rule)
+            reused += 1
+        else:
+            ok, pred = pulse_ecgqa(row.text, cands, item.answer, rule=options.ecgqa_rule)
+        prev = pred
         rows_out.append({"id": item.id, "pred": pred, "correct": ok})
         correct += int(ok)
         n_match0 += int(not pred)
         gold_opts = ecgqa_gold_options(item.answer, cands)
-        gold_outside += int(not set(gold_opts) <= set(cands))
+        raw_gold = pulse_ecgqa_gold(item.answer, cands)
+        padded += int(any(g != g.strip() for g in raw_gold))
+        gold_outside += int(not set(raw_gold) <= set(cands))
         key = "1 answer" if len(gold_opts) == 1 else f"{len(gold_opts)} answers"
         d = per.setdefault(key, {"n": 0, "correct": 0})
         d["n"] += 1
         d["correct"] += int(ok)
-    return {
+    body = {
         "n_scored": len(pairs),
         "metrics": {"Acc": pct(correct / len(pairs))},
         "per_class": dict(sorted(per.items())),
@@ -623,10 +800,27 @@ def _score_pulse(al: Alignment, subset: str, task: str, rng: random.Random, opti
             "rule": options.ecgqa_rule,
             "rows_matching_no_candidate": n_match0,
             "gold_not_among_candidates": gold_outside,
+            "gold_with_padded_options": padded,
             "prompt_taken_from_gold": from_gold,
+            "reused_previous_prediction": reused,
         },
         "items": rows_out,
+        "warnings": [],
     }
+    if padded and options.ecgqa_rule == "pulse":
+        body["warnings"].append(
+            f"{padded} gold answers hold options with leading/trailing spaces; pulse compares them as stored, as "
+            "published, so they never equal a (stripped) candidate; strict strips them"
+        )
+    _warn_reused(body, reused)
+    return body
+
+
+def _warn_reused(body: dict[str, Any], reused: int) -> None:
+    if reused:
+        body.setdefault("warnings", []).append(
+            f"{reused} rows have no text/response key and take the previous row's prediction, as published"
+        )
 
 
 def _score_strict(al: Alignment, subset: str, task: str) -> dict[str, Any]:
