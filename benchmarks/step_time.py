@@ -1,17 +1,24 @@
-"""Time of a KD step against an SFT step, side by side in one run, on the same data, student and batch size.
+"""Time of a KD step against an SFT step, with the live teacher and with the teacher-output cache, side by side in one
+run, on the same data, student and batch size.
 
 Builds a small synthetic corpus, a tiny student and a tiny teacher (or takes checkpoints you give), then trains the
-same student for ``--steps`` optimiser steps as SFT (CE only) and as KD with each ``--method`` (EVL-ECG by default)
-through :func:`evl_ecg.train.pipeline.run`, i.e. the Trainer, collator and objective the real runs use. A
-``TrainerCallback`` records the wall time of every step; the first ``--warmup`` steps of each run are dropped and the
-median of the rest is reported. A KD step includes the frozen teacher's forward pass (no grad), the objective's own
+same student for ``--steps`` optimiser steps as SFT (CE only), as KD with each ``--method`` (EVL-ECG by default) with
+the live teacher, and as KD with the teacher's outputs read from a cache (:mod:`evl_ecg.train.teacher_cache`, built
+once per method before its timed run: its build time is printed on its own), all through
+:func:`evl_ecg.train.pipeline.run`, i.e. the Trainer, collator and objective the real runs use. A ``TrainerCallback``
+records the wall time of every step; the first ``--warmup`` steps of each run are dropped and the median of the rest
+is reported. A live KD step includes the frozen teacher's forward pass (no grad) and the encoding of the teacher's
+side of the batch; a cached one reads the teacher's tensors from disk instead; both include the objective's own
 modules and their optimiser group.
 
-    python benchmarks/step_time.py                         # tiny default on CPU, about 3 minutes on 2 cores
+    python benchmarks/step_time.py                         # tiny default on CPU, about 4 minutes on 2 cores
+    python benchmarks/step_time.py --repeat 3              # on a shared machine: the fastest of 3 rounds
     python benchmarks/step_time.py --method evl-ecg --method vanilla-kl --method dskd
     python benchmarks/step_time.py --student DIR --teacher DIR --train-file FILE --gpu   # your checkpoints
 
-Printed: per phase the median step time (ms) and steps/s, and the ratio KD / SFT for each method.
+Printed: per run the median step time (wall ms and steps/s, and CPU ms: the CPU time of this process, which other
+processes on a shared machine do not inflate), the ratios KD / SFT for each method, live and cached, cache / live,
+and each cache's size and build time (one teacher pass over the records). A step is timed with its data loading.
 """
 
 from __future__ import annotations
@@ -26,17 +33,28 @@ from transformers import TrainerCallback
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimiser step (``on_step_begin`` -> ``on_step_end``; includes gradient accumulation)."""
+    """Wall and CPU time of each optimiser step, data loading included.
+
+    The Trainer fetches (collates) a step's batches before ``on_step_begin``, so a step is timed from the end of the
+    previous one to its own end (the first from its ``on_step_begin``): the encoding of the teacher's side of a batch,
+    or the reading of the cache, counts. CPU time (``time.process_time``, all threads of this process) does not count
+    what other processes take from a shared machine.
+    """
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t0 = 0.0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._last: tuple[float, float] | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._t0 = time.perf_counter()
+        if self._last is None:
+            self._last = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self.times.append(time.perf_counter() - self._t0)
+        now = (time.perf_counter(), time.process_time())
+        self.wall.append(now[0] - self._last[0])
+        self.cpu.append(now[1] - self._last[1])
+        self._last = now
 
 
 def main() -> None:
@@ -51,6 +69,13 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="run on the GPU (bf16); default CPU fp32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of all runs, interleaved (sft, then live and cached KD per method); the fastest round's median "
+        "is reported: on a shared machine, what the others' load did not add",
+    )
     args = ap.parse_args()
     methods = args.method or ["evl-ecg"]
 
@@ -61,7 +86,8 @@ def main() -> None:
     from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
     from evl_ecg.models.tokenizers import corpus_from_records
     from evl_ecg.train.config import load_config
-    from evl_ecg.train.pipeline import run
+    from evl_ecg.train.pipeline import image_loader, load_training_records, run
+    from evl_ecg.train.teacher_cache import human_bytes, open_or_build
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="evl-step-"))
@@ -96,25 +122,61 @@ def main() -> None:
         dataloader_num_workers=0,
     )
 
-    def timed(phase: str, **extra) -> float:
+    def config(phase: str, name: str, **extra):
+        return load_config(None, output_dir=str(tmp / f"run-{phase}-{name}"), phase=phase, **common, **extra)
+
+    def timed(phase: str, name: str = "", **extra) -> tuple[float, float]:
+        """Median wall and CPU seconds per step after the warm-up steps."""
         timer = StepTimer()
-        cfg = load_config(
-            None, output_dir=str(tmp / f"run-{phase}-{extra.get('method', '')}"), phase=phase, **common, **extra
-        )
-        run(cfg, resume=False, callbacks=[timer])
-        kept = timer.times[args.warmup :] or timer.times
-        return statistics.median(kept)
+        run(config(phase, name, **extra), resume=False, callbacks=[timer])
+        return tuple(statistics.median(t[args.warmup :] or t) for t in (timer.wall, timer.cpu))
+
+    def line(label: str, t: tuple[float, float], base: tuple[float, float] | None = None, extra: str = "") -> str:
+        text = f"{label:<20}: {t[0] * 1e3:8.1f} ms/step ({1 / t[0]:.2f} steps/s), CPU {t[1] * 1e3:8.1f} ms/step"
+        if base is not None:
+            text += f"  KD/SFT = {t[0] / base[0]:.2f}x (CPU {t[1] / base[1]:.2f}x)"
+        return text + extra
+
+    def build_cache(method: str) -> tuple[str, float, dict]:
+        cache_dir = str(tmp / f"cache-{method}")
+        cfg = config("kd", f"{method}-build", method=method, teacher=teacher, teacher_cache=cache_dir)
+        t0 = time.perf_counter()
+        cache = open_or_build(cfg, load_training_records(cfg), image_loader(cfg), log=None)
+        return cache_dir, time.perf_counter() - t0, cache.describe()
 
     device = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {args.threads} threads"
     print(
         f"device: {device}; batch {args.batch_size}; {args.steps} steps per run, median of the last "
-        f"{args.steps - args.warmup}"
+        f"{args.steps - args.warmup}" + (f", fastest of {args.repeat} interleaved rounds" if args.repeat > 1 else "")
     )
-    sft = timed("sft")
-    print(f"sft        : {sft * 1e3:8.1f} ms/step  ({1 / sft:.2f} steps/s)")
+
+    def fastest(runs: list[tuple[float, float]]) -> tuple[float, float]:
+        return min(r[0] for r in runs), min(r[1] for r in runs)
+
+    caches = {method: build_cache(method) for method in methods}
+    times: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.repeat):
+        times.setdefault("sft", []).append(timed("sft"))
+        for method in methods:
+            times.setdefault(f"{method} live", []).append(timed("kd", f"{method}-live", method=method, teacher=teacher))
+            times.setdefault(f"{method} cache", []).append(
+                timed("kd", f"{method}-cache", method=method, teacher=teacher, teacher_cache=caches[method][0])
+            )
+    sft = fastest(times["sft"])
+    print(line("sft", sft))
     for method in methods:
-        kd = timed("kd", method=method, teacher=teacher)
-        print(f"kd {method:<8}: {kd * 1e3:8.1f} ms/step  ({1 / kd:.2f} steps/s)  KD/SFT = {kd / sft:.2f}x")
+        live, cached = fastest(times[f"{method} live"]), fastest(times[f"{method} cache"])
+        _, build_s, info = caches[method]
+        print(line(f"kd {method} live", live, sft))
+        ratio = f"  cache/live = {cached[0] / live[0]:.2f}x (CPU {cached[1] / live[1]:.2f}x)"
+        print(line(f"kd {method} cache", cached, sft, ratio))
+        saved = live[0] - cached[0]
+        pays = f"pays for its build after {build_s / saved:.0f} steps" if saved > 0 else "does not pay here"
+        print(
+            f"   cache of {', '.join(info['fields'])}: {human_bytes(info['bytes'])} for {info['records']} records "
+            f"({human_bytes(info['bytes'] / info['records'])}/record), built in {build_s:.1f} s "
+            f"({build_s / info['records'] * 1e3:.0f} ms/record); {pays}"
+        )
 
 
 if __name__ == "__main__":

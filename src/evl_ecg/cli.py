@@ -35,6 +35,7 @@ _COMMANDS = [
     ("evl_ecg.eval.commands", "report", "report"),
     ("evl_ecg.train.commands", "distill", "distill"),
     ("evl_ecg.train.commands", "demo", "demo"),
+    ("evl_ecg.train.commands", "study", "study"),
 ]
 
 

@@ -127,3 +127,18 @@ def test_backward_reaches_student_and_objective_parameters() -> None:
     objective(s, t).loss.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in (s.hidden, s.visual, s.logits))
     assert all(p.grad is not None for p in objective.parameters())
+
+
+def test_alpha_warmup_scales_the_distillation_block_linearly_and_keeps_ce() -> None:
+    torch.manual_seed(0)
+    objective = Objective.from_preset("ot", CONTEXT, alpha_warmup=4)
+    s, t = _pair()
+    ce = float(build_loss("ce")(s, None).loss)
+    for step, share in ((0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)):
+        objective.set_step(step)
+        out = objective(s, t)
+        hand = 0.7 * ce + 0.3 * share * 0.1 * float(out.logs["loss/ot"])
+        assert float(out.loss) == pytest.approx(hand, rel=1e-6), step
+        assert out.logs["objective/alpha"] == pytest.approx(0.3 * share)
+    with pytest.raises(ValueError, match="alpha_warmup"):
+        Objective.from_preset("ot", CONTEXT, alpha_warmup=-1)

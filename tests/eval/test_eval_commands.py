@@ -309,3 +309,169 @@ def test_gold_without_any_label_cannot_be_scored_by_pulse(tmp_path):
     rows, _ = load_predictions(write_jsonl(tmp_path / "p.jsonl", [pred_row("p1", "NORM")]))
     with pytest.raises(EvalInputError, match="no gold labels"):
         score_file(bench, rows, subset="ptb-test", scorer="pulse")
+
+
+# --------------------------------------------------------------------------------------------------
+# `evl-ecg eval run`: the model folder is only read (unless --update-card); degenerate likelihoods are marked
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_bench(tmp_path_factory):
+    """A 3-record synthetic ``ptb-test`` (and the other subsets, not run) with its images."""
+    from evl_ecg.data.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("run-bench")
+    build_corpus(root, n_train=0, n_bench=3, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A copy of the shipped tiny teacher (an evl-ecg model card included)."""
+    import shutil
+
+    from evl_ecg.train.demo import shipped_teacher
+
+    src = shipped_teacher()
+    if src is None:
+        pytest.skip("no shipped tiny teacher")
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (and the folders, as ``"dir"``), by relative path."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def set_read_only(root: Path, read_only: bool) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o555 if read_only else 0o755) if p.is_dir() else (0o444 if read_only else 0o644))
+
+
+def eval_run_args(model: Path, bench_root: Path, out: Path, *extra: str) -> list[str]:
+    bench = bench_root / "bench"
+    return ["run", "--model", str(model), "--bench", str(bench), "--out", str(out), "--subset", "ptb-test",
+            "--max-new-tokens", "2", "--batch-size", "4", *extra]  # fmt: skip
+
+
+def test_eval_run_leaves_the_model_folder_byte_identical_even_read_only(run_bench, model_dir, tmp_path):
+    before = tree_digest(model_dir)
+    set_read_only(model_dir, True)  # as root chmod stops no write: the byte comparison below still holds
+    try:
+        result = runner.invoke(app, eval_run_args(model_dir, run_bench, tmp_path / "out"))
+    finally:
+        set_read_only(model_dir, False)
+    assert result.exit_code == 0, result.output
+    assert tree_digest(model_dir) == before
+    doc = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert {r["scorer"] for r in doc["results"]} == {"pulse", "strict"}
+    # the degenerate flag agrees with the probabilities written beside it, checked here by hand
+    lik = doc["likelihood"]["ptb-test"]
+    probs = json.loads((tmp_path / "out" / "ptb-test" / "likelihood.json").read_text())["probs"]
+    columns = list(zip(*probs, strict=True))
+    want = any(min(c) > 0.99 or max(c) < 0.01 or max(c) - min(c) < 1e-4 for c in columns)
+    assert lik["degenerate"] is want and lik["normalization"] == "null"
+    assert ("\u2020 ptb-test:" in result.stderr) is want
+
+
+def test_eval_run_update_card_adds_the_scores_to_the_card(run_bench, model_dir, tmp_path):
+    result = runner.invoke(app, eval_run_args(model_dir, run_bench, tmp_path / "out", "--update-card"))
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "out" / "scores.json").read_text())
+    facts = json.loads((model_dir / "card.json").read_text())
+    assert facts["scores"] == doc and facts["scores"]["bench"] == str(run_bench / "bench")
+    strict = next(r for r in doc["results"] if r["scorer"] == "strict")
+    assert f"| ptb-test | strict | AUC {strict['metrics']['AUC']}" in (model_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("how", ["chmod", "patched"])
+def test_eval_run_update_card_on_a_read_only_folder_fails_after_writing_the_scores(
+    run_bench, model_dir, tmp_path, monkeypatch, how
+):
+    import errno
+    import os
+
+    if how == "chmod" and os.geteuid() == 0:
+        pytest.skip("running as root: chmod does not stop writes (the 'patched' case covers it)")
+    if how == "patched":
+
+        def refuse(path, data):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr("evl_ecg.train.card.atomic_write_bytes", refuse)
+    before = tree_digest(model_dir)
+    out = tmp_path / "out"
+    set_read_only(model_dir, how == "chmod")
+    try:
+        result = runner.invoke(app, eval_run_args(model_dir, run_bench, out, "--update-card"))
+    finally:
+        set_read_only(model_dir, False)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    scores = out / "scores.json"
+    assert errors == [
+        f"error: cannot update the model card in {model_dir}: Permission denied; the scores are in {scores}"
+    ]
+    assert json.loads((out / "scores.json").read_text())["results"]  # scored and written first
+    assert tree_digest(model_dir) == before
+
+
+def test_eval_run_marks_degenerate_likelihoods_and_keys_the_cache_on_the_normalization(
+    run_bench, model_dir, tmp_path, monkeypatch, caplog
+):
+    import numpy as np
+
+    from evl_ecg.eval.likelihood import METHODS
+
+    calls = []
+
+    def fake_label_scores(adapter, records, loader, vocabulary, **kwargs):
+        calls.append(kwargs["normalization"])
+        probs = np.array([[0.995, 0.2, 0.3, 0.4, 0.5], [0.999, 0.6, 0.1, 0.2, 0.3], [0.9999, 0.1, 0.8, 0.5, 0.4]])
+        return [r.id for r in records], probs, np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 1, 0]])
+
+    monkeypatch.setattr("evl_ecg.eval.run.label_scores", fake_label_scores)
+    out = tmp_path / "out"
+    args = eval_run_args(model_dir, run_bench, out, "--likelihood-normalization", "softmax")
+    with caplog.at_level("WARNING", logger="evl_ecg.eval.run"):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lik = json.loads((out / "scores.json").read_text())["likelihood"]["ptb-test"]
+    assert lik["degenerate"] is True and lik["degenerate_classes"] == {"NORM": "all 3 above 0.99 (min 0.9950)"}
+    assert lik["normalization"] == "softmax" and lik["method"] == METHODS["softmax"]
+    assert json.loads(result.stdout)["likelihood"]["ptb-test"]["degenerate"] is True
+    # by hand: AUC NORM 0 (its positive has the lowest of 0.995 < 0.999 < 0.9999), MI, STTC, CD 1, HYP undefined
+    # -> 0.75; ECE over the 15 cells, bins of 0.1: (2 * (0.1 + 0.2 + 0.3 + 0.4) + 0.4 + 0.2) / 15 for the low bins
+    # and 3/15 * |1/3 - (0.995 + 0.999 + 0.9999) / 3| for [0.9, 1] -> 0.30626
+    assert lik["auc"] == pytest.approx(0.75) and lik["ece"] == pytest.approx(0.306260, abs=1e-6)
+    assert "| ptb-test | 3 | 0.750\u2020 | 0.306\u2020 | softmax |" in result.stderr
+    assert "\u2020 ptb-test: label probabilities are degenerate (NORM: all 3 above 0.99" in result.stderr
+    assert any("ptb-test likelihood: label probabilities are degenerate" in r.getMessage() for r in caplog.records)
+    assert calls == ["softmax"]
+    runner.invoke(app, args)
+    assert calls == ["softmax"]  # same normalization: likelihood.json reused
+    result = runner.invoke(app, eval_run_args(model_dir, run_bench, out))
+    assert result.exit_code == 0, result.output
+    assert calls == ["softmax", "null"]  # another normalization: recomputed
+
+
+def test_evaluate_model_refuses_bad_options_before_any_work(tmp_path):
+    from evl_ecg.eval.run import evaluate_model
+
+    with pytest.raises(ValueError, match="needs a model folder"):
+        evaluate_model(object(), tmp_path, tmp_path / "out", update_card=True)
+    with pytest.raises(ValueError, match="normalization"):
+        evaluate_model(object(), tmp_path, tmp_path / "out", likelihood_normalization="sum")
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(
+        app, ["run", "--model", "m", "--bench", "b", "--out", "o", "--likelihood-normalization", "sum"]
+    )
+    assert result.exit_code != 0 and "--likelihood-normalization" in result.output

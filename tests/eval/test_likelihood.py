@@ -11,12 +11,17 @@ from sklearn.metrics import roc_auc_score
 
 from evl_ecg.ecg.labels import CPSC_LABELS
 from evl_ecg.eval.likelihood import (
+    DAGGER,
+    degeneracy,
     expected_calibration_error,
     format_answer,
     gold_labels,
     infer_answer_style,
     infer_null_answer,
+    label_probabilities,
     label_scores,
+    likelihood_table,
+    no_label_answers,
     roc_auc_macro,
 )
 from evl_ecg.models import build_tiny_student
@@ -52,8 +57,8 @@ def student():
     return build_tiny_student(texts * 8, seed=0)
 
 
-def manual_mean_loglik(adapter, record, answer):
-    """Teacher-forced mean log-prob of ``answer`` (+ end token) by hand, from the raw model's logits."""
+def manual_mean_loglik(adapter, record, answer, *, total=False):
+    """Teacher-forced mean (``total``: summed) log-prob of ``answer`` (+ end token) by hand, from the raw logits."""
     conv = {**record, "conversations": [record["conversations"][0], {"from": "gpt", "value": answer}]}
     sample = adapter.encode(conv, load_image(record))
     batch = {k: v[None] if k != "pixel_values" and k != "image_grid_thw" else v for k, v in sample.items()}
@@ -62,7 +67,7 @@ def manual_mean_loglik(adapter, record, answer):
     labels = sample["labels"]
     logp = F.log_softmax(logits.double(), dim=-1)
     terms = [float(logp[t - 1, labels[t]]) for t in range(1, len(labels)) if labels[t] != -100]
-    return sum(terms) / len(terms)
+    return sum(terms) if total else sum(terms) / len(terms)
 
 
 def test_scores_equal_hand_computed_likelihood_ratio(student):
@@ -136,3 +141,108 @@ def test_ece_hand_worked_example():
     assert expected_calibration_error(np.array([1, 1]), np.array([0.55, 0.55]), n_bins=2) == pytest.approx(0.45)
     with pytest.raises(ValueError):
         expected_calibration_error(np.array([1]), np.array([1.5]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation of the candidates' likelihoods, and the degenerate flag
+# --------------------------------------------------------------------------------------------------
+
+
+def test_label_probabilities_by_hand():
+    # two labels, then two no-label answers (the null answer first); totals are logs of 0.5, 0.2, 0.1, 0.2
+    total = np.log([[0.5, 0.2, 0.1, 0.2]])
+    ones = np.ones_like(total)
+    # softmax over the four candidates: the totals are already normalised, so the shares are 0.5 and 0.2
+    np.testing.assert_allclose(label_probabilities(total, ones, 2, "softmax"), [[0.5, 0.2]], atol=1e-12)
+    # null: sigmoid(log a - log b) = a / (a + b) against the null answer (0.1) only; the 2nd no-label answer unused
+    np.testing.assert_allclose(label_probabilities(total, ones, 2, "null"), [[5 / 6, 2 / 3]], atol=1e-12)
+    # null compares *mean* log-probs: totals -2, -6 over 2 and 3 tokens, null -3 over 1 token -> sigmoid(2), sigmoid(1)
+    total, count = np.array([[-2.0, -6.0, -3.0]]), np.array([[2, 3, 1]])
+    want = [[1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-1))]]
+    np.testing.assert_allclose(label_probabilities(total, count, 2, "null"), want, atol=1e-12)
+    # softmax uses the sums: e^-2 / (e^-2 + e^-6 + e^-3), e^-6 / (...)
+    z = math.exp(-2) + math.exp(-6) + math.exp(-3)
+    np.testing.assert_allclose(
+        label_probabilities(total, count, 2, "softmax"), [[math.exp(-2) / z, math.exp(-6) / z]], atol=1e-12
+    )
+    with pytest.raises(ValueError, match="normalization"):
+        label_probabilities(total, count, 2, "sum")
+    with pytest.raises(ValueError, match="N x K"):
+        label_probabilities(total, count, 3, "null")
+
+
+def test_a_null_answer_the_model_never_gives_saturates_null_but_not_softmax():
+    # the report from real records: labels at about -0.2 nats per token, the null answer at -9 per token
+    total = np.array([[-0.2 * 4, -0.5 * 4, -9.0 * 12]])
+    count = np.array([[4, 4, 12]])
+    null = label_probabilities(total, count, 2, "null")
+    assert np.all(null > 0.999)  # sigmoid(8.8), sigmoid(8.5): both labels "present"
+    soft = label_probabilities(total, count, 2, "softmax")
+    z = math.exp(-0.8) + math.exp(-2.0) + math.exp(-108.0)
+    np.testing.assert_allclose(soft, [[math.exp(-0.8) / z, math.exp(-2.0) / z]], atol=1e-12)  # 0.769, 0.231
+
+
+def test_no_label_answers():
+    assert no_label_answers("NORM", "code15", "softmax") == ["NORM", "ABNORMAL"]
+    assert no_label_answers("ABNORMAL", "code15", "softmax") == ["ABNORMAL", "NORM"]
+    assert no_label_answers("NORM", "code15", "null") == ["NORM"]
+    assert no_label_answers(NONE, "cpsc", "softmax") == [NONE]
+
+
+def test_softmax_scores_equal_hand_computed_shares(student):
+    ids, probs, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=5, normalization="softmax")
+    assert ids == ["cpsc-0", "cpsc-1"] and probs.shape == (2, len(CPSC_LABELS))
+    for i in (0, 1):
+        sums = [manual_mean_loglik(student, RECORDS[i], a, total=True) for a in [*CPSC_LABELS, NONE]]
+        z = sum(math.exp(v) for v in sums)
+        want = [math.exp(v) / z for v in sums[:-1]]
+        np.testing.assert_allclose(probs[i], want, rtol=1e-4, atol=1e-7)
+        assert probs[i].sum() == pytest.approx(1 - math.exp(sums[-1]) / z, abs=1e-6)  # the rest is the null's
+    with pytest.raises(ValueError, match="normalization"):
+        label_scores(student, RECORDS[:1], load_image, "cpsc", normalization="sum")
+
+
+def test_degeneracy_by_hand():
+    classes = ["HI", "LO", "FLAT", "OK", "EDGE"]
+    probs = np.array(
+        [
+            [0.995, 0.001, 0.5, 0.2, 0.99],
+            [0.9991, 0.0099, 0.50000001, 0.7, 0.995],
+            [0.999, 0.002, 0.5, 0.4, 0.999],
+        ]
+    )
+    flags = degeneracy(probs, classes)
+    assert flags["degenerate"] is True
+    # HI: min 0.995 > 0.99; LO: max 0.0099 < 0.01; FLAT: spread 1e-8 < 1e-4; EDGE: 0.99 is not above 0.99
+    assert list(flags["degenerate_classes"]) == ["HI", "LO", "FLAT"]
+    assert flags["degenerate_classes"]["HI"] == "all 3 above 0.99 (min 0.9950)"
+    assert flags["degenerate_classes"]["LO"] == "all 3 below 0.01 (max 0.0099)"
+    assert "HI: all 3 above 0.99" in flags["degenerate_reason"] and "OK" not in flags["degenerate_reason"]
+    ok = degeneracy(probs[:, 3:4], ["OK"])
+    assert ok == {"degenerate": False, "degenerate_reason": None, "degenerate_classes": {}}
+    # one record: no spread to speak of, only the thresholds apply; no record: nothing to flag
+    assert degeneracy(np.array([[0.5, 0.995]]), ["A", "B"])["degenerate_classes"] == {
+        "B": "all 1 above 0.99 (min 0.9950)"
+    }
+    assert degeneracy(np.zeros((0, 2)), ["A", "B"])["degenerate"] is False
+    with pytest.raises(ValueError):
+        degeneracy(probs, classes[:2])
+
+
+def test_likelihood_table_marks_degenerate_numbers():
+    section = {
+        "ptb-test": {
+            "n": 40,
+            "auc": 0.7641,
+            "ece": 0.775,
+            "normalization": "null",
+            "degenerate": True,
+            "degenerate_reason": "NORM: all 40 above 0.99",
+        },
+        "cpsc-test": {"n": 40, "auc": 0.796, "ece": 0.034, "normalization": "softmax", "degenerate": False},
+    }
+    lines = likelihood_table(section).splitlines()
+    assert lines[2] == f"| ptb-test | 40 | 0.764{DAGGER} | 0.775{DAGGER} | null |"
+    assert lines[3] == "| cpsc-test | 40 | 0.796 | 0.034 | softmax |"
+    assert lines[-1] == f"{DAGGER} ptb-test: NORM: all 40 above 0.99."
+    assert DAGGER not in likelihood_table({"cpsc-test": section["cpsc-test"]})

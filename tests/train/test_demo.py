@@ -14,10 +14,10 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
-    assert set(summary["timings_s"]) >= {"synth", "teacher", "sft", "kd", "eval teacher", "figures"}
+    assert set(summary["timings_s"]) >= {"synth", "teacher", "sft", "control", "kd", "eval teacher", "figures"}
     rows = summary["table"]["rows"] if isinstance(summary["table"], dict) else summary["table"]
     methods = {(r["method"], r["scorer"]) for r in rows}
-    assert methods == {(m, s) for m in ("teacher", "sft-student", "evl-ecg-student") for s in ("pulse", "strict")}
+    assert methods == {(m, s) for m in ("teacher", "control-student", "evl-ecg-student") for s in ("pulse", "strict")}
     markdown = (out / "results.md").read_text()
     assert "| evl-ecg-student | strict |" in markdown and "Stage times" in markdown
     for name in ("transport_plan", "singular_values", "loss_curves"):

@@ -193,6 +193,7 @@ def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_cor
         likelihood=False,
         image_root=tiny_corpus / "images",
         progress=False,
+        update_card=True,  # an evaluation writes into the model folder only when asked
     )
     card = (student_dir / "README.md").read_text()
     assert "Not evaluated yet" not in card and NOT_A_DEVICE in card

@@ -13,6 +13,11 @@ Batch layout from :class:`PairedCollator`::
 
     {"ids": [record ids], "student": {input_ids, labels, attention_mask, token_offsets, pixel_values, ...},
      "teacher": {... the same keys for the teacher ...}}      # no "teacher" key in student-only mode (SFT)
+
+With a teacher-output cache (:mod:`evl_ecg.train.teacher_cache`) the teacher's side is not encoded at all (no
+``teacher`` adapter, so none of its image processing): each sample carries its ``index`` in the dataset, and the
+collator adds ``"indices"`` and ``"teacher_cache"`` (the cached teacher tensors of those records, padded as the
+teacher's own collate pads them) instead of ``"teacher"``.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def encode_pair(
 
 
 class PairedDataset(Dataset):
-    """Records encoded for both models on access (``teacher_adapter=None``: student only, for SFT).
+    """Records encoded for both models on access (``teacher_adapter=None``: student only, for SFT or for KD from a
+    teacher-output cache). Each sample also carries ``"index"``, its position in ``records`` (the cache's key).
 
     Args:
         records: a sequence of records.
@@ -95,19 +101,35 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         image = load_record_image(record, self.image_loader)
-        return encode_pair(record, image, self.student, self.teacher, train=self.train)
+        sample = encode_pair(record, image, self.student, self.teacher, train=self.train)
+        sample["index"] = int(index)
+        return sample
 
 
 class PairedCollator:
     """Pads each side on its own: ``{"ids", "student": batch, "teacher": batch}`` (no teacher in student-only mode).
 
-    ``padding_side="right"`` for training, ``"left"`` for generation.
+    ``padding_side="right"`` for training, ``"left"`` for generation. ``teacher_cache``: an object with
+    ``collate(indices, ids) -> dict of tensors`` (:class:`evl_ecg.train.teacher_cache.TeacherCache`), whose batch
+    goes under ``"teacher_cache"`` (with the samples' ``"indices"``); training batches only (right padding).
     """
 
-    def __init__(self, student: Adapter, teacher: Adapter | None = None, *, padding_side: str = "right") -> None:
+    def __init__(
+        self,
+        student: Adapter,
+        teacher: Adapter | None = None,
+        *,
+        padding_side: str = "right",
+        teacher_cache: Any = None,
+    ) -> None:
+        if teacher is not None and teacher_cache is not None:
+            raise ValueError("PairedCollator takes a teacher adapter or a teacher cache, not both")
+        if teacher_cache is not None and padding_side != "right":
+            raise ValueError("a teacher cache serves training batches (padding_side='right') only")
         self.student = student
         self.teacher = teacher
         self.padding_side = padding_side
+        self.teacher_cache = teacher_cache
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -121,4 +143,9 @@ class PairedCollator:
             if any(t is None for t in teacher_samples):
                 raise ValueError("PairedCollator has a teacher but a sample was encoded without one")
             batch["teacher"] = self.teacher.collate(teacher_samples, padding_side=self.padding_side)
+        if self.teacher_cache is not None:
+            if any("index" not in s for s in samples):
+                raise ValueError("PairedCollator has a teacher cache but a sample carries no dataset 'index'")
+            batch["indices"] = [int(s["index"]) for s in samples]
+            batch["teacher_cache"] = self.teacher_cache.collate(batch["indices"], batch["ids"])
         return batch

@@ -33,14 +33,22 @@ class ObjectiveConfig:
             ``mhca`` run before the terms that consume their extras, such as ``relation``).
         ce: options of the ``ce`` term (always present).
         ce_weight: explicit CE weight (baselines whose authors write ``CE + w * KD``); None: ``1 - alpha``.
+        alpha_warmup: optimiser steps over which the distillation block's weight rises linearly from 0 to
+            ``alpha`` (0, the paper's: ``alpha`` from the first step). The CE weight does not change. The step comes
+            from the trainer (:meth:`Objective.set_step`), so a resumed run continues the same schedule. The
+            distiller's own modules (MHCA, ``W_p``) still learn during the warm-up (AdamW normalises the gradient
+            scale), so the target they give is fitted before it pulls the student (a departure, docs/deviations.md).
     """
 
     alpha: float = 0.0
     terms: dict[str, dict[str, Any]] = field(default_factory=dict)
     ce: dict[str, Any] = field(default_factory=dict)
     ce_weight: float | None = None
+    alpha_warmup: int = 0
 
     def __post_init__(self) -> None:
+        if int(self.alpha_warmup) < 0:
+            raise ValueError(f"alpha_warmup must be >= 0 steps, got {self.alpha_warmup}")
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if "ce" in self.terms:
@@ -51,7 +59,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectiveConfig:
-        unknown = set(data) - {"alpha", "terms", "ce", "ce_weight"}
+        unknown = set(data) - {"alpha", "terms", "ce", "ce_weight", "alpha_warmup"}
         if unknown:
             raise ValueError(f"unknown objective keys: {sorted(unknown)}")
         return cls(**copy.deepcopy(data))
@@ -82,6 +90,8 @@ class Objective(nn.Module):
         self.config = config
         context = context or LossContext()
         self.alpha = float(config.alpha)
+        self.alpha_warmup = int(config.alpha_warmup)
+        self.step = 0
         self.ce_weight = 1.0 - self.alpha if config.ce_weight is None else float(config.ce_weight)
         self.ce = build_loss("ce", context, **config.ce)
         self.weights: dict[str, float] = {}
@@ -119,6 +129,17 @@ class Objective(nn.Module):
     def __str__(self) -> str:
         return self.formula()
 
+    def set_step(self, step: int) -> None:
+        """The optimiser step about to run (the trainer calls this before every step; it drives ``alpha_warmup``)."""
+        self.step = int(step)
+
+    @property
+    def current_alpha(self) -> float:
+        """``alpha``, scaled by the warm-up ``min(1, (step + 1) / alpha_warmup)`` while it lasts."""
+        if self.alpha_warmup <= 0:
+            return self.alpha
+        return self.alpha * min(1.0, (self.step + 1) / self.alpha_warmup)
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The objective's own trainable parameters, as one optimizer group (``[]`` if it has none)."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -148,7 +169,10 @@ class Objective(nn.Module):
             weighted = self.weights[name] * out.loss
             block = weighted if block is None else block + weighted
         if block is not None:
-            total = total + self.alpha * block
+            alpha = self.current_alpha
+            total = total + alpha * block
+            if self.alpha_warmup > 0:
+                logs["objective/alpha"] = alpha
         logs["loss/total"] = total.detach()
         return LossOutput(loss=total, logs=logs, extras=extras)
 

@@ -235,12 +235,28 @@ def run_model(
     batch_size: int = typer.Option(8, "--batch-size", help="Generation batch size."),
     likelihood: bool = typer.Option(True, "--likelihood/--no-likelihood", help="Label-probability AUC and ECE."),
     subset: list[str] | None = typer.Option(None, "--subset", help="Only these subsets (repeat)."),
+    likelihood_normalization: str = typer.Option(
+        "null",
+        "--likelihood-normalization",
+        help="null: each label against the null answer (default); softmax: over the candidate answers.",
+    ),
+    update_card: bool = typer.Option(
+        False, "--update-card", help="Also add the scores to the model card in --model (default: --model is only read)."
+    ),
 ) -> None:
-    """Generate answers with a model on the benchmark (resumable), then score them with both scorers."""
-    from evl_ecg.eval.run import evaluate_model
+    """Generate answers with a model on the benchmark (resumable), then score them with both scorers.
+
+    Everything is written under --out; the model folder is only read, unless --update-card is given.
+    """
+    from evl_ecg.eval.likelihood import NORMALIZATIONS, likelihood_table
+    from evl_ecg.eval.run import CardUpdateError, evaluate_model
 
     if scorer not in (*SCORERS, "both"):
         raise typer.BadParameter(f"--scorer must be pulse, strict or both, got {scorer!r}")
+    if likelihood_normalization not in NORMALIZATIONS:
+        raise typer.BadParameter(
+            f"--likelihood-normalization must be {' or '.join(NORMALIZATIONS)}, got {likelihood_normalization!r}"
+        )
     try:
         doc = evaluate_model(
             model,
@@ -251,8 +267,21 @@ def run_model(
             batch_size=batch_size,
             subsets=subset or None,
             likelihood=likelihood,
+            update_card=update_card,
+            likelihood_normalization=likelihood_normalization,
         )
-    except (EvalInputError, FileNotFoundError, ValueError) as exc:
+    except (EvalInputError, FileNotFoundError, ValueError, CardUpdateError) as exc:
         _fail(str(exc))
         return
-    typer.echo(json.dumps({"scores": str(out / "scores.json"), "results": doc.get("results", [])}, indent=2)[:20000])
+    lik = doc.get("likelihood") or {}
+    summary = {
+        "scores": str(out / "scores.json"),
+        "results": doc.get("results", []),
+        "likelihood": {
+            s: {k: v.get(k) for k in ("n", "auc", "ece", "normalization", "degenerate", "degenerate_reason")}
+            for s, v in lik.items()
+        },
+    }
+    typer.echo(json.dumps(summary, indent=2)[:20000])
+    if lik:  # a degenerate subset was also logged as a warning by evaluate_model; the table marks its numbers
+        typer.echo(likelihood_table(lik), err=True)

@@ -223,3 +223,51 @@ def plot_loss_curves(log_history: Sequence[Mapping[str, Any]], path: str | os.Pa
         ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: str | os.PathLike[str], *, ylabel: str
+) -> Path:
+    """Mean over seeds of each method's learning curve, with the seeds' min-max band.
+
+    ``curves``: ``{method: [one list of {"step", "auc"} points per seed]}``; steps missing in a seed are skipped.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for method, runs in curves.items():
+        steps = sorted({p["step"] for run in runs for p in run})
+        if not steps:
+            continue
+        table = [[next((p["auc"] for p in run if p["step"] == st), math.nan) for run in runs] for st in steps]
+        arr = torch.tensor(table, dtype=torch.float64)
+        mean = arr.nanmean(1)
+        lo = torch.where(arr.isnan(), torch.inf, arr).amin(1)
+        hi = torch.where(arr.isnan(), -torch.inf, arr).amax(1)
+        (line,) = ax.plot(steps, mean.tolist(), marker="o", label=f"{method} ({len(runs)} seeds)")
+        ax.fill_between(steps, lo.tolist(), hi.tolist(), alpha=0.2, color=line.get_color())
+    ax.set_xlabel("phase-2 step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_bars(
+    values: Mapping[str, tuple[float, float]], path: str | os.PathLike[str], *, ylabel: str, title: str = ""
+) -> Path:
+    """One bar per method (``{method: (mean, std)}``) with the standard deviation as the error bar."""
+    plt = _pyplot()
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1.5), 3.6))
+    means = [values[n][0] for n in names]
+    stds = [values[n][1] for n in names]
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

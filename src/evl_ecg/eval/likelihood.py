@@ -21,10 +21,30 @@ the label probability is the sigmoid of the log-likelihood ratio against the nul
     p_c(x) = \sigma\big(\bar\ell(y_c \mid x) - \bar\ell(y_0 \mid x)\big),
 
 i.e. a per-label two-way softmax over {"the answer is c", "nothing applies"}: 0.5 when the model finds naming
-``c`` as likely (per token) as naming nothing. The ROC-AUC is invariant to the sigmoid; the expected calibration
-error (ECE) is not, and measures how far this reading of the model is from the observed frequencies.
+``c`` as likely (per token) as naming nothing (``normalization="null"``, the default). The ROC-AUC is invariant to
+the sigmoid; the expected calibration error (ECE) is not, and measures how far this reading of the model is from the
+observed frequencies.
 
-* :func:`label_scores`: ``(ids, probs N x C, gold N x C)``; ``C + 1`` teacher-forced forwards per record, batched.
+Each label is compared with the null answer alone, never with the other labels, so a model that finds the null answer
+unlikely (an answer it was rarely or never trained to give, such as :data:`DEFAULT_NULL_ANSWER` when no record of the
+subset is empty) gives *every* label a probability near 1 on every record: the per-label ROC-AUC then ranks records
+by tiny differences, and the ECE measures only the base rate. ``normalization="softmax"`` normalises over the
+candidate set instead: with the summed (not length-normalised) log-likelihood :math:`\ell(y \mid x)` of each
+candidate, the label answers and the no-label answers :math:`N` (the null answer; on CODE-15% both ``NORM`` and
+``ABNORMAL``),
+
+.. math::
+
+    p_c(x) = \frac{\exp \ell(y_c \mid x)}{\sum_{c'} \exp \ell(y_{c'} \mid x) + \sum_{y \in N} \exp \ell(y \mid x)},
+
+the model's own probability of answering "c" given that it gives one of these answers (a record's probabilities sum
+to at most 1, so a record with two gold labels cannot have both above 0.5). :func:`degeneracy` flags probabilities
+that say nothing (docs/eval.md, "Label likelihood").
+
+* :func:`label_scores`: ``(ids, probs N x C, gold N x C)``; ``C + 1`` teacher-forced forwards per record, batched
+  (``C + 2`` on CODE-15% with ``softmax``).
+* :func:`label_probabilities`: the probabilities from the candidates' summed log-likelihoods and token counts.
+* :func:`degeneracy`: whether any class's probabilities are all above 0.99, all below 0.01, or all equal.
 * :func:`roc_auc_macro`: mean over classes of sklearn's ``roc_auc_score`` (a class whose gold column is constant
   has no AUC and is left out: a nan-safe mean; all-constant -> nan).
 * :func:`expected_calibration_error`: ``sum_b n_b / n |acc_b - conf_b|`` over 10 equal-width bins of all
@@ -54,6 +74,17 @@ MULTI_LABEL_SUBSETS: dict[str, str] = {"ptb-test": "ptbxl", "code15-test": "code
 DEFAULT_NULL_ANSWER = "None of the listed options apply."
 #: CODE-15%'s whole-answer classes (the gold answer is exactly one of them; no label of the six is present).
 CODE15_WHOLE_ANSWERS = ("NORM", "ABNORMAL")
+#: How :func:`label_probabilities` reads the candidates' log-likelihoods (module docstring), as ``scores.json`` says.
+METHODS = {
+    "null": "sigmoid(mean log p(answer naming the label) - mean log p(null answer)); see docs/eval.md",
+    "softmax": "softmax of the summed log p over the label answers and the no-label answers; see docs/eval.md",
+}
+NORMALIZATIONS = tuple(METHODS)
+#: :func:`degeneracy`: a class whose probabilities all lie above ``DEGENERATE_HIGH`` or all below ``DEGENERATE_LOW``,
+#: or spread over less than ``DEGENERATE_SPREAD`` (max - min, two records or more), says nothing about the records.
+DEGENERATE_HIGH = 0.99
+DEGENERATE_LOW = 0.01
+DEGENERATE_SPREAD = 1e-4
 
 
 def _get(record: Any, name: str) -> Any:
@@ -140,8 +171,9 @@ def _with_answer(record: Any, answer: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def answer_loglik(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """``B``: mean log-probability per supervised token of each encoded sample (teacher forcing, one batch).
+def answer_logliks(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total, count)``, each ``B``: summed log-probability of the supervised tokens of each encoded sample and
+    their number (teacher forcing, one batch).
 
     Uses :meth:`SideOutputs.next_token_targets`: the logits at ``l`` score the token at ``l + 1``.
     """
@@ -156,7 +188,42 @@ def answer_loglik(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> t
     count = mask.sum(1).to(torch.float32)
     if bool((count == 0).any()):
         raise ValueError("a candidate answer has no supervised token")
-    return (total / count).cpu()
+    return total.cpu(), count.cpu()
+
+
+def answer_loglik(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """``B``: mean log-probability per supervised token of each encoded sample (:func:`answer_logliks`)."""
+    total, count = answer_logliks(adapter, samples)
+    return total / count
+
+
+def label_probabilities(
+    total: np.ndarray | torch.Tensor, count: np.ndarray | torch.Tensor, n_classes: int, normalization: str = "null"
+) -> np.ndarray:
+    """``N x C`` label probabilities from the candidates' summed log-likelihoods and token counts (module docstring).
+
+    ``total`` and ``count`` are ``N x K``: the ``C = n_classes`` label answers first, then the no-label answers, the
+    null answer first. ``"null"``: ``sigmoid(total/count [label] - total/count [null])``; ``"softmax"``: the label
+    answers' shares of ``softmax(total)`` over all ``K`` candidates.
+    """
+    total = torch.as_tensor(total, dtype=torch.float64)
+    count = torch.as_tensor(count, dtype=torch.float64)
+    if total.shape != count.shape or total.ndim != 2 or total.shape[1] <= n_classes:
+        raise ValueError(f"total and count must both be N x K with K > {n_classes}, got {tuple(total.shape)}")
+    if normalization == "null":
+        mean = total / count
+        return torch.sigmoid(mean[:, :n_classes] - mean[:, n_classes : n_classes + 1]).numpy()
+    if normalization == "softmax":
+        return torch.softmax(total, dim=1)[:, :n_classes].numpy()
+    raise ValueError(f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def no_label_answers(null: str, vocabulary: str, normalization: str) -> list[str]:
+    """The no-label candidates of :func:`label_scores`: the null answer, and with ``softmax`` on CODE-15% the other
+    whole answer (``NORM`` / ``ABNORMAL``), so that an abnormal exam outside the six labels has an answer."""
+    if normalization == "softmax" and vocabulary == "code15":
+        return [null] + [a for a in CODE15_WHOLE_ANSWERS if a != null]
+    return [null]
 
 
 def label_scores(
@@ -170,6 +237,7 @@ def label_scores(
     null_answer: str | None = None,
     progress: bool = False,
     failed: list[tuple[str, str]] | None = None,
+    normalization: str = "null",
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Label probabilities ``p_c(x)`` (module docstring) and gold labels of a multi-label subset.
 
@@ -183,26 +251,30 @@ def label_scores(
         progress: show a tqdm bar over records.
         failed: if given, ``(id, reason)`` of every record that could not be scored is appended (they are also
             logged and left out of the arrays).
+        normalization: ``"null"`` (each label against the null answer, per token) or ``"softmax"`` (over the
+            candidate answers, summed log-likelihoods); :func:`label_probabilities`.
 
     Returns:
         ``(ids, probs, gold)``: ``probs`` ``N x C`` float64 in (0, 1), ``gold`` ``N x C`` int 0/1.
     """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}")
     classes = VOCABULARIES[vocabulary]
     style = answer_style or infer_answer_style(records, vocabulary)
     null = null_answer if null_answer is not None else infer_null_answer(records, vocabulary)
-    candidates = [format_answer([c], vocabulary, style) for c in classes] + [null]
+    candidates = [format_answer([c], vocabulary, style) for c in classes]
+    candidates += no_label_answers(null, vocabulary, normalization)
     n_cand = len(candidates)
     adapter.model.eval()
     ids: list[str] = []
     gold_rows: list[list[int]] = []
-    lls: list[torch.Tensor] = []
     pending: list[dict[str, torch.Tensor]] = []
-    pending_scores: list[torch.Tensor] = []
+    pending_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
     failures = failed if failed is not None else []
 
     def flush() -> None:
         if pending:
-            pending_scores.append(answer_loglik(adapter, pending))
+            pending_scores.append(answer_logliks(adapter, pending))
             pending.clear()
 
     from tqdm.auto import tqdm
@@ -235,8 +307,9 @@ def label_scores(
                 flush()
     flush()
     if pending_scores:
-        lls = torch.cat(pending_scores).double().reshape(len(ids), n_cand)
-        probs = torch.sigmoid(lls[:, :-1] - lls[:, -1:]).numpy()
+        total = torch.cat([t for t, _ in pending_scores]).double().reshape(len(ids), n_cand)
+        count = torch.cat([n for _, n in pending_scores]).double().reshape(len(ids), n_cand)
+        probs = label_probabilities(total, count, len(classes), normalization)
     else:
         probs = np.zeros((0, len(classes)))
     gold_arr = np.asarray(gold_rows, dtype=np.int64).reshape(len(ids), len(classes))
@@ -284,6 +357,66 @@ def expected_calibration_error(gold: np.ndarray, probs: np.ndarray, n_bins: int 
         if sel.any():
             ece += sel.sum() / y.size * abs(y[sel].mean() - p[sel].mean())
     return float(ece)
+
+
+def degeneracy(
+    probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    high: float = DEGENERATE_HIGH,
+    low: float = DEGENERATE_LOW,
+    min_spread: float = DEGENERATE_SPREAD,
+) -> dict[str, Any]:
+    """Whether the probabilities of any class say nothing about the records.
+
+    A class is degenerate when all its probabilities lie above ``high``, all below ``low``, or (two records or more)
+    within ``min_spread`` of each other (``max - min < min_spread``). Its ROC-AUC then ranks records by rounding-level
+    differences and the ECE measures the base rate, not the model. No records: not degenerate (there is no number).
+
+    Returns ``{"degenerate": bool, "degenerate_reason": str | None, "degenerate_classes": {class: why}}`` (the keys of
+    ``scores.json``'s ``likelihood`` section).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"probs must be N x {len(classes)}, got {probs.shape}")
+    why: dict[str, str] = {}
+    if probs.shape[0]:
+        for c, col in zip(classes, probs.T, strict=True):
+            lo, hi = float(col.min()), float(col.max())
+            if lo > high:
+                why[c] = f"all {col.size} above {high:g} (min {lo:.4f})"
+            elif hi < low:
+                why[c] = f"all {col.size} below {low:g} (max {hi:.4f})"
+            elif col.size >= 2 and hi - lo < min_spread:
+                why[c] = f"all {col.size} within {hi - lo:.1e} of each other (at {lo:.4f})"
+    reason = None
+    if why:
+        listed = "; ".join(f"{c}: {w}" for c, w in why.items())
+        reason = f"label probabilities are degenerate ({listed}): their ROC-AUC and ECE do not measure the model"
+    return {"degenerate": bool(why), "degenerate_reason": reason, "degenerate_classes": why}
+
+
+DAGGER = "\u2020"
+
+
+def likelihood_table(likelihood: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table of ``scores.json``'s ``likelihood`` section: subset, n, ROC-AUC, ECE, normalization.
+
+    Numbers of a subset flagged ``degenerate`` carry a dagger and a footnote with the reason: they are not valid.
+    """
+
+    def fmt(value: Any, mark: str) -> str:
+        return f"{value:.3f}{mark}" if isinstance(value, int | float) else "n/a"
+
+    rows = ["| subset | n | ROC-AUC | ECE | normalization |", "|---|---:|---:|---:|---|"]
+    notes = []
+    for subset, doc in likelihood.items():
+        mark = DAGGER if doc.get("degenerate") else ""
+        if mark:
+            notes.append(f"{DAGGER} {subset}: {doc.get('degenerate_reason') or 'degenerate probabilities'}.")
+        auc, ece = fmt(doc.get("auc"), mark), fmt(doc.get("ece"), mark)
+        rows.append(f"| {subset} | {doc.get('n')} | {auc} | {ece} | {doc.get('normalization', 'null')} |")
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def vocabulary_of(subset: str) -> str | None:

@@ -2,6 +2,7 @@
 
 Layout written under ``out_dir``::
 
+    model_fingerprint.json        the evaluated model's :func:`evl_ecg.models.fingerprint.model_fingerprint`
     <subset>/predictions.jsonl    PULSE-format generations (:func:`evl_ecg.eval.generate.generate_predictions`)
     <subset>/likelihood.json      label probabilities of a multi-label subset (:mod:`evl_ecg.eval.likelihood`)
     scores.json                   the score document of ``evl-ecg eval score`` plus ``model``, ``generation``
@@ -10,7 +11,9 @@ Layout written under ``out_dir``::
 Bench files are ``bench_dir/<subset>.json`` (or ``.jsonl``), named as ECGBench's configs; images are looked up under
 ``image_root`` (default: ``bench_dir/images`` if it exists, else ``bench_dir/../images``: the layouts of ECGBench's
 ``data/ECGBench`` and of ``evl-ecg data corpus``). Everything resumes: generation skips ids already written, and
-a subset's ``likelihood.json`` is reused when it covers the same ids and classes.
+a subset's ``likelihood.json`` is reused when it covers the same ids and classes. A resume is keyed on the model's
+fingerprint, not on its folder's name: an ``out_dir`` written for one model is refused to another (a folder of the same
+name holding other weights would otherwise mix the rows of two models).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from evl_ecg.data.records import Record, RecordError, atomic_write_bytes, open_i
 from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
 from evl_ecg.eval.likelihood import (
+    METHODS,
     MULTI_LABEL_SUBSETS,
+    degeneracy,
     expected_calibration_error,
     label_scores,
     roc_auc_macro,
@@ -41,6 +46,34 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.jsonl"
 LIKELIHOOD_FILE = "likelihood.json"
 SCORES_FILE = "scores.json"
+FINGERPRINT_FILE = "model_fingerprint.json"
+
+
+def check_model_fingerprint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Record the fingerprint of ``model_dir`` in ``out_dir`` or, when one is there, refuse another model's.
+
+    Raises ``ValueError`` naming ``out_dir``, both models and what differs. An ``out_dir`` written before fingerprints
+    were recorded (outputs but no ``model_fingerprint.json``) cannot be checked: it is adopted with a warning.
+    """
+    from evl_ecg.models.fingerprint import describe_differences, model_fingerprint, short
+
+    out_dir = Path(out_dir)
+    fingerprint = model_fingerprint(model_dir)
+    path = out_dir / FINGERPRINT_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("digest") != fingerprint["digest"]:
+            why = "; ".join(describe_differences(stored, fingerprint, limit=4))
+            raise ValueError(
+                f"{out_dir} holds the evaluation of model {stored.get('path')} (fingerprint "
+                f"{short(stored.get('digest'))}), not of {fingerprint['path']} ({short(fingerprint['digest'])}): "
+                f"{why}; use another --out"
+            )
+        return fingerprint
+    if out_dir.is_dir() and any(out_dir.glob(f"*/{PREDICTIONS_FILE}")):
+        logger.warning("%s: outputs without %s; cannot check they are this model's, adopting them", out_dir, path.name)
+    atomic_write_bytes(path, (json.dumps(fingerprint, indent=1) + "\n").encode("utf-8"))
+    return fingerprint
 
 
 def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list[tuple[str, str]]]:
@@ -119,7 +152,14 @@ def _score(bench_dir: Path, out_dir: Path, scorer: str, subsets: Sequence[str], 
 
 
 def _likelihood(
-    adapter: Any, records: list[Record], loader: Any, subset: str, path: Path, batch_size: int, progress: bool
+    adapter: Any,
+    records: list[Record],
+    loader: Any,
+    subset: str,
+    path: Path,
+    batch_size: int,
+    progress: bool,
+    normalization: str = "null",
 ) -> dict[str, Any]:
     vocabulary = MULTI_LABEL_SUBSETS[subset]
     classes = list(VOCABULARIES[vocabulary])
@@ -128,19 +168,31 @@ def _likelihood(
     if (
         cached
         and cached.get("classes") == classes
+        and cached.get("normalization", "null") == normalization
         and set(cached["ids"]) | {f[0] for f in cached["failed"]} == {r.id for r in records}
     ):
         ids, probs, gold = cached["ids"], np.asarray(cached["probs"]), np.asarray(cached["gold"])
         failed = [tuple(f) for f in cached["failed"]]
     else:
         ids, probs, gold = label_scores(
-            adapter, records, loader, vocabulary, batch_size=batch_size, progress=progress, failed=failed
+            adapter,
+            records,
+            loader,
+            vocabulary,
+            batch_size=batch_size,
+            progress=progress,
+            failed=failed,
+            normalization=normalization,
         )
         data = {"classes": classes, "ids": ids, "probs": probs.tolist(), "gold": gold.tolist(), "failed": failed}
+        data["normalization"] = normalization
         atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
     per_class = roc_auc_per_class(gold, probs) if len(ids) else [math.nan] * len(classes)
     auc = roc_auc_macro(gold, probs) if len(ids) else math.nan
     ece = expected_calibration_error(gold, probs) if len(ids) else math.nan
+    flags = degeneracy(np.asarray(probs, dtype=np.float64).reshape(len(ids), len(classes)), classes)
+    if flags["degenerate"]:
+        logger.warning("%s likelihood: %s", subset, flags["degenerate_reason"])
     return {
         "vocabulary": vocabulary,
         "n": len(ids),
@@ -148,7 +200,9 @@ def _likelihood(
         "ece": _json_float(ece),
         "per_class_auc": {c: _json_float(a) for c, a in zip(classes, per_class, strict=True)},
         "failed": [list(f) for f in failed],
-        "method": "sigmoid(mean log p(answer naming the label) - mean log p(null answer)); see docs/eval.md",
+        "method": METHODS[normalization],
+        "normalization": normalization,
+        **flags,
         "file": str(path),
     }
 
@@ -172,8 +226,12 @@ def evaluate_model(
     device: str | None = None,
     progress: bool = True,
     seed: int | None = None,
+    update_card: bool = False,
+    likelihood_normalization: str = "null",
 ) -> dict[str, Any]:
     """Generate, score and (multi-label subsets) likelihood-score one model; write ``out_dir/scores.json``.
+
+    Nothing is written outside ``out_dir`` unless ``update_card`` asks for it.
 
     Args:
         model_dir_or_adapter: a local checkpoint folder (loaded with :func:`evl_ecg.models.load_adapter`) or an
@@ -186,20 +244,33 @@ def evaluate_model(
         likelihood: compute label-probability AUC and ECE for ``ptb-test``, ``code15-test``, ``cpsc-test``.
         image_root: image folder (default: see the module docstring).
         model_id: the predictions' ``model_id`` and the score document's ``method`` (default: the folder name,
-            or the adapter's family).
+            or the adapter's family). A folder's resume is checked against its model fingerprint
+            (:func:`check_model_fingerprint`), whatever the ``model_id``.
         device: move the model there first (``"cuda"``); default: leave it where it is.
         progress: tqdm bars.
         seed: the training seed of the model, recorded in the document (result tables group runs by method x seed).
+        update_card: also add the scores to the model card (``README.md``, ``card.json``) of the model folder, after
+            ``scores.json`` is written; the folder must hold a card evl-ecg wrote (otherwise a warning). A folder that
+            cannot be written raises :class:`CardUpdateError`. Default: the model folder is only read.
+        likelihood_normalization: ``"null"`` or ``"softmax"`` (:func:`evl_ecg.eval.likelihood.label_probabilities`).
 
     Returns:
         The document written to ``scores.json``: the scorer's ``format``/``method``/``results``/``errors``, plus
         ``model``, ``generation`` (per subset: written, resumed, failed records) and ``likelihood`` (per multi-label
-        subset: ``auc``, ``ece``, per-class AUC, ``n``, failures).
+        subset: ``auc``, ``ece``, per-class AUC, ``n``, failures, ``normalization``, ``degenerate`` with
+        ``degenerate_reason`` / ``degenerate_classes``: :func:`evl_ecg.eval.likelihood.degeneracy`).
     """
     bench_dir, out_dir = Path(bench_dir), Path(out_dir)
+    if update_card and not isinstance(model_dir_or_adapter, (str, os.PathLike)):
+        raise ValueError("update_card=True needs a model folder, not an adapter object")
+    if likelihood_normalization not in METHODS:
+        raise ValueError(
+            f"unknown likelihood normalization {likelihood_normalization!r}; expected one of {', '.join(METHODS)}"
+        )
     if isinstance(model_dir_or_adapter, (str, os.PathLike)):
         from evl_ecg.models import load_adapter
 
+        check_model_fingerprint(model_dir_or_adapter, out_dir)  # before anything is appended to out_dir
         adapter = load_adapter(model_dir_or_adapter)
         model_id = model_id or Path(model_dir_or_adapter).resolve().name
         model_desc = str(model_dir_or_adapter)
@@ -240,7 +311,14 @@ def evaluate_model(
         }
         if likelihood and subset in MULTI_LABEL_SUBSETS:
             likelihoods[subset] = _likelihood(
-                adapter, records, loader, subset, out_dir / subset / LIKELIHOOD_FILE, batch_size, progress
+                adapter,
+                records,
+                loader,
+                subset,
+                out_dir / subset / LIKELIHOOD_FILE,
+                batch_size,
+                progress,
+                likelihood_normalization,
             )
     if scorer is not None:
         doc = _score(bench_dir, out_dir, scorer, list(files), model_id)
@@ -259,9 +337,33 @@ def evaluate_model(
         }
     )
     atomic_write_bytes(out_dir / SCORES_FILE, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    if isinstance(model_dir_or_adapter, (str, os.PathLike)) and scorer is not None:
-        from evl_ecg.train.card import has_model_card, write_model_card
-
-        if has_model_card(model_dir_or_adapter):  # a card evl-ecg wrote at export: add the scores to it
-            write_model_card(model_dir_or_adapter, scores=doc)
+    if update_card:  # only when asked: an evaluation reads the model folder, it writes into out_dir
+        update_model_card(model_dir_or_adapter, doc, out_dir / SCORES_FILE)
     return doc
+
+
+class CardUpdateError(RuntimeError):
+    """The model card could not be updated; the scores are already in ``scores.json``."""
+
+
+def update_model_card(
+    model_dir: str | os.PathLike[str], scores: dict[str, Any], scores_path: str | os.PathLike[str]
+) -> Path | None:
+    """Add ``scores`` to the card evl-ecg wrote in ``model_dir`` (:func:`evl_ecg.train.card.write_model_card`).
+
+    A folder without such a card is left alone (a warning: never overwrite someone else's README). A folder that
+    cannot be read or written raises :class:`CardUpdateError`, one line naming it and ``scores_path``.
+    """
+    from evl_ecg.train.card import has_model_card, write_model_card
+
+    model_dir = Path(model_dir)
+    try:
+        if not has_model_card(model_dir):
+            logger.warning("%s: no model card written by evl-ecg (README.md); not updated", model_dir)
+            return None
+        return write_model_card(model_dir, scores=scores)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise CardUpdateError(
+            f"cannot update the model card in {model_dir}: {why}; the scores are in {scores_path}"
+        ) from exc

@@ -1,4 +1,4 @@
-"""``evl-ecg train teacher|sft``, ``evl-ecg distill`` and ``evl-ecg demo``."""
+"""``evl-ecg train teacher|sft|cache``, ``evl-ecg distill`` and ``evl-ecg demo``."""
 
 from __future__ import annotations
 
@@ -92,6 +92,14 @@ def distill(
     data: Annotated[Path | None, typer.Option(help="training file (ECGInstruct JSON).")] = None,
     student: Annotated[Path | None, typer.Option(help="the SFT student checkpoint directory.")] = None,
     teacher: Annotated[Path | None, typer.Option(help="the teacher checkpoint directory.")] = None,
+    teacher_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher-cache",
+            help="teacher-output cache directory: built there if empty or absent, reused if its key matches, "
+            "refused otherwise (docs/train.md).",
+        ),
+    ] = None,
     overrides: SetOpt = None,
 ) -> None:
     """Phase 2: distil the teacher into the student with any registered method."""
@@ -108,7 +116,54 @@ def distill(
         train_file=str(data) if data else None,
         student=str(student) if student else None,
         teacher=str(teacher) if teacher else None,
+        teacher_cache=str(teacher_cache) if teacher_cache else None,
     )
+
+
+@app.command("cache")
+def build_cache(
+    out: Annotated[Path, typer.Option("--out", help="the cache directory (empty or absent).")],
+    teacher: Annotated[Path, typer.Option(help="the teacher checkpoint directory.")],
+    data: Annotated[Path | None, typer.Option(help="training file (ECGInstruct JSON).")] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help="method(s) the cache must serve (repeat; the union of what they read): default evl-ecg."),
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Build the teacher-output cache that `distill --teacher-cache DIR` reuses (the teacher runs once per record)."""
+    from evl_ecg.distill.presets import list_presets
+    from evl_ecg.train.config import load_config, tiny_config_path
+    from evl_ecg.train.pipeline import image_loader, load_training_records
+    from evl_ecg.train.teacher_cache import method_fields, open_or_build
+
+    methods = method or ["evl-ecg"]
+    unknown = [m for m in methods if m not in list_presets()]
+    if unknown:
+        _fail(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(list_presets()))}")
+    if config is None:
+        config = tiny_config_path("kd")
+        typer.echo(f"config: {config} (the tiny offline default; --config for another)", err=True)
+    t0 = time.perf_counter()
+    try:
+        cfg = load_config(
+            config,
+            overrides,
+            phase="kd",
+            method=methods[0],
+            teacher=str(teacher),
+            teacher_cache=str(out),
+            train_file=str(data) if data else None,
+        )
+        fields = method_fields(methods, cfg.objective if len(methods) == 1 else None)
+        if fields is None:
+            _fail(f"method(s) {', '.join(methods)} read nothing of the teacher: no cache to build")
+        records = load_training_records(cfg)
+        cache = open_or_build(cfg, records, image_loader(cfg), fields=fields)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({**cache.describe(), "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
 
 
 def demo(
@@ -127,3 +182,55 @@ def demo(
     typer.echo(summary["table_markdown"])
     typer.echo(f"total {time.perf_counter() - t0:.0f} s; results in {out / 'results.md'} and {out / 'results.json'}")
     os.environ.setdefault("EVL_ECG_DEMO_DONE", "1")
+
+
+def study(
+    out: Annotated[Path, typer.Option(help="study folder (created; a rerun resumes what did not finish).")],
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds of the phase-2 runs.")] = "0,1,2",
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated methods (default: the 11 of Tables 1 and 6, control included).")
+    ] = None,
+    phase1_seeds: Annotated[bool, typer.Option(help="train one phase-1 checkpoint per seed (default: one shared).")] = (
+        False
+    ),
+    teacher: Annotated[Path | None, typer.Option(help="teacher checkpoint (default: the shipped tiny one).")] = None,
+    train_records: Annotated[int, typer.Option("--train", help="training records of the corpus.")] = 2000,
+    val: Annotated[int, typer.Option(help="validation records per subset (settings are chosen on them).")] = 100,
+    test_ptb: Annotated[int, typer.Option(help="PTB-XL records of the test benchmark (others in proportion).")] = 500,
+    steps: Annotated[int, typer.Option(help="phase-2 steps of every method (the control's too).")] = 300,
+    phase1_set: Annotated[list[str] | None, typer.Option("--phase1-set", help="phase-1 config override.")] = None,
+    phase2_set: Annotated[list[str] | None, typer.Option("--phase2-set", help="phase-2 config override.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads of each run (runs go one at a time).")] = 2,
+    quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
+        False
+    ),
+) -> None:
+    """Every method of the paper's Tables 1, 6 and 7 from one phase-1 checkpoint, over seeds, on a fresh test set."""
+    from evl_ecg.train.study import STUDY_METHODS, StudyError, StudySettings, run_study
+
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        _fail(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else STUDY_METHODS
+    small = {"n_train": 48, "n_val": 4, "test_ptb": 8} if quick else {}
+    try:
+        settings = StudySettings(
+            seeds=seed_list,
+            methods=chosen,
+            phase1_seeds=phase1_seeds,
+            n_train=small.get("n_train", train_records),
+            n_val=small.get("n_val", val),
+            test_ptb=small.get("test_ptb", test_ptb),
+            phase2_steps=steps,
+            phase1_overrides=tuple(phase1_set or ()),
+            phase2_overrides=tuple(phase2_set or ()),
+            teacher=str(teacher) if teacher else None,
+            quick=quick,
+            threads=threads,
+        )
+        res = run_study(out, settings, log=lambda m: typer.echo(m, err=True))
+    except (StudyError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0])
+    typer.echo((Path(out) / "results.md").read_text())
+    typer.echo(f"wall time {res['wall_seconds']:.0f} s")

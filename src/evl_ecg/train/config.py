@@ -42,6 +42,14 @@ class EvlConfig(TrainingArguments):
     teacher: str | None = field(
         default=None, metadata={"help": "local directory of the teacher (transformers LLaVA, or PULSE's layout)."}
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "phase 'kd': directory of the teacher-output cache (evl_ecg.train.teacher_cache): built there when "
+            "empty or absent, reused when its key (teacher fingerprint, template, image processor, data, max_length, "
+            "fields) matches, refused otherwise; the run then loads no teacher weights."
+        },
+    )
     teacher_family: str = field(
         default="auto", metadata={"help": "'auto' (from config.json), 'llava', 'llava_next' or 'pulse'."}
     )
@@ -77,6 +85,18 @@ class EvlConfig(TrainingArguments):
     )
     pretrain_vision_batch_size: int = field(default=16, metadata={"help": "images per vision pretraining step."})
     pretrain_vision_lr: float = field(default=2e-3, metadata={"help": "peak learning rate of vision pretraining."})
+    curve_every: int = field(
+        default=0,
+        metadata={
+            "help": "learning curve: strict macro AUC of the student on curve_bench every N steps, at step 0 and at "
+            "the end, into output_dir/curve.json (evl_ecg.train.curves; 0: off)."
+        },
+    )
+    curve_bench: str | None = field(
+        default=None,
+        metadata={"help": "validation bench file of the learning curve (a corpus' val/ptb-test.json), never the test."},
+    )
+    curve_records: int | None = field(default=None, metadata={"help": "use only the first N validation records."})
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -89,6 +109,8 @@ class EvlConfig(TrainingArguments):
             raise ValueError("pretrain_vision_steps must be >= 0, pretrain_vision_records/batch_size >= 1")
         if self.pretrain_vision_lr <= 0:
             raise ValueError("pretrain_vision_lr must be positive")
+        if self.curve_every < 0 or (self.curve_every > 0 and not self.curve_bench):
+            raise ValueError("curve_every must be >= 0, and a learning curve (curve_every > 0) needs curve_bench")
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
         self.remove_unused_columns = False
         super().__post_init__()

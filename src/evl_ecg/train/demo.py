@@ -1,8 +1,9 @@
 """``evl-ecg demo``: the whole pipeline on the offline default, with each stage's time and a results table.
 
 synth (a synthetic ECGInstruct-style corpus and ECGBench-style subsets) -> teacher (the shipped tiny teacher, or
-trained when none ships) -> student SFT (phase 1) -> KD with EVL-ECG (phase 2) -> evaluation of the teacher, the SFT
-student and the distilled student with both scorers -> ``results.json`` / ``results.md``.
+trained when none ships) -> student SFT (phase 1) -> from that checkpoint, the same phase-2 step budget twice: the
+control (CE only) and KD with EVL-ECG -> evaluation of the teacher, the control and the distilled student with both
+scorers -> ``results.json`` / ``results.md``. One seed is never the evidence: ``evl-ecg study`` runs the seeds.
 
 Every stage is resumable: rerunning the demo in the same directory reuses what finished.
 """
@@ -92,7 +93,7 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
             teacher[0], kd[0], proj, path=fig_dir / "transport_plan.png", title=f"Sinkhorn plan, {records[0].id}"
         )
     paths["singular_values"] = plot_singular_values(
-        {"teacher": torch.cat(teacher), "student (SFT)": torch.cat(sft), "student (EVL-ECG)": torch.cat(kd)},
+        {"teacher": torch.cat(teacher), "student (control)": torch.cat(sft), "student (EVL-ECG)": torch.cat(kd)},
         fig_dir / "singular_values.png",
         title="Visual-token spectra over 8 ptb-test ECGs",
     )
@@ -128,6 +129,15 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
                 "teacher", timings, _train, "teacher", out / "teacher", {"train_file": train_file, "seed": seed}, quick
             )
     sft_dir = _stage("sft", timings, _train, "sft", out / "sft", {"train_file": train_file, "seed": seed}, quick)
+    control_dir = _stage(
+        "control",
+        timings,
+        _train,
+        "kd",
+        out / "control",
+        {"train_file": train_file, "seed": seed, "student": str(sft_dir), "teacher": str(teacher_dir), "method": "sft"},
+        quick,
+    )
     kd_dir = _stage(
         "kd",
         timings,
@@ -138,7 +148,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
         quick,
     )
 
-    models = {"teacher": teacher_dir, "sft-student": sft_dir, "evl-ecg-student": kd_dir}
+    models = {"teacher": teacher_dir, "control-student": control_dir, "evl-ecg-student": kd_dir}
     docs = []
     for name, model_dir in models.items():
         eval_dir = out / "eval" / name
@@ -156,9 +166,10 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
             seed=seed,
             image_root=data / "images",
             progress=True,
+            update_card=True,  # the demo's own model folders: their cards gain the scores
         )
         docs.append(load_score_doc(eval_dir / "scores.json"))
-    figures = _stage("figures", timings, write_figures, out, data, teacher_dir, sft_dir, kd_dir)
+    figures = _stage("figures", timings, write_figures, out, data, teacher_dir, control_dir, kd_dir)
     rows = build_table(docs, with_reference=False)
     table_md = to_markdown(rows)
     likelihood = {}

@@ -6,7 +6,8 @@ Phases (``EvlConfig.phase``):
   on the corpus text when no checkpoint is given.
 * ``sft``: the student learns the corpus by CE (paper phase 1); a tiny student is built when none is given.
 * ``kd``: the student (the SFT checkpoint) learns from CE plus the distillation terms of ``method`` (paper phase 2),
-  with the teacher frozen.
+  with the teacher frozen; with ``teacher_cache`` its outputs come from a cache built once
+  (:mod:`evl_ecg.train.teacher_cache`) and its weights are not loaded.
 
 Every run directory holds ``provenance.json`` (resolved config, package versions, git commit, data manifest hash),
 ``trainer_state``-style ``log_history.json``, ``checkpoint-*`` directories (resumable) and the exported student
@@ -39,6 +40,7 @@ from evl_ecg.models import load_adapter
 from evl_ecg.models.base import Adapter, make_loss_context
 from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
 from evl_ecg.models.tokenizers import corpus_from_records
+from evl_ecg.train import teacher_cache
 from evl_ecg.train.card import write_model_card
 from evl_ecg.train.config import EvlConfig
 from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student
@@ -223,31 +225,49 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     # A resumed run loads its weights from the checkpoint: pretraining them again would be wasted work.
     pretrain = pretrain_tiny_vision(config, student) if checkpoint is None else None
     teacher = None
+    cache = None
     if config.phase == "kd":
         if not config.teacher:
             raise ValueError("phase 'kd' needs a teacher checkpoint (teacher=DIR)")
-        teacher = load_adapter(config.teacher)
-    objective = build_objective(config, student, teacher)
-    if objective.needs_teacher and teacher is None:
+        if config.teacher_cache and teacher_cache.method_fields([config.method], config.objective) is not None:
+            # the teacher's outputs come from the cache (built now if the directory is empty): no teacher weights
+            cache = teacher_cache.open_or_build(config, records, image_loader(config))
+        else:
+            teacher = load_adapter(config.teacher)
+    objective = build_objective(config, student, teacher if cache is None else cache)
+    if objective.needs_teacher and teacher is None and cache is None:
         raise ValueError(f"objective {objective} needs a teacher")
     if not objective.needs_teacher:
-        teacher = None
+        teacher = cache = None
     frozen = freeze_vision_encoder(student) if config.freeze_vision else []
     dataset = PairedDataset(records, image_loader(config), teacher, student)
-    collator = PairedCollator(student, teacher)
+    collator = PairedCollator(student, teacher, teacher_cache=cache)
     module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)
+    from evl_ecg.train.callbacks import ObjectiveStep
+
+    callbacks = [*(callbacks or []), ObjectiveStep(objective)]
+    if config.curve_every > 0:
+        from evl_ecg.train.curves import ValidationCurve
+
+        curve = ValidationCurve(
+            config.curve_bench, out_dir, every=config.curve_every, image_root=None, limit=config.curve_records
+        )
+        callbacks = [*(callbacks or []), curve]
     trainer = EvlTrainer(
         model=module,
         args=config,
         train_dataset=dataset,
         data_collator=collator,
         teacher=teacher,
+        teacher_cache=cache,
         callbacks=callbacks,
     )
     if trainer.args.should_save:
         if pretrain is None and (out_dir / "provenance.json").exists():  # resumed: keep the first run's record
             pretrain = json.loads((out_dir / "provenance.json").read_text()).get("vision_pretraining")
         extra = {"vision_pretraining": pretrain} if pretrain is not None else {}
+        if cache is not None:
+            extra["teacher_cache"] = cache.describe()
         write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records), **extra)
     trainer.train(resume_from_checkpoint=checkpoint)
     student_dir = out_dir / STUDENT_DIR

@@ -4,7 +4,9 @@ The Trainer is the engine: it brings gradient accumulation, mixed precision, Dee
 logging. What this subclass adds:
 
 * :class:`DistillModule`, the trainable whole handed to the Trainer: the student model and the objective's own
-  modules (MHCA, projections). The teacher is *not* part of it: it stays frozen, in eval mode, under ``no_grad``.
+  modules (MHCA, projections). The teacher is *not* part of it: it stays frozen, in eval mode, under ``no_grad``,
+  on the training device; or it is not there at all and its outputs come from a teacher-output cache
+  (:mod:`evl_ecg.train.teacher_cache`, the batch's ``"teacher_cache"`` key).
 * global loss denominators (:class:`~evl_ecg.distill.registry.Denominators`): every token-mean is divided by the count
   of its units in the whole accumulated batch on all ranks, so the loss does not depend on how a batch is split
   (../shared/SPEC.md section 2); the loss is therefore already scaled for gradient accumulation.
@@ -123,19 +125,26 @@ class EvlTrainer(Trainer):
 
     Args:
         model: a :class:`DistillModule`.
-        teacher: the teacher's adapter (``None`` for SFT / teacher training); frozen here.
+        teacher: the teacher's adapter (``None`` for SFT / teacher training, or with ``teacher_cache``); frozen here
+            and moved to the training device.
+        teacher_cache: a :class:`~evl_ecg.train.teacher_cache.TeacherCache` whose batches (``"teacher_cache"``, made
+            by the collator) stand for the teacher's outputs; the teacher's weights are not needed.
         args: an :class:`~evl_ecg.train.config.EvlConfig`.
         Other arguments are the Trainer's.
     """
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, teacher: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teacher: Any = None, teacher_cache: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if teacher is not None and teacher_cache is not None:
+            raise ValueError("EvlTrainer takes a teacher or a teacher cache, not both")
         self.teacher = teacher
+        self.teacher_cache = teacher_cache
         if teacher is not None:
             teacher.model.eval()
             teacher.model.requires_grad_(False)
+            teacher.model.to(self.args.device)  # the Trainer places the student; the teacher is not its model
         self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._term_count = 0
         self._tokens_seen: torch.Tensor | int = 0
@@ -168,6 +177,8 @@ class EvlTrainer(Trainer):
             with torch.no_grad():
                 self.teacher.model.eval()
                 teacher_outputs = self.teacher.forward(inputs["teacher"], needs=unwrapped.needs).detached()
+        elif self.teacher_cache is not None and "teacher_cache" in inputs:
+            teacher_outputs = self.teacher_cache.side_outputs(inputs["teacher_cache"])
         denominators = num_items_in_batch if isinstance(num_items_in_batch, Denominators) else None
         out: LossOutput = model(inputs["student"], teacher_outputs, denominators)
         loss = out.loss

@@ -1,0 +1,392 @@
+"""``evl-ecg study``: every method of the paper's tables from one phase-1 checkpoint, over seeds, on a fresh test set.
+
+Layout of ``out``::
+
+    study.json                 the settings (a rerun with other settings into the same folder is refused)
+    data/                      the training corpus (train.json, val/<subset>.json for choosing settings)
+    test/                      the reported benchmark: its own seed, ``test_ptb`` PTB-XL records, the other
+                               subsets in ECGBench's proportions (bench/<subset>.json)
+    phase1/seed-<s>/           the phase-1 (SFT) run(s): one shared by default, one per seed with phase1_seeds
+    runs/<method>/seed-<s>/    one phase-2 run (pipeline run directory), its evaluation in eval/, and done.json
+    results.json, results.md   mean +- std over seeds per benchmark and method, paired bootstrap against the control
+
+Every run is a subprocess (``evl-ecg distill`` / ``evl-ecg eval run``), so each method's peak memory is its own
+(``os.wait4``'s ``ru_maxrss``: Table 7). A run is finished when its ``done.json`` exists; a killed study rerun with
+the same command reruns nothing it finished, and a run killed mid-way resumes from its own checkpoint.
+
+The control is the paper's SFT row made fair: from the same phase-1 checkpoint, the same number of further steps
+on the same data with CE only (method ``sft`` in phase 2). Every method is compared with it, never with the
+phase-1 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evl_ecg.data.records import atomic_write_bytes
+
+#: The 11 distinct methods of the paper's Tables 1 and 6 (Table 6's last row is EVL-ECG itself).
+TABLE1_METHODS = ("control", "vanilla-kl", "tinybert", "uld", "multilevel-ot", "dskd", "emkd", "rkd", "evl-ecg")
+TABLE6_METHODS = ("ot", "ot+mhca")
+STUDY_METHODS = TABLE1_METHODS + TABLE6_METHODS
+#: The preset each study method trains with in phase 2 (the control: CE only).
+PRESET = {"control": "sft"}
+#: Multi-label subsets reported with strict macro AUC (and their bootstrap against the control).
+REPORTED = ("ptb-test", "code15-test", "cpsc-test")
+#: The paper's rows (SPEC section 4: AUC on PTB-XL, CODE-15%, CPSC) beside ours, where it gives them.
+PAPER = {
+    "teacher": {"ptb-test": 82.4, "code15-test": 90.7, "cpsc-test": 76.9},
+    "control": {"ptb-test": 74.6, "code15-test": 85.0},
+    "evl-ecg": {"ptb-test": 75.2, "code15-test": 86.4, "cpsc-test": 66.8},
+}
+
+
+class StudyError(RuntimeError):
+    """A study that cannot proceed; the message names the run, the file or the setting."""
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything that determines a study's numbers."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = STUDY_METHODS
+    phase1_seeds: bool = False
+    n_train: int = 2000
+    n_val: int = 100
+    test_ptb: int = 500
+    data_seed: int = 0
+    test_seed: int = 1000
+    phase2_steps: int = 300
+    phase1_overrides: tuple[str, ...] = ()
+    phase2_overrides: tuple[str, ...] = ()
+    max_new_tokens: int = 32
+    curve_points: int = 4
+    curve_records: int | None = None
+    eval_subsets: tuple[str, ...] = REPORTED
+    teacher: str | None = None
+    quick: bool = False
+    threads: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(STUDY_METHODS))
+        if unknown:
+            raise StudyError(f"unknown study method(s) {', '.join(unknown)}; choose from {', '.join(STUDY_METHODS)}")
+        if "control" not in self.methods:
+            raise StudyError("the study needs the control (every method is compared with it): add 'control'")
+        if not self.seeds:
+            raise StudyError("--seeds: give at least one seed")
+        if self.test_ptb < 1 or self.n_train < 1 or self.phase2_steps < 1:
+            raise StudyError("test_ptb, n_train and phase2_steps must be >= 1")
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, default=str) + "\n").encode("utf-8"))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evl_ecg.cli", *args]
+
+
+def run_process(cmd: Sequence[str], log_file: Path, threads: int) -> dict[str, float]:
+    """Run ``cmd`` with its output in ``log_file``; ``{"seconds", "peak_rss_mb"}`` of that process alone.
+
+    Raises :class:`StudyError` naming the log when it fails.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise StudyError(f"{' '.join(cmd[3:6])} failed (exit {proc.returncode}); see {log_file}: {tail[0][:300]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1)}
+
+
+def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    from evl_ecg.train.curves import CURVE_FILE
+
+    path = run_dir / CURVE_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+class Study:
+    """One study folder: :meth:`run` does (or resumes) everything and writes the results."""
+
+    def __init__(self, out: str | os.PathLike[str], settings: StudySettings, log: Callable[[str], None] = print):
+        self.out = Path(out)
+        self.settings = settings
+        self.log = log
+
+    # ---- stages ------------------------------------------------------------------------------------------------
+    def _check_settings(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        marker = self.out / "study.json"
+        wanted = self.settings.to_json()
+        if marker.exists():
+            found = json.loads(marker.read_text())
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k) and k != "methods")
+            if diff:
+                raise StudyError(
+                    f"{self.out}: holds a study with other settings ({', '.join(diff)} differ); use another --out"
+                )
+        _write_json(marker, wanted)
+
+    def _data(self) -> tuple[Path, Path]:
+        from evl_ecg.data.corpus import build_corpus
+
+        s = self.settings
+        data, test = self.out / "data", self.out / "test"
+        if not (data / "manifest.json").exists():
+            self.log(f"[study] training corpus: {s.n_train} records + validation {s.n_val} per subset")
+            build_corpus(data, n_train=s.n_train, n_bench=0, n_val=s.n_val, seed=s.data_seed, workers=2, progress=False)
+        if not (test / "manifest.json").exists():
+            self.log(f"[study] test benchmark: seed {s.test_seed}, {s.test_ptb} PTB-XL records, ECGBench proportions")
+            build_corpus(
+                test,
+                n_train=0,
+                n_bench=s.test_ptb,
+                seed=s.test_seed,
+                workers=2,
+                progress=False,
+                bench_proportions="ecgbench",
+            )
+        return data, test
+
+    def _teacher(self) -> Path:
+        if self.settings.teacher:
+            return Path(self.settings.teacher)
+        from evl_ecg.train.demo import shipped_teacher
+
+        shipped = shipped_teacher()
+        if shipped is None:
+            raise StudyError("no teacher: give --teacher DIR (the package ships none)")
+        return shipped
+
+    def _phase1(self, seed: int, data: Path) -> Path:
+        s = self.settings
+        key = seed if s.phase1_seeds else s.seeds[0]
+        run_dir = self.out / "phase1" / f"seed-{key}"
+        if (run_dir / "done.json").exists():
+            return run_dir / "student"
+        self.log(f"[study] phase 1 (SFT), seed {key}")
+        quick = ["--set", "max_steps=4", "--set", "pretrain_vision_steps=2", "--set", "pretrain_vision_records=32"]
+        overrides = [x for o in s.phase1_overrides for x in ("--set", o)] + (quick if s.quick else [])
+        cmd = _cli("train", "sft", "--data", str(data / "train.json"), "--out", str(run_dir), "--set", f"seed={key}")
+        usage = run_process([*cmd, *overrides], run_dir.with_suffix(".log"), s.threads)
+        _write_json(run_dir / "done.json", usage)
+        return run_dir / "student"
+
+    def _phase2(self, method: str, seed: int, student: Path, teacher: Path, data: Path, test: Path) -> dict:
+        s = self.settings
+        run_dir = self.out / "runs" / method / f"seed-{seed}"
+        done = run_dir / "done.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        steps = 3 if s.quick else s.phase2_steps
+        self.log(f"[study] {method}, seed {seed}: {steps} phase-2 steps")
+        cmd = _cli(
+            "distill",
+            "--method",
+            PRESET.get(method, method),
+            "--data",
+            str(data / "train.json"),
+            "--student",
+            str(student),
+            "--teacher",
+            str(teacher),
+            "--out",
+            str(run_dir / "train"),
+            "--set",
+            f"seed={seed}",
+            "--set",
+            f"max_steps={steps}",
+            "--set",
+            f"save_steps={max(1, steps // 2)}",
+            "--set",
+            f"logging_steps={max(1, min(25, steps))}",
+        )
+        overrides = [x for o in s.phase2_overrides for x in ("--set", o)]
+        if s.curve_points > 0:  # the learning curve on the validation split, never on the test benchmark
+            overrides += ["--set", f"curve_every={max(1, steps // s.curve_points)}"]
+            overrides += ["--set", f"curve_bench={data / 'val' / 'ptb-test.json'}"]
+            if s.curve_records:
+                overrides += ["--set", f"curve_records={s.curve_records}"]
+        train = run_process([*cmd, *overrides], run_dir / "train.log", s.threads)
+        history = json.loads((run_dir / "train" / "log_history.json").read_text())
+        runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+        curve = _read_curve(run_dir / "train")
+        if runtime is not None:  # the learning curve's evaluations run inside the Trainer's clock
+            runtime = max(0.0, float(runtime) - sum(p.get("seconds", 0.0) for p in curve if p["step"] > 0))
+        subsets = [x for sub in s.eval_subsets for x in ("--subset", sub)]
+        eval_cmd = _cli(
+            "eval",
+            "run",
+            "--model",
+            str(run_dir / "train" / "student"),
+            "--bench",
+            str(test / "bench"),
+            "--out",
+            str(run_dir / "eval"),
+            "--max-new-tokens",
+            str(8 if s.quick else s.max_new_tokens),
+            *subsets,
+        )
+        evaluation = run_process(eval_cmd, run_dir / "eval.log", s.threads)
+        result = {
+            "method": method,
+            "seed": seed,
+            "steps": steps,
+            "train": train,
+            "seconds_per_step": round(runtime / steps, 4) if runtime else None,
+            "eval": evaluation,
+            "scores": str(run_dir / "eval" / "scores.json"),
+            "curve": curve,
+        }
+        _write_json(done, result)
+        return result
+
+    # ---- results -----------------------------------------------------------------------------------------------
+    def results(self, runs: list[dict], test: Path) -> dict[str, Any]:
+        from evl_ecg.eval.stats import label_matrices, macro_auc, mean_std, paired_bootstrap
+
+        s = self.settings
+        matrices: dict[str, dict[str, dict[int, tuple]]] = {}
+        likelihood: dict[str, dict[str, list[float]]] = {}
+        for run in runs:
+            eval_dir = Path(run["scores"]).parent
+            doc = json.loads(Path(run["scores"]).read_text())
+            for subset in s.eval_subsets:
+                pred = eval_dir / subset / "predictions.jsonl"
+                if pred.exists():
+                    _, Y, P = label_matrices(test / "bench" / f"{subset}.json", pred)
+                    matrices.setdefault(subset, {}).setdefault(run["method"], {})[run["seed"]] = (Y, P)
+                auc = (doc.get("likelihood") or {}).get(subset, {}).get("auc")
+                if auc is not None:
+                    likelihood.setdefault(subset, {}).setdefault(run["method"], []).append(100 * float(auc))
+        table: dict[str, dict[str, Any]] = {}
+        for subset, by_method in matrices.items():
+            control = by_method.get("control", {})
+            for method, by_seed in by_method.items():
+                aucs = [macro_auc(Y, P) for Y, P in by_seed.values()]
+                mean, std = mean_std(aucs)
+                row = {"auc_mean": mean, "auc_std": std, "auc_per_seed": aucs, "seeds": sorted(by_seed)}
+                lk = likelihood.get(subset, {}).get(method)
+                if lk:
+                    row["likelihood_auc_mean"], row["likelihood_auc_std"] = mean_std(lk)
+                if method != "control" and control:
+                    row["vs_control"] = paired_bootstrap(by_seed, control, n_boot=200 if s.quick else 2000)
+                table.setdefault(method, {})[subset] = row
+        cost = {}
+        for run in runs:
+            entry = cost.setdefault(run["method"], {"seconds_per_step": [], "peak_rss_mb": []})
+            if run.get("seconds_per_step"):
+                entry["seconds_per_step"].append(run["seconds_per_step"])
+            entry["peak_rss_mb"].append(run["train"]["peak_rss_mb"])
+        table7 = {
+            m: {"seconds_per_step": mean_std(v["seconds_per_step"]), "peak_rss_mb": mean_std(v["peak_rss_mb"])}
+            for m, v in cost.items()
+        }
+        return {"settings": s.to_json(), "table": table, "table7": table7, "paper": PAPER, "runs": runs}
+
+    def figures(self, res: dict[str, Any], runs: list[dict]) -> dict[str, str]:
+        """``figures/``: the learning curves of the control and EVL-ECG (seeds' band), one bar chart per table."""
+        from evl_ecg.eval.figures import plot_bars, plot_learning_curves
+
+        fig_dir = self.out / "figures"
+        paths: dict[str, str] = {}
+        curves = {m: [r["curve"] for r in runs if r["method"] == m and r.get("curve")] for m in ("control", "evl-ecg")}
+        curves = {m: c for m, c in curves.items() if c}
+        if curves:
+            paths["learning_curves"] = str(
+                plot_learning_curves(curves, fig_dir / "learning_curves.png", ylabel="strict PTB-XL AUC (validation)")
+            )
+        table = res["table"]
+        for name, methods in (("table1", TABLE1_METHODS), ("table6", ("control", *TABLE6_METHODS, "evl-ecg"))):
+            values = {
+                m: (table[m]["ptb-test"]["auc_mean"], table[m]["ptb-test"]["auc_std"])
+                for m in methods
+                if m in table and "ptb-test" in table[m]
+            }
+            if values:
+                paths[name] = str(
+                    plot_bars(values, fig_dir / f"{name}.png", ylabel="strict PTB-XL AUC (test)", title=name)
+                )
+        t7 = {m: tuple(v["seconds_per_step"]) for m, v in res["table7"].items()}
+        if t7:
+            paths["table7"] = str(plot_bars(t7, fig_dir / "table7.png", ylabel="seconds per step", title="table7"))
+        return paths
+
+    def markdown(self, res: dict[str, Any]) -> str:
+        s = self.settings
+        subsets = list(s.eval_subsets)
+        lines = [
+            "# evl-ecg study (synthetic ECGs; not a clinical evaluation)",
+            "",
+            f"Seeds {list(s.seeds)}; {3 if s.quick else s.phase2_steps} phase-2 steps"
+            + (" (--quick: a smoke test, not a result)" if s.quick else "")
+            + " from "
+            + ("one phase-1 checkpoint per seed" if s.phase1_seeds else "one shared phase-1 checkpoint")
+            + f"; test benchmark seed {s.test_seed} ({s.test_ptb} PTB-XL records). Strict macro AUC, mean +- std over "
+            "seeds; [lo, hi] is the 95 % paired bootstrap interval (records x seeds) of the difference to the control.",
+            "",
+            "| method | " + " | ".join(subsets) + " | " + " | ".join(f"{x} vs control" for x in subsets) + " |",
+            "|---|" + "---:|" * (2 * len(subsets)),
+        ]
+        for method in [m for m in STUDY_METHODS if m in res["table"]]:
+            row = res["table"][method]
+            cells = [f"{row[x]['auc_mean']:.1f} +- {row[x]['auc_std']:.1f}" if x in row else "-" for x in subsets]
+            diffs = []
+            for x in subsets:
+                b = row.get(x, {}).get("vs_control")
+                diffs.append(f"{b['diff']:+.1f} [{b['lo']:+.1f}, {b['hi']:+.1f}]" if b else "-")
+            lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+        lines += ["", "Paper (SPEC section 4, real data, 2B student): " + json.dumps(PAPER), ""]
+        lines += ["## Table 7 (this machine)", "", "| method | s/step | peak RSS (MB) |", "|---|---:|---:|"]
+        for method, c in res["table7"].items():
+            sps, rss = c["seconds_per_step"], c["peak_rss_mb"]
+            lines.append(f"| {method} | {sps[0]:.3f} +- {sps[1]:.3f} | {rss[0]:.0f} +- {rss[1]:.0f} |")
+        return "\n".join(lines) + "\n"
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self._check_settings()
+        data, test = self._data()
+        teacher = self._teacher()
+        s = self.settings
+        runs = []
+        for seed in s.seeds:
+            student = self._phase1(seed, data)
+            for method in s.methods:
+                runs.append(self._phase2(method, seed, student, teacher, data, test))
+        res = self.results(runs, test)
+        res["figures"] = self.figures(res, runs)
+        res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        _write_json(self.out / "results.json", res)
+        atomic_write_bytes(self.out / "results.md", self.markdown(res).encode("utf-8"))
+        self.log(f"[study] wrote {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
+        return res
+
+
+def run_study(out: str | os.PathLike[str], settings: StudySettings, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the study in ``out``; returns what ``results.json`` holds."""
+    return Study(out, settings, log).run()
+
+
+__all__ = ["PRESET", "STUDY_METHODS", "StudyError", "StudySettings", "run_study"]
