@@ -282,8 +282,10 @@ def main() -> None:
     only = set(filter(None, args.only.split(",")))
     shapes = ["small", "paper"] if args.shape == "all" else [args.shape]
     start = time.perf_counter()
-    print(f"# benchmarks/objective.py  device={args.device}  repeats={args.repeats}  compile={args.compile}"
-          "  (times: min over repeats)")
+    print(
+        f"# benchmarks/objective.py  device={args.device}  repeats={args.repeats}  compile={args.compile}"
+        "  (times: min over repeats)"
+    )
     for name in shapes:
         shape = SHAPES[name]
         print(f"\n## shape {name}: B={shape['B']} D_s={shape['d_s']} D_t={shape['d_t']} L_s={shape['l_s']} "

@@ -26,6 +26,10 @@ def test_quick_study_runs_every_method_writes_its_tables_and_a_rerun_redoes_noth
         assert cost["peak_rss_mb"][0] > 50 and cost["seconds_per_step"][0] > 0
     run = next(r for r in res["runs"] if r["method"] == "evl-ecg")
     assert [p["step"] for p in run["curve"]] == [0, 3]  # the learning curve on the validation split
+    t7 = res["table7_runs"]
+    assert set(t7) == {"control", "evl-ecg", "vanilla-kl"}
+    assert "cache" not in t7["control"] and t7["evl-ecg"]["cache"]["peak_rss_mb"] > 50  # the control needs no teacher
+    assert t7["evl-ecg"]["live"]["seconds_per_step"] > 0 and res["teacher_cache"]["bytes"] > 0
     md = (out / "results.md").read_text()
     assert "| evl-ecg |" in md and "smoke test" in md and "Table 7" in md
     for name in ("learning_curves", "table1", "table6", "table7"):
@@ -36,7 +40,7 @@ def test_quick_study_runs_every_method_writes_its_tables_and_a_rerun_redoes_noth
     assert (out / "data" / "val" / "ptb-test.json").is_file()
 
     done = {p: p.stat().st_mtime_ns for p in out.rglob("done.json")}
-    assert len(done) == 1 + len(STUDY_METHODS)
+    assert len(done) == 1 + len(STUDY_METHODS) + 5  # phase 1, the grid, Table 7 (3 live, 2 cached)
     again = run_study(out, settings, log=lambda _m: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("done.json")} == done
     assert again["table"] == res["table"]

@@ -344,6 +344,8 @@ def test_the_cache_command_builds_for_several_methods_and_distill_reuses_or_refu
         return CliRunner().invoke(app, args)
 
     assert distill("uld").exit_code == 0
+    served = json.loads((tmp_path / "uld" / "provenance.json").read_text())["teacher_cache"]
+    assert served["fields"] == ["hidden", "logits", "visual"] and served["served"] == ["logits"]  # reads no more
     refused = distill("dskd")
     assert refused.exit_code == 1
     line = refused.stderr.strip().splitlines()[-1]

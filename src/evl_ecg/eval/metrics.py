@@ -141,7 +141,9 @@ def pulse_multilabel(
     order = _order(fitted, vocabulary)
     return MultiLabelMetrics(
         auc=float(np.mean(aucs)),
-        f1=float(np.mean(f1s)),
+        # the published loop averages f1s[idx] over the fitted classes: with one class sklearn scores a binary
+        # problem, returns two values (labels 0 and 1) and the loop keeps the first, the negative label's
+        f1=float(np.mean(f1s[: Y.shape[1]])),
         hl=hl,
         classes=order,
         per_class={c: per[c] for c in order},

@@ -25,15 +25,12 @@ from __future__ import annotations
 import math
 import random
 import re
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score, hamming_loss, roc_auc_score
-from sklearn.preprocessing import MultiLabelBinarizer
 
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_LABELS, PTBXL_SUPERCLASSES
 from evl_ecg.eval.metrics import MultiLabelMetrics, accuracy, pct, pulse_multilabel, strict_multilabel
@@ -261,30 +258,9 @@ def pulse_compute_f1_auc(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[
     ``f1_score(average=None)`` returns one F1 per label present (0 and 1); the published loop keeps only the first,
     the F1 of the negative label (class absent). Five gold rows all ``ABNORMAL`` therefore give F1 0.0.
     """
-    if len(gold) != len(pred):
-        raise ValueError(f"gold and pred differ in length: {len(gold)} vs {len(pred)}")
-    if not gold:
-        raise ValueError("nothing to score: no items")
-    mlb = MultiLabelBinarizer()
-    y_true = mlb.fit_transform([list(g) for g in gold])
-    if y_true.shape[1] == 0:
-        raise ValueError("no gold labels at all: the published scorer cannot fit its classes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # unknown predicted labels are ignored (counted elsewhere)
-        y_pred = mlb.transform([list(p) for p in pred])
-    n_classes = len(mlb.classes_)
-    hl = hamming_loss(y_true, y_pred)
-    f1_scores = f1_score(y_true, y_pred, average=None, zero_division=0)
-    f1 = np.mean([f1_scores[idx] for idx in range(n_classes)])
-    aucs = []
-    for i in range(n_classes):
-        if len(np.unique(y_true[:, i])) < 2:
-            aucs.append(np.nan)
-        else:
-            aucs.append(roc_auc_score(y_true[:, i], y_pred[:, i]))
-    return PulseMultilabelNumbers(
-        f1=float(f1), auc=float(np.mean(aucs)), hl=float(hl), one_class=n_classes == 1, hl_numpy=n_classes == 1
-    )
+    m = pulse_multilabel(gold, pred)  # the same binariser, F1, AUC and HL (evl_ecg.eval.metrics)
+    one_class = len(m.classes) == 1
+    return PulseMultilabelNumbers(f1=m.f1, auc=m.auc, hl=m.hl, one_class=one_class, hl_numpy=one_class)
 
 
 # --------------------------------------------------------------------------------------------------

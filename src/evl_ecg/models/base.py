@@ -112,6 +112,22 @@ class Rendered:
 
 
 # ---- the adapter --------------------------------------------------------------------------------------------
+def image_positions(image_mask: Tensor) -> Tensor:
+    """``B x N`` sequence position of each sample's image tokens in order, ``-1`` past a sample's count.
+
+    ``image_mask``: ``B x L`` (the image-token positions that are not padding); ``N`` is the largest count.
+    """
+    counts = image_mask.sum(1)
+    n_max = int(counts.max()) if counts.numel() else 0
+    positions = torch.full((image_mask.shape[0], n_max), -1, dtype=torch.long, device=image_mask.device)
+    rows, cols = image_mask.nonzero(as_tuple=True)
+    slot = torch.arange(rows.numel(), device=rows.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
+    positions[rows, slot] = cols
+    return positions
+
+
 class Adapter:
     """Base class: one model family. Attributes ``model``, ``tokenizer``, ``image_processor``."""
 
@@ -332,14 +348,7 @@ class Adapter:
         attention_mask = batch["attention_mask"].bool()
         image_mask = (input_ids == self.image_token_id) & attention_mask
         embeds = captured["embeds"]
-        counts = image_mask.sum(1)
-        n_max = int(counts.max()) if counts.numel() else 0
-        positions = torch.full((input_ids.shape[0], n_max), -1, dtype=torch.long, device=input_ids.device)
-        rows, cols = image_mask.nonzero(as_tuple=True)
-        slot = torch.arange(rows.numel(), device=rows.device) - torch.repeat_interleave(
-            torch.cumsum(counts, 0) - counts, counts
-        )
-        positions[rows, slot] = cols
+        positions = image_positions(image_mask)
         visual_mask = positions >= 0
         gather = positions.clamp_min(0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
         visual = torch.gather(embeds, 1, gather) * visual_mask.unsqueeze(-1).to(embeds.dtype)

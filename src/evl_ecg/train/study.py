@@ -39,6 +39,8 @@ TABLE6_METHODS = ("ot", "ot+mhca")
 STUDY_METHODS = TABLE1_METHODS + TABLE6_METHODS
 #: The preset each study method trains with in phase 2 (the control: CE only).
 PRESET = {"control": "sft"}
+#: Methods whose teacher outputs the study's shared cache holds (TinyBERT reads every layer's attention maps: live).
+CACHED = tuple(m for m in STUDY_METHODS if m not in ("control", "tinybert"))
 #: Multi-label subsets reported with strict macro AUC (and their bootstrap against the control).
 REPORTED = ("ptb-test", "code15-test", "cpsc-test")
 #: The paper's rows (SPEC section 4: AUC on PTB-XL, CODE-15%, CPSC) beside ours, where it gives them.
@@ -71,6 +73,8 @@ class StudySettings:
     max_new_tokens: int = 32
     curve_points: int = 4
     curve_records: int | None = None
+    teacher_cache: bool = True
+    table7_steps: int = 20
     eval_subsets: tuple[str, ...] = REPORTED
     teacher: str | None = None
     quick: bool = False
@@ -193,7 +197,69 @@ class Study:
         _write_json(run_dir / "done.json", usage)
         return run_dir / "student"
 
-    def _phase2(self, method: str, seed: int, student: Path, teacher: Path, data: Path, test: Path) -> dict:
+    def _cache(self, teacher: Path, data: Path) -> Path | None:
+        """The teacher-output cache of every cached method (built once, in its own process), or None."""
+        s = self.settings
+        methods = [m for m in s.methods if m in CACHED]
+        if not s.teacher_cache or not methods:
+            return None
+        cache = self.out / "teacher-cache"
+        done = self.out / "teacher-cache.done.json"
+        if not done.exists():
+            self.log(f"[study] teacher-output cache for {', '.join(methods)}")
+            cmd = _cli(
+                "train", "cache", "--out", str(cache), "--teacher", str(teacher), "--data", str(data / "train.json")
+            )
+            cmd += [x for m in methods for x in ("--method", m)]
+            usage = run_process(cmd, self.out / "teacher-cache.log", s.threads)
+            size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+            _write_json(done, {**usage, "bytes": size, "methods": methods})
+        return cache
+
+    def _table7(self, method: str, student: Path, teacher: Path, data: Path, cache: Path | None) -> dict:
+        """Seconds per step and peak RSS of ``method`` with the live teacher and (if cached) with the cache: short
+        runs of ``table7_steps`` steps, each its own process, no evaluation inside."""
+        s = self.settings
+        out: dict[str, Any] = {}
+        variants = [("live", None)] + ([("cache", cache)] if cache is not None and method in CACHED else [])
+        for name, cache_dir in variants:
+            run_dir = self.out / "table7" / method / name
+            done = run_dir / "done.json"
+            if done.exists():
+                out[name] = json.loads(done.read_text())
+                continue
+            steps = 2 if s.quick else s.table7_steps
+            cmd = _cli(
+                "distill",
+                "--method",
+                PRESET.get(method, method),
+                "--data",
+                str(data / "train.json"),
+                "--student",
+                str(student),
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(run_dir / "train"),
+                "--set",
+                f"max_steps={steps}",
+                "--set",
+                f"save_steps={steps}",
+                "--set",
+                f"logging_steps={steps}",
+            )
+            if cache_dir is not None:
+                cmd += ["--set", f"teacher_cache={cache_dir}"]
+            usage = run_process(cmd, run_dir / "train.log", s.threads)
+            history = json.loads((run_dir / "train" / "log_history.json").read_text())
+            runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+            out[name] = {"seconds_per_step": round(float(runtime) / steps, 4) if runtime else None, **usage}
+            _write_json(done, out[name])
+        return out
+
+    def _phase2(
+        self, method: str, seed: int, student: Path, teacher: Path, data: Path, test: Path, cache: Path | None = None
+    ) -> dict:
         s = self.settings
         run_dir = self.out / "runs" / method / f"seed-{seed}"
         done = run_dir / "done.json"
@@ -223,6 +289,8 @@ class Study:
             f"logging_steps={max(1, min(25, steps))}",
         )
         overrides = [x for o in s.phase2_overrides for x in ("--set", o)]
+        if cache is not None and method in CACHED:  # the same teacher outputs, computed once (tested equal)
+            overrides += ["--set", f"teacher_cache={cache}"]
         if s.curve_points > 0:  # the learning curve on the validation split, never on the test benchmark
             overrides += ["--set", f"curve_every={max(1, steps // s.curve_points)}"]
             overrides += ["--set", f"curve_bench={data / 'val' / 'ptb-test.json'}"]
@@ -358,10 +426,31 @@ class Study:
                 diffs.append(f"{b['diff']:+.1f} [{b['lo']:+.1f}, {b['hi']:+.1f}]" if b else "-")
             lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
         lines += ["", "Paper (SPEC section 4, real data, 2B student): " + json.dumps(PAPER), ""]
-        lines += ["## Table 7 (this machine)", "", "| method | s/step | peak RSS (MB) |", "|---|---:|---:|"]
+        lines += [
+            "## Table 7 (this machine)",
+            "",
+            f"Short runs of {2 if s.quick else s.table7_steps} steps, each its own process (peak RSS of that process);"
+            " the grid's runs (with their learning-curve evaluations subtracted) beside them.",
+            "",
+            "| method | s/step live | peak RSS live (MB) | s/step cache | peak RSS cache (MB) | s/step in the grid |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for method, c in res["table7"].items():
-            sps, rss = c["seconds_per_step"], c["peak_rss_mb"]
-            lines.append(f"| {method} | {sps[0]:.3f} +- {sps[1]:.3f} | {rss[0]:.0f} +- {rss[1]:.0f} |")
+            t7 = res.get("table7_runs", {}).get(method, {})
+            live, cached = t7.get("live", {}), t7.get("cache", {})
+
+            def cell(d: dict, key: str, fmt: str) -> str:
+                return format(d[key], fmt) if d.get(key) is not None else "-"
+
+            sps = c["seconds_per_step"]
+            lines.append(
+                f"| {method} | {cell(live, 'seconds_per_step', '.3f')} | {cell(live, 'peak_rss_mb', '.0f')} | "
+                f"{cell(cached, 'seconds_per_step', '.3f')} | {cell(cached, 'peak_rss_mb', '.0f')} | "
+                f"{sps[0]:.3f} +- {sps[1]:.3f} |"
+            )
+        if res.get("teacher_cache"):
+            tc = res["teacher_cache"]
+            lines += ["", f"Teacher-output cache: {tc['bytes'] / 1e6:.1f} MB, built in {tc['seconds']:.0f} s."]
         return "\n".join(lines) + "\n"
 
     def run(self) -> dict[str, Any]:
@@ -371,11 +460,21 @@ class Study:
         teacher = self._teacher()
         s = self.settings
         runs = []
+        cache = None
         for seed in s.seeds:
             student = self._phase1(seed, data)
+            if cache is None:
+                cache = self._cache(teacher, data)
             for method in s.methods:
-                runs.append(self._phase2(method, seed, student, teacher, data, test))
+                runs.append(self._phase2(method, seed, student, teacher, data, test, cache))
+        first = self._phase1(s.seeds[0], data)
+        # --quick times three methods only (the suite's budget); a real study times every method
+        timed = [m for m in s.methods if not s.quick or m in ("control", "evl-ecg", "vanilla-kl")]
+        table7 = {m: self._table7(m, first, teacher, data, cache) for m in timed}
         res = self.results(runs, test)
+        res["table7_runs"] = table7
+        done = self.out / "teacher-cache.done.json"
+        res["teacher_cache"] = json.loads(done.read_text()) if done.exists() else None
         res["figures"] = self.figures(res, runs)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(self.out / "results.json", res)

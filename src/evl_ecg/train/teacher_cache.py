@@ -64,7 +64,7 @@ from torch import Tensor
 
 from evl_ecg.data.paired import load_record_image
 from evl_ecg.data.records import atomic_write_bytes
-from evl_ecg.models.base import record_id
+from evl_ecg.models.base import image_positions, record_id
 from evl_ecg.models.fingerprint import (
     canonical_json,
     describe_differences,
@@ -326,21 +326,10 @@ def _pad(seqs: Sequence[Tensor], value: float, length: int) -> Tensor:
     return out
 
 
-def _image_positions(image_mask: Tensor) -> Tensor:
-    """``B x N`` sequence position of each image token, ``-1`` on padding (as :meth:`Adapter.forward`)."""
-    counts = image_mask.sum(1)
-    n_max = int(counts.max()) if counts.numel() else 0
-    positions = torch.full((image_mask.shape[0], n_max), -1, dtype=torch.long, device=image_mask.device)
-    rows, cols = image_mask.nonzero(as_tuple=True)
-    slot = torch.arange(rows.numel(), device=rows.device) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts
-    )
-    positions[rows, slot] = cols
-    return positions
-
-
 class TeacherCache:
     """A built teacher cache (``DIR/cache.json`` and its shards), read record by record.
+
+    ``fields``: the stored fields to serve (default: all); the others are not read, as if not stored.
 
     Used in two places: :meth:`collate` in the data loader (the padded CPU batch of the cached tensors, under the
     batch key ``"teacher_cache"``), :meth:`side_outputs` in the trainer (that batch, on the device, as the teacher's
@@ -348,7 +337,7 @@ class TeacherCache:
     objective is built.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], fields: Iterable[str] | None = None) -> None:
         self.directory = Path(directory)
         path = self.directory / CACHE_FILE
         if not path.is_file():
@@ -359,7 +348,11 @@ class TeacherCache:
         if self.meta.get("format") != FORMAT:
             raise _refusal(self.directory, [f"cache format {self.meta.get('format')}, this code's is {FORMAT}"])
         self.key: dict[str, Any] = self.meta["key"]
-        self.fields = frozenset(self.key["fields"])
+        #: the fields stored; :attr:`fields` those served (read per batch), by default all of them
+        self.stored = frozenset(self.key["fields"])
+        self.fields = self.stored
+        if fields is not None:
+            self.serve(fields)
         self.ids: list[str] = self.meta["ids"]
         self.shard_records = int(self.meta["shard_records"])
         self.teacher: dict[str, Any] = self.meta["teacher"]
@@ -376,6 +369,14 @@ class TeacherCache:
         state = dict(self.__dict__)
         state["_handles"], state["_constants"] = {}, {}
         return state
+
+    def serve(self, fields: Iterable[str]) -> TeacherCache:
+        """Read only ``fields`` (a subset of the stored ones) from now on; returns ``self``."""
+        fields = frozenset(fields)
+        if not fields <= self.stored:
+            raise _refusal(self.directory, [f"fields {sorted(self.stored)}, not {sorted(fields - self.stored)}"])
+        self.fields = fields
+        return self
 
     # ---- checks ------------------------------------------------------------------------------------------------
     def verify(self, key: dict[str, Any], fingerprint: dict[str, Any] | None = None) -> None:
@@ -419,7 +420,8 @@ class TeacherCache:
             "dir": str(self.directory.resolve()),
             "key_sha256": key_digest(self.key),
             "teacher_fingerprint": self.key["teacher"]["digest"],
-            "fields": sorted(self.fields),
+            "fields": sorted(self.stored),
+            "served": sorted(self.fields),
             "records": len(self.ids),
             "bytes": self.meta.get("bytes"),
         }
@@ -509,7 +511,7 @@ class TeacherCache:
         b, length = input_ids.shape
         attention_mask = batch["attention_mask"].bool()
         image_mask = (input_ids == self.image_token_id) & attention_mask
-        positions = _image_positions(image_mask)
+        positions = image_positions(image_mask)
         dtype = _dtype(self.teacher["dtype"])
 
         def absent(width: int) -> Tensor:
@@ -857,6 +859,7 @@ def open_or_build(
         cache = TeacherCache(directory)
         cache.verify(key, fingerprint)
         cache.check_records(records)
+        cache.serve(fields)  # read only what this run's objective needs
     if log is not None and config.process_index == 0:
         log(f"teacher cache: {directory} ({len(cache)} records; {', '.join(sorted(cache.fields)) or 'ids only'})")
     return cache
