@@ -171,7 +171,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="seed of the corpus and of every run.")] = 0,
     quick: Annotated[bool, typer.Option(help="a very short run (smoke test), not the documented default.")] = False,
 ) -> None:
-    """synth -> teacher -> student SFT -> KD (EVL-ECG) -> evaluation with both scorers, with a results table."""
+    """synth -> teacher -> student SFT -> control (CE) and KD (EVL-ECG), same budget -> evaluation, results table."""
     from evl_ecg.train.demo import run_demo
 
     t0 = time.perf_counter()

@@ -123,6 +123,26 @@ def run_process(cmd: Sequence[str], log_file: Path, threads: int) -> dict[str, f
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1)}
 
 
+def _distill_cmd(
+    method: str,
+    student: Path,
+    teacher: Path,
+    data: Path,
+    out: Path,
+    *,
+    steps: int,
+    save_steps: int,
+    seed: int | None = None,
+) -> list[str]:
+    """The ``evl-ecg distill`` command of one study run (the control trains with the ``sft`` preset)."""
+    cmd = _cli("distill", "--method", PRESET.get(method, method), "--data", str(data / "train.json"))
+    cmd += ["--student", str(student), "--teacher", str(teacher), "--out", str(out)]
+    settings = {"max_steps": steps, "save_steps": save_steps, "logging_steps": max(1, min(25, steps))}
+    if seed is not None:
+        settings = {"seed": seed, **settings}
+    return cmd + [x for key, value in settings.items() for x in ("--set", f"{key}={value}")]
+
+
 def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
     from evl_ecg.train.curves import CURVE_FILE
 
@@ -229,25 +249,7 @@ class Study:
                 out[name] = json.loads(done.read_text())
                 continue
             steps = 2 if s.quick else s.table7_steps
-            cmd = _cli(
-                "distill",
-                "--method",
-                PRESET.get(method, method),
-                "--data",
-                str(data / "train.json"),
-                "--student",
-                str(student),
-                "--teacher",
-                str(teacher),
-                "--out",
-                str(run_dir / "train"),
-                "--set",
-                f"max_steps={steps}",
-                "--set",
-                f"save_steps={steps}",
-                "--set",
-                f"logging_steps={steps}",
-            )
+            cmd = _distill_cmd(method, student, teacher, data, run_dir / "train", steps=steps, save_steps=steps)
             if cache_dir is not None:
                 cmd += ["--set", f"teacher_cache={cache_dir}"]
             usage = run_process(cmd, run_dir / "train.log", s.threads)
@@ -267,26 +269,8 @@ class Study:
             return json.loads(done.read_text())
         steps = 3 if s.quick else s.phase2_steps
         self.log(f"[study] {method}, seed {seed}: {steps} phase-2 steps")
-        cmd = _cli(
-            "distill",
-            "--method",
-            PRESET.get(method, method),
-            "--data",
-            str(data / "train.json"),
-            "--student",
-            str(student),
-            "--teacher",
-            str(teacher),
-            "--out",
-            str(run_dir / "train"),
-            "--set",
-            f"seed={seed}",
-            "--set",
-            f"max_steps={steps}",
-            "--set",
-            f"save_steps={max(1, steps // 2)}",
-            "--set",
-            f"logging_steps={max(1, min(25, steps))}",
+        cmd = _distill_cmd(
+            method, student, teacher, data, run_dir / "train", steps=steps, save_steps=max(1, steps // 2), seed=seed
         )
         overrides = [x for o in s.phase2_overrides for x in ("--set", o)]
         if cache is not None and method in CACHED:  # the same teacher outputs, computed once (tested equal)
