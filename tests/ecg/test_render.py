@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from evl_ecg.ecg.leads import LEAD_INDEX, LEADS
-from evl_ecg.ecg.render import Augment, RenderSpec, geometry, render, to_pixel
+from evl_ecg.ecg.render import Augment, Geometry, RenderSpec, geometry, render, to_pixel
 from evl_ecg.ecg.signal import Ecg
 
 FS = 500.0
@@ -101,18 +102,26 @@ def test_time_axis_is_compressed_only_when_10_s_do_not_fit_the_paper():
 # ------------------------------------------------------------------------------------------ calibration
 
 
-@pytest.mark.parametrize("spec", [RenderSpec(size=None, dpi=100), RenderSpec()], ids=["100dpi", "512x384"])
-def test_calibration_pulse_is_10_mm_tall_and_5_mm_wide(spec):
-    spec = RenderSpec(**{**spec.__dict__, "grid": False, "labels": False})
+def _pulse_height_px(spec: RenderSpec) -> tuple[float, Image.Image, Geometry]:
+    """``(height in px of the first calibration pulse, the page, its geometry)``, from the ink of a flat record."""
     img = render(Ecg(flat(), FS), spec)
     geom = geometry(spec)
     ppm = geom.px_per_mm
-    x_start, _, base = geom.calibrations[0]
+    _, x_end, base = geom.calibrations[0]
     rise, fall = geom.pulse_x[0]
     window = (base - 15 * ppm, base + 5 * ppm)
-    y_base = ink_centroid_y(img, round(geom.calibrations[0][1] + 3 * ppm), *window)  # the flat trace after it
+    y_base = ink_centroid_y(img, round(x_end + 3 * ppm), *window)  # the flat trace after it
     y_top = ink_centroid_y(img, round((rise + fall) / 2), *window)  # top of the pulse
-    assert y_base - y_top == pytest.approx(10 * ppm, abs=1.0)  # 1 mV x 10 mm/mV
+    return y_base - y_top, img, geom
+
+
+@pytest.mark.parametrize("spec", [RenderSpec(size=None, dpi=100), RenderSpec()], ids=["100dpi", "512x384"])
+def test_calibration_pulse_is_10_mm_tall_and_5_mm_wide(spec):
+    height, img, geom = _pulse_height_px(RenderSpec(**{**spec.__dict__, "grid": False, "labels": False}))
+    ppm = geom.px_per_mm
+    base = geom.calibrations[0][2]
+    rise, fall = geom.pulse_x[0]
+    assert height == pytest.approx(10 * ppm, abs=1.0)  # 1 mV x 10 mm/mV
     # Half-way up, the ink is the two vertical edges, 0.2 s x 25 mm/s = 5 mm apart.
     row = dark(img)[round(base - 5 * ppm)]
     xs = np.nonzero(row[: round(geom.calibrations[0][1]) + 1])[0]
@@ -404,15 +413,9 @@ def test_lead_labels_stay_on_top_of_an_early_qrs(spec):
 
 def test_half_gain_pulse_is_5_mm_tall_and_printed_in_the_footer():
     spec = RenderSpec(size=None, dpi=100, grid=False, labels=False, gain_mm_mv=5.0)
-    img = render(Ecg(flat(), FS), spec)
-    geom = geometry(spec)
+    height, img, geom = _pulse_height_px(spec)
     ppm = geom.px_per_mm
-    _, x_end, base = geom.calibrations[0]
-    rise, fall = geom.pulse_x[0]
-    window = (base - 15 * ppm, base + 5 * ppm)
-    y_base = ink_centroid_y(img, round(x_end + 3 * ppm), *window)
-    y_top = ink_centroid_y(img, round((rise + fall) / 2), *window)
-    assert y_base - y_top == pytest.approx(5 * ppm, abs=1.0)  # 1 mV x 5 mm/mV
+    assert height == pytest.approx(5 * ppm, abs=1.0)  # 1 mV x 5 mm/mV
     assert [lab.text for lab in geom.labels] == ["25 mm/s  5 mm/mV"]
     left, top, right, bottom = geom.labels[0].box
     assert top > max(b for _, _, b in geom.calibrations) + 5 * ppm  # in the bottom margin
