@@ -2,14 +2,20 @@
 
 Each stage keeps its commands in its own ``commands.py`` (a typer app); this module only composes them, so
 that ``evl-ecg --help`` stays fast (stages import their heavy dependencies inside the commands).
+
+Errors: a command reports an expected failure itself (``error: <file or option>: <problem>``, exit 1). Any other
+exception, in any command, is one line here, ``evl-ecg: error: <type>: <message> (run with --debug for the
+traceback)``, exit 1; ``evl-ecg --debug ...`` or ``EVL_ECG_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 # Nothing in this project downloads anything: weights and data load from local paths only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,9 +23,43 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+DEBUG_ENV = "EVL_ECG_DEBUG"
+_DEBUG_META = "evl_ecg.debug"
+
+
+def debug_requested(ctx: typer.Context | None = None) -> bool:
+    """Whether the user asked for tracebacks: ``--debug`` (on ``ctx``) or ``EVL_ECG_DEBUG`` set to other than 0."""
+    if ctx is not None and ctx.meta.get(_DEBUG_META):
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line an unexpected exception is reported as."""
+    lines = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"evl-ecg: error: {message} (run with --debug for the traceback)"
+
+
+class _OneLineErrors(TyperGroup):
+    """The root group: an exception that no command handled becomes one line and exit status 1, not a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):
+            raise  # usage errors, typer.Exit (after a command's own `error:` line), Ctrl-C: typer reports them
+        except Exception as exc:
+            if debug_requested(ctx):
+                raise
+            typer.echo(error_line(exc), err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
     name="evl-ecg",
     help="EVL-ECG: distil a large ECG vision-language model into a small one, offline.",
+    cls=_OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -36,6 +76,9 @@ _COMMANDS = [
     ("evl_ecg.train.commands", "distill", "distill"),
     ("evl_ecg.train.commands", "demo", "demo"),
     ("evl_ecg.train.commands", "study", "study"),
+    ("evl_ecg.infer.commands", "predict", "predict"),
+    ("evl_ecg.infer.commands", "export", "export"),
+    ("evl_ecg.infer.commands", "serve", "serve"),
 ]
 
 
@@ -60,8 +103,16 @@ def _attach() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help=f"show the Python traceback of an unexpected error (or set {DEBUG_ENV}=1)."),
+    ] = False,
+) -> None:
     """EVL-ECG: distil a large ECG vision-language model into a small one, offline."""
+    if debug:
+        ctx.meta[_DEBUG_META] = True
 
 
 _attach()

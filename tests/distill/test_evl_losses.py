@@ -563,3 +563,28 @@ def test_ot_fixed_projection_gets_no_gradient_and_its_value_is_the_pot_reference
     out.loss.backward()
     assert all(not p.requires_grad and p.grad is None for p in loss.parameters())
     assert s.visual.grad is not None and float(s.visual.grad.abs().sum()) > 0
+
+
+def test_mhca_normalize_standardises_both_sides_per_position_before_attention_and_error() -> None:
+    torch.manual_seed(0)
+    loss = build_loss("mhca", CONTEXT, heads=4, reduction="mean", normalize=True)
+    s, t = _student(), _teacher()
+    out = loss(s, t)
+
+    def standardise(h: torch.Tensor) -> torch.Tensor:  # by hand: zero mean, unit (biased) variance per position
+        mu = h.mean(-1, keepdim=True)
+        var = ((h - mu) ** 2).mean(-1, keepdim=True)
+        return (h - mu) / torch.sqrt(var + 1e-5)
+
+    s_n = dataclasses.replace(s, hidden=standardise(s.hidden))
+    t_n = dataclasses.replace(t, hidden=standardise(t.hidden))
+    ref = _mha_reference(loss, s_n, t_n, t.attention_mask, bias=False)
+    m = s.attention_mask
+    torch.testing.assert_close(out.extras["aligned_teacher"][m], ref[m], atol=1e-5, rtol=1e-5)
+    ref_loss = sum(
+        float(((s_n.hidden[b, i] - ref[b, i]) ** 2).mean()) for b in range(3) for i in range(7) if m[b, i]
+    ) / float(m.sum())
+    assert float(out.loss.detach()) == pytest.approx(ref_loss, rel=1e-5)
+    # scaling the student's states changes nothing: the term cannot fall by shrinking them
+    scaled = loss(dataclasses.replace(s, hidden=0.1 * s.hidden), t)
+    assert float(scaled.loss) == pytest.approx(float(out.loss), rel=1e-2)

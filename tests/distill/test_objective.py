@@ -142,3 +142,25 @@ def test_alpha_warmup_scales_the_distillation_block_linearly_and_keeps_ce() -> N
         assert out.logs["objective/alpha"] == pytest.approx(0.3 * share)
     with pytest.raises(ValueError, match="alpha_warmup"):
         Objective.from_preset("ot", CONTEXT, alpha_warmup=-1)
+
+
+def test_balance_ce_gives_each_term_the_magnitude_of_ce_and_the_gradient_of_its_own_loss() -> None:
+    torch.manual_seed(0)
+    s, t = _pair()
+    s.visual.requires_grad_(True)
+    objective = Objective.from_preset("ot", CONTEXT, balance="ce")
+    out = objective(s, t)
+    ce = float(build_loss("ce")(s, None).loss)
+    ot = float(out.logs["loss/ot"])
+    assert ot > 0 and abs(ot - ce) > 1e-3  # otherwise the test could not tell the scales apart
+    # 0.7 * CE + 0.3 * 0.1 * (CE / L_ot) * L_ot: the term enters with CE's magnitude
+    assert float(out.loss) == pytest.approx(0.7 * ce + 0.3 * 0.1 * ce, rel=1e-6)
+    assert float(out.logs["objective/scale_ot"]) == pytest.approx(ce / ot, rel=1e-6)
+    (grad,) = torch.autograd.grad(out.loss, s.visual)
+    # the same gradient as the unbalanced objective whose OT weight is multiplied by the (constant) ratio
+    plain = Objective.from_preset("ot", CONTEXT, terms={"ot": {"weight": 0.1 * ce / ot}})
+    plain.load_state_dict(objective.state_dict())
+    (ref,) = torch.autograd.grad(plain(s, t).loss, s.visual)
+    torch.testing.assert_close(grad, ref)
+    with pytest.raises(ValueError, match="balance"):
+        Objective.from_preset("ot", CONTEXT, balance="grad")

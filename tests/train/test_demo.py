@@ -11,7 +11,23 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     from evl_ecg.cli import app
 
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+    # a study summary written by hand: the demo prints its mean +- std beside this run's seed
+    study = tmp_path / "study.json"
+    cell = {"mean": 77.25, "std": 1.12, "seeds": [0, 1, 2]}
+    study.write_text(
+        json.dumps(
+            {
+                "summary_of": "evl-ecg study",
+                "settings": {"seeds": [0, 1, 2], "phase2_steps": 300, "test_seed": 1000, "test_ptb": 500},
+                "table": {
+                    "control": {"ptb-test": cell, "code15-test": {**cell, "mean": 73.94}},
+                    "evl-ecg": {"ptb-test": {**cell, "mean": 75.5, "std": 0.4}},
+                    "teacher": {"ptb-test": {"mean": 81.0, "std": 0.0, "seeds": []}},
+                },
+            }
+        )
+    )
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(study)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["timings_s"]) >= {"synth", "teacher", "sft", "control", "kd", "eval teacher", "figures"}
@@ -20,6 +36,14 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     assert methods == {(m, s) for m in ("teacher", "control-student", "evl-ecg-student") for s in ("pulse", "strict")}
     markdown = (out / "results.md").read_text()
     assert "| evl-ecg-student | strict |" in markdown and "Stage times" in markdown
+    beside = markdown.split("This seed beside the study")[1].split("Stage times")[0]
+    lines = {line.split("|")[1].strip(): line for line in beside.splitlines() if line.startswith("| ")}
+    assert "77.2 +- 1.1" in lines["control-student"] and "73.9 +- 1.1" in lines["control-student"]
+    assert "75.5 +- 0.4" in lines["evl-ecg-student"] and "81.0 (one model)" in lines["teacher"]
+    assert "seeds [0, 1, 2]" in beside and "test benchmark seed 1000" in beside
+    # the KD stage trains EVL-ECG with the tiny preset's settings (evl_ecg.train.study.TINY_METHOD_SETS)
+    config = json.loads((out / "kd" / "provenance.json").read_text())["config"]
+    assert config["hidden_positions"] == "response" and config["objective"]["alpha_warmup"] == 150
     for name in ("transport_plan", "singular_values", "loss_curves"):
         path = out / "figures" / f"{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -29,3 +53,10 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["timings_s"].get("kd", 0) < 1.0
+
+
+def test_demo_names_a_study_folder_without_results(tmp_path):
+    from evl_ecg.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--study", str(tmp_path)])
+    assert result.exit_code != 0 and "--study" in result.output and "results.json" in result.output

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from evl_ecg.train.study import STUDY_METHODS, StudyError, StudySettings, run_study
+from evl_ecg.train.study import (
+    STUDY_METHODS,
+    TINY_METHOD_SETS,
+    StudyError,
+    StudySettings,
+    method_settings,
+    run_study,
+    study_summary,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +24,7 @@ def test_quick_study_runs_every_method_writes_its_tables_and_a_rerun_redoes_noth
     out = tmp_path / "study"
     settings = StudySettings(seeds=(0,), n_train=48, n_val=4, test_ptb=8, quick=True, threads=2, curve_points=1)
     res = run_study(out, settings, log=lambda _m: None)
-    assert set(res["table"]) == set(STUDY_METHODS)
+    assert set(res["table"]) == {*STUDY_METHODS, "teacher"}  # the teacher once, for the control -> teacher gap
     for method in STUDY_METHODS:
         row = res["table"][method]["ptb-test"]
         assert row["seeds"] == [0] and 0 <= row["auc_mean"] <= 100
@@ -39,11 +48,43 @@ def test_quick_study_runs_every_method_writes_its_tables_and_a_rerun_redoes_noth
     assert test_manifest["seed"] == settings.test_seed and test_manifest["counts"]["ptb-test"] == 8
     assert (out / "data" / "val" / "ptb-test.json").is_file()
 
+    # the teacher: one evaluation, its difference to the control paired over records x seeds; the gap closed
+    teacher = res["table"]["teacher"]["ptb-test"]
+    assert teacher["auc_std"] == 0.0 and teacher["vs_control"]["n_records"] == 8
+    gap = teacher["vs_control"]["diff"]
+    for method in STUDY_METHODS[1:]:
+        row = res["table"][method]["ptb-test"]
+        if gap > 0:
+            assert row["gap_closed"] == pytest.approx(row["vs_control"]["diff"] / gap)
+        else:
+            assert "gap_closed" not in row
+    # the tiny preset's settings reached EVL-ECG's runs, and only the methods they name
+    provenance = json.loads((out / "runs" / "evl-ecg" / "seed-0" / "train" / "provenance.json").read_text())
+    assert provenance["config"]["hidden_positions"] == "response"
+    assert provenance["config"]["objective"] == {"alpha_warmup": 150, "terms": {"mhca": {"reduction": "mean"}}}
+    control = json.loads((out / "runs" / "control" / "seed-0" / "train" / "provenance.json").read_text())
+    assert control["config"]["hidden_positions"] == "all"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(study_summary(res)))
+    assert summary["table"]["control"]["ptb-test"]["mean"] == pytest.approx(
+        res["table"]["control"]["ptb-test"]["auc_mean"], abs=0.01
+    )
+
     done = {p: p.stat().st_mtime_ns for p in out.rglob("done.json")}
-    assert len(done) == 1 + len(STUDY_METHODS) + 5  # phase 1, the grid, Table 7 (3 live, 2 cached)
+    assert len(done) == 1 + len(STUDY_METHODS) + 1 + 5  # phase 1, the grid, the teacher, Table 7 (3 live, 2 cached)
     again = run_study(out, settings, log=lambda _m: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("done.json")} == done
     assert again["table"] == res["table"]
+
+    # another override of one method reruns that method's runs only
+    other = dataclasses.replace(settings, method_overrides=(*settings.method_overrides, "ot:objective={alpha: 0.5}"))
+    run_study(out, other, log=lambda _m: None)
+    changed = {p for p, t in done.items() if not p.exists() or p.stat().st_mtime_ns != t}
+    assert changed == {out / "runs" / "ot" / "seed-0" / "done.json"}
+    assert (
+        "0.5*(0.1*ot)"
+        in json.loads((out / "runs" / "ot" / "seed-0" / "train" / "provenance.json").read_text())["objective"]
+    )
 
 
 def test_a_study_folder_refuses_other_settings(tmp_path):
@@ -59,3 +100,15 @@ def test_unknown_method_or_no_control_is_refused():
         StudySettings(methods=("control", "evl-ecgg"))
     with pytest.raises(StudyError, match="control"):
         StudySettings(methods=("evl-ecg",))
+
+
+def test_method_sets_name_their_methods_and_bad_entries_are_refused():
+    assert method_settings(TINY_METHOD_SETS, "control") == [] and method_settings(TINY_METHOD_SETS, "vanilla-kl") == []
+    assert method_settings(TINY_METHOD_SETS, "ot+mhca") == method_settings(TINY_METHOD_SETS, "evl-ecg")
+    assert method_settings(("a,b:x=1", "b:y={k: 2}"), "b") == ["x=1", "y={k: 2}"]
+    assert StudySettings().method_sets("ot") == ["--set", "objective={alpha_warmup: 150}"]
+    for bad in ("evl-ecg", "evl-ecg:alpha", ":x=1", "evl-ecg:=1"):
+        with pytest.raises(StudyError, match="METHOD"):
+            StudySettings(method_overrides=(bad,))
+    with pytest.raises(StudyError, match="unknown method"):
+        StudySettings(method_overrides=("evl-ecgg:x=1",))

@@ -29,7 +29,11 @@ def _fail(message: str) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"512x384"`` -> ``(512, 384)``; raises ``typer.BadParameter`` otherwise."""
+    """``"512x384"`` -> ``(512, 384)``; raises ``typer.BadParameter`` otherwise, and for a size outside 16 px to
+    :data:`evl_ecg.ecg.render.MAX_IMAGE_SIDE` a side and :data:`~evl_ecg.ecg.render.MAX_IMAGE_PIXELS` in all (a
+    60000x60000 page would end in a MemoryError)."""
+    from evl_ecg.ecg.render import check_image_size
+
     parts = text.lower().replace("×", "x").split("x")
     try:
         w, h = (int(p) for p in parts)
@@ -37,6 +41,10 @@ def parse_size(text: str) -> tuple[int, int]:
         raise typer.BadParameter(f"size must be WIDTHxHEIGHT in pixels (e.g. {DEFAULT_SIZE}), got {text!r}") from None
     if w < 16 or h < 16:
         raise typer.BadParameter(f"size must be at least 16x16 px, got {text!r}")
+    try:
+        check_image_size(w, h)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     return w, h
 
 
@@ -76,7 +84,11 @@ def _jsonable(value: Any) -> Any:
 
 def _read(path: Path, index: int | None) -> Any:
     where = f"{path}" + (f"[{index}]" if index is not None else "")
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a folder on the way that cannot be searched: not "not found"
+        _fail(f"{where}: cannot read ({exc.strerror or type(exc).__name__})")
+    if not found:
         _fail(f"{where}: file not found")
     from evl_ecg.ecg.readers import read_record
 
@@ -89,7 +101,12 @@ def _read(path: Path, index: int | None) -> Any:
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="Output folder (created; resumed if it holds a partial build)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder: created, or resumed if it holds a partial build with the same settings; a folder "
+        "holding other files, or a corpus of other settings, is refused.",
+    ),
     train: int = typer.Option(2000, "--train", min=0, help="Training records (train.json)."),
     bench: int = typer.Option(100, "--bench", min=0, help="Records per ECGBench subset (bench/<subset>.json)."),
     val: int = typer.Option(
@@ -118,7 +135,12 @@ def synth(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Build a synthetic ECGInstruct training set and the six ECGBench-style test subsets."""
+    """Build a synthetic ECGInstruct training set and the six ECGBench-style test subsets.
+
+    Refused before any work: a folder holding files no build writes, a corpus made with other settings (or whose
+    settings are unknown), counts beyond 10 million records, and an output the disk's free space cannot hold. A file
+    that cannot be written stops the build with one line naming it (exit 1); rerun the command once it is fixed.
+    """
     from evl_ecg.data.corpus import CorpusError, build_corpus
 
     wh, dpi = _size_or_dpi(size, dpi, str(out))
@@ -127,7 +149,10 @@ def synth(
         # fits at ``dpi / 25.4`` px/mm (the size is what the manifest records).
         from evl_ecg.ecg.render import RenderSpec, geometry
 
-        page = geometry(RenderSpec.at_dpi(dpi))
+        try:
+            page = geometry(RenderSpec.at_dpi(dpi))
+        except ValueError as exc:  # a page too large (or too small) at this DPI
+            _fail(f"{out}: --dpi {dpi}: {str(exc).splitlines()[0]}")
         wh, dpi = (page.width, page.height), None
     try:
         result = build_corpus(
@@ -181,9 +206,12 @@ def render(
         spec = RenderSpec(layout=layout, size=wh, dpi=dpi, gain_mm_mv=gain)
         t0, t1 = geometry(spec, ecg, start=start).window
         image = render_ecg(ecg, spec, start=start)
-        write_png(out, image)
     except (ValueError, OSError) as exc:
         _fail(f"{record}: {str(exc).splitlines()[0]}")
+    try:
+        write_png(out, image)
+    except OSError as exc:  # read-only folder, a file where a folder should be, full disk
+        _fail(f"{out}: cannot write ({exc.strerror or type(exc).__name__})")
     more = "; --start SECONDS draws another window" if t1 - t0 < ecg.duration else ""
     typer.echo(f"{record}: window: [{t0:g}, {t1:g}] s of {ecg.duration:g} s{more}", err=True)
     typer.echo(f"wrote {out} ({image.size[0]}x{image.size[1]} px, layout {layout})")

@@ -19,6 +19,16 @@ Resumability: work is done in fixed chunks of :data:`CHUNK` records; images are 
 present and decodable; each finished chunk's records are saved atomically under ``.parts/``; the final JSON files
 and the manifest are written atomically at the end and ``.parts/`` is removed. A killed run rerun with the same
 arguments picks up where it stopped; a rerun with different settings into the same folder is refused.
+
+Safety: ``out_dir`` must be empty, absent, or a (partial) corpus this module wrote. A folder holding any other file
+(:func:`foreign_files`) is refused before anything is written, naming the files, and only the build's own temporary
+files (``.<name>.<8 characters>.tmp`` beside a file it writes) are ever deleted. The settings of an existing corpus
+are read from ``.build.json`` and from ``manifest.json``; both must match the request, and corpus files with neither
+(a copy made without its dotfiles, before the build finished) are refused: their seed is unknown, and images of
+another seed would carry the wrong labels. A file that cannot be written (read-only folder, full disk) stops the
+build with a :class:`CorpusError` naming the file and the OS error; it is never counted as a skipped item, so a
+rerun after the fault is fixed completes every record. Counts are bounded (:data:`MAX_RECORDS`) and the free disk
+space is checked against a rough estimate of the output (:func:`estimate_bytes`) before any work.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import time
 from collections import Counter
@@ -39,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from evl_ecg.data.questions import BENCH_SUBSETS, build_record
-from evl_ecg.data.records import Record, atomic_write_bytes, dumps_records, image_is_valid, write_png
+from evl_ecg.data.records import TEMP_NAME, Record, atomic_write_bytes, dumps_records, image_is_valid, write_png
 from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
 
 #: Validation splits: one per benchmark subset, in its format (``val/<subset>.json``).
@@ -57,6 +68,15 @@ ECGBENCH_SIZES: dict[str, int] = {
 }
 SPLIT_KEYS: dict[str, int] = {name: i for i, name in enumerate(SPLITS)}
 CHUNK = 16
+
+#: Most records one corpus may hold, all splits together (ECGInstruct has about 1.2 M): larger counts are refused
+#: before any work, as a typo (``--train 1000000000000`` would otherwise loop and fill the memory).
+MAX_RECORDS = 10_000_000
+#: Rough size on disk, for the free-space check: bytes per image pixel (PNG pages measure 0.3-0.4 on average with
+#: half of them augmented, noisy ones up to 1.9) and bytes per record (its JSON in a chunk file and a split file).
+BYTES_PER_PIXEL = 0.5
+BYTES_PER_RECORD = 4096
+MANIFEST_FORMAT = "evl-ecg synthetic corpus v1 (ECGInstruct / ECGBench record format)"
 
 #: Training mix: task -> (weight, ``sample_spec`` vocabulary). ECG-QA and PTB-XL items use PTB-XL-like ECGs.
 TRAIN_MIX: dict[str, tuple[float, str | None]] = {
@@ -113,14 +133,23 @@ class CorpusSettings:
     bench_proportions: str = "equal"
 
     def __post_init__(self) -> None:
+        from evl_ecg.ecg.render import check_image_size
+
         if self.n_train < 0 or self.n_bench < 0 or self.n_val < 0:
             raise ValueError(
                 f"n_train, n_bench and n_val must be >= 0, got {self.n_train}, {self.n_bench}, {self.n_val}"
             )
+        for name in ("n_train", "n_bench", "n_val"):
+            if getattr(self, name) > MAX_RECORDS:
+                raise ValueError(f"{name} {getattr(self, name)} is beyond the limit of {MAX_RECORDS:,} records")
         if self.bench_proportions not in ("equal", "ecgbench"):
             raise ValueError(f"bench_proportions must be 'equal' or 'ecgbench', got {self.bench_proportions!r}")
         if len(self.size) != 2 or min(self.size) < 16:
             raise ValueError(f"size must be (width, height) with both >= 16 px, got {self.size}")
+        check_image_size(*self.size)
+        total = self.total()
+        if total > MAX_RECORDS:
+            raise ValueError(f"{total} records in all is beyond the limit of {MAX_RECORDS:,} records per corpus")
         if self.dpi is not None and self.dpi <= 0:
             raise ValueError(f"dpi must be positive, got {self.dpi}")
         if not 0 <= self.augment_fraction <= 1:
@@ -134,6 +163,10 @@ class CorpusSettings:
     def splits(self) -> tuple[str, ...]:
         """The splits this corpus has: train, the bench subsets, and the validation subsets when ``n_val > 0``."""
         return tuple(s for s in SPLITS if s not in VAL_SPLITS or self.n_val > 0)
+
+    def total(self) -> int:
+        """Records of every split together."""
+        return sum(self.count(s) for s in self.splits())
 
     def count(self, split: str) -> int:
         if split == "train":
@@ -182,7 +215,9 @@ def record_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
 def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -> dict[str, Any]:
     """Generate, render (unless a valid image is present) and question one record.
 
-    Returns ``{"record": dict, "rendered": bool}`` or ``{"skip": {split, index, id, reason}}``.
+    Returns ``{"record": dict, "rendered": bool}`` or ``{"skip": {split, index, id, reason}}`` for an item the
+    generator cannot make (``ValueError``, ``KeyError``, ``RuntimeError``: the same every run). An image that cannot
+    be written raises :class:`CorpusError` naming the file and the OS error: a fault of the disk, not of the item.
     """
     from evl_ecg.ecg.render import Augment, RenderSpec, render
     from evl_ecg.ecg.synth import generate, sample_spec
@@ -205,19 +240,24 @@ def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -
     render_seed = int(rng_render.integers(2**31))
     image_rel = f"{split}/{rid}.png"
     image_path = out_dir / "images" / image_rel
+    image = None
     try:
         spec = sample_spec(rng_spec, vocabulary=vocabulary)
         ecg = generate(spec, seed=signal_seed, fs=settings.fs, duration=settings.duration)
-        rendered = False
         if not (image_path.is_file() and image_is_valid(image_path)):
             augment = Augment.random(rng_render, strength) if augmented else None
             spec_r = RenderSpec(layout=settings.layout, size=tuple(settings.size), dpi=settings.dpi)
-            write_png(image_path, render(ecg, spec_r, augment=augment, seed=render_seed))
-            rendered = True
+            image = render(ecg, spec_r, augment=augment, seed=render_seed)
         record = build_record(task, ecg, image_rel, rid, np.random.default_rng(ss_text), **kwargs)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return {"skip": {"split": split, "index": index, "id": rid, "reason": reason}}
+    rendered = image is not None
+    if image is not None:
+        try:
+            write_png(image_path, image)
+        except OSError as exc:
+            raise _write_error(image_path, exc) from None
     record.meta.update({"split": split, "signal_seed": signal_seed, "augmented": augmented})
     return {"record": record.to_dict(), "rendered": rendered}
 
@@ -231,6 +271,19 @@ def _part_path(out_dir: Path, split: str, chunk: int) -> Path:
     return out_dir / ".parts" / f"{split}-{chunk:05d}.json"
 
 
+def _write_error(path: Path, exc: OSError) -> CorpusError:
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return CorpusError(f"{path}: cannot write ({why}); no record was skipped: fix it and rerun to resume")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_bytes`; an ``OSError`` (read-only folder, full disk) becomes a :class:`CorpusError`."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
 def _run_chunk(
     settings: CorpusSettings, out_dir: Path, split: str, chunk: int
 ) -> tuple[str, int, list[dict[str, Any]], int, int]:
@@ -240,36 +293,184 @@ def _run_chunk(
     reused = sum(1 for r in results if r.get("rendered") is False)
     for r in results:
         r.pop("rendered", None)
-    atomic_write_bytes(_part_path(out_dir, split, chunk), json.dumps(results, ensure_ascii=False).encode("utf-8"))
+    _write(_part_path(out_dir, split, chunk), json.dumps(results, ensure_ascii=False).encode("utf-8"))
     return split, chunk, results, rendered, reused
 
 
+#: Skip reasons that name an OS error: written by builds before write errors stopped the build; redone on resume.
+_OS_ERROR_REASON = re.compile(
+    r"(OSError|IOError|PermissionError|FileNotFoundError|FileExistsError|IsADirectoryError|NotADirectoryError"
+    r"|BlockingIOError|InterruptedError|TimeoutError|ConnectionError):"
+)
+
+
 def _images_intact(out_dir: Path, saved: list[dict[str, Any]]) -> bool:
-    """Whether every record of a saved chunk still has a decodable image (else the chunk is redone)."""
-    return all("skip" in item or image_is_valid(out_dir / "images" / item["record"]["image"]) for item in saved)
+    """Whether every record of a saved chunk still has a decodable image and no item was skipped for an OS error
+    (else the chunk is redone)."""
+    return all(
+        _OS_ERROR_REASON.match(item["skip"].get("reason", "")) is None
+        if "skip" in item
+        else image_is_valid(out_dir / "images" / item["record"]["image"])
+        for item in saved
+    )
 
 
-def _check_settings(out_dir: Path, settings: CorpusSettings) -> None:
-    marker = out_dir / ".build.json"
+def _own_folder(parts: tuple[str, ...]) -> bool:
+    """Whether the folder ``out_dir/<parts>`` is one a build makes."""
+    if len(parts) == 1:
+        return parts[0] in ("bench", "val", "images", ".parts")
+    return len(parts) == 2 and parts[0] == "images" and parts[1] in SPLITS
+
+
+_IMAGE_NAME = re.compile(r"synth-(.+)-\d{5,}\.png")
+_PART_NAME = re.compile(r"(.+)-\d{5,}\.json")
+
+
+def _own_file(parts: tuple[str, ...]) -> bool:
+    """Whether the file ``out_dir/<parts>`` is one a build writes (records, manifest, marker, chunk, image)."""
+    if len(parts) == 1:
+        return parts[0] in ("train.json", "manifest.json", ".build.json")
+    if len(parts) == 2:
+        folder, name = parts
+        if folder in ("bench", "val"):
+            return name.endswith(".json") and name[: -len(".json")] in BENCH_SUBSETS
+        m = _PART_NAME.fullmatch(name)
+        return folder == ".parts" and m is not None and m.group(1) in SPLITS
+    m = _IMAGE_NAME.fullmatch(parts[-1])
+    return len(parts) == 3 and parts[0] == "images" and parts[1] in SPLITS and m is not None and m.group(1) == parts[1]
+
+
+@dataclass
+class _Scan:
+    """What :func:`_scan` found in a corpus folder."""
+
+    foreign: list[str] = field(default_factory=list)  # relative paths, folders with a trailing "/"
+    temporary: list[Path] = field(default_factory=list)  # the build's own temporary files
+    own: list[str] = field(default_factory=list)  # relative paths of the build's own files
+    images: int = 0
+
+
+def _scan(out_dir: Path) -> _Scan:
+    """Every entry of ``out_dir``: the build's own files, its own temporary files, and the rest (foreign). Symlinks
+    are foreign (a build writes none), and foreign folders are not entered."""
+    scan = _Scan()
+
+    def walk(folder: Path, rel: tuple[str, ...]) -> None:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            parts = (*rel, entry.name)
+            shown = "/".join(parts)
+            if entry.is_symlink():
+                scan.foreign.append(shown)
+            elif entry.is_dir():
+                if _own_folder(parts):
+                    walk(Path(entry.path), parts)
+                else:
+                    scan.foreign.append(shown + "/")
+            elif _own_file(parts):
+                scan.own.append(shown)
+                scan.images += parts[0] == "images"
+            elif (m := TEMP_NAME.fullmatch(entry.name)) and _own_file((*rel, m.group(1))):
+                scan.temporary.append(Path(entry.path))
+            else:
+                scan.foreign.append(shown)
+
+    walk(out_dir, ())
+    return scan
+
+
+def foreign_files(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Paths (relative to ``out_dir``; folders end in ``/``) of the entries that no corpus build writes: a folder
+    holding any is refused by :func:`build_corpus`."""
+    out = Path(out_dir)
+    return _scan(out).foreign if out.is_dir() else []
+
+
+def _read_settings(path: Path, *, manifest: bool) -> dict[str, Any]:
+    """The settings recorded in ``.build.json`` or ``manifest.json`` (defaults for keys added since)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise CorpusError(f"{path}: unreadable ({why}); use another --out or delete the folder") from None
+    if manifest:
+        fmt = found.get("format") if isinstance(found, dict) else None
+        if not (isinstance(fmt, str) and fmt.startswith("evl-ecg synthetic corpus")) or not isinstance(
+            found.get("settings"), dict
+        ):
+            raise CorpusError(f"{path}: not the manifest of an evl-ecg corpus; use another --out")
+        found = found["settings"]
+    elif not isinstance(found, dict):
+        raise CorpusError(f"{path}: not a build marker (a JSON object of settings); delete it to start over")
+    return {"n_val": 0, "bench_proportions": "equal", **found}  # written before these settings existed
+
+
+def _check_settings(out_dir: Path, settings: CorpusSettings, scan: _Scan) -> bool:
+    """Refuse a corpus made with other settings, or corpus files whose settings are unknown; return whether the
+    build marker ``.build.json`` is still to be written."""
+    marker, manifest = out_dir / ".build.json", out_dir / "manifest.json"
     wanted = settings.to_dict()
-    if marker.exists():
-        try:
-            found = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CorpusError(f"{marker}: unreadable build marker ({exc}); delete it to start over") from None
-        found = {"n_val": 0, "bench_proportions": "equal", **found}  # markers written before these settings existed
+    recorded = [(p, _read_settings(p, manifest=p == manifest)) for p in (marker, manifest) if p.is_file()]
+    for path, found in recorded:
         diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         if diff:
+            first = diff[0]
             raise CorpusError(
-                f"{out_dir}: already holds a corpus built with other settings ({', '.join(diff)} differ); "
-                "use another --out or delete the folder"
+                f"{out_dir}: already holds a corpus built with other settings ({', '.join(diff)} differ: {path.name} "
+                f"has {first} {found.get(first)!r}, asked {wanted.get(first)!r}); use another --out or delete the "
+                "folder"
             )
-    else:
-        atomic_write_bytes(marker, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
+    if not recorded and scan.own:
+        raise CorpusError(
+            f"{out_dir}: holds corpus files ({', '.join(scan.own[:3])}{', ...' if len(scan.own) > 3 else ''}) but no "
+            ".build.json or manifest.json, so the settings they were made with are unknown (a copy without its "
+            "dotfiles?); use another --out or delete the folder"
+        )
+    return not marker.is_file()
 
 
-def _remove_stale_tmp(out_dir: Path) -> None:
-    for path in out_dir.rglob(".*.tmp"):
+def _refuse_foreign(out_dir: Path, scan: _Scan) -> None:
+    if scan.foreign:
+        shown = ", ".join(scan.foreign[:5]) + (f" and {len(scan.foreign) - 5} more" if len(scan.foreign) > 5 else "")
+        raise CorpusError(
+            f"{out_dir}: holds {len(scan.foreign)} entr{'y' if len(scan.foreign) == 1 else 'ies'} that no corpus "
+            f"build writes ({shown}); synth fills only an empty folder or its own partial build: use another --out"
+        )
+
+
+def estimate_bytes(settings: CorpusSettings, images_present: int = 0) -> int:
+    """A rough size on disk of the corpus still to be written: :data:`BYTES_PER_PIXEL` per pixel of each image
+    not yet present, :data:`BYTES_PER_RECORD` per record."""
+    width, height = settings.size
+    total = settings.total()
+    missing = max(0, total - images_present)
+    return int(missing * width * height * BYTES_PER_PIXEL + total * BYTES_PER_RECORD)
+
+
+def _human(n: float) -> str:
+    """A byte count for people: ``50688`` -> ``"49.5 KB"`` (powers of 1024)."""
+    units = ("B", "KB", "MB", "GB", "TB", "PB")
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
+
+
+def _check_free_space(out_dir: Path, settings: CorpusSettings, images_present: int) -> None:
+    need = estimate_bytes(settings, images_present)
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        width, height = settings.size
+        raise CorpusError(
+            f"{out_dir}: the corpus needs about {_human(need)} ({settings.total()} records, images of {width}x{height}"
+            f" px) but its disk has {_human(free)} free; free some space, or ask for fewer records or a smaller size"
+        )
+
+
+def _remove_stale_tmp(scan: _Scan) -> None:
+    """Delete the build's own temporary files (left by a killed run); never any other file."""
+    for path in scan.temporary:
         path.unlink(missing_ok=True)
 
 
@@ -354,9 +555,19 @@ def build_corpus(
         bench_proportions=bench_proportions,
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, settings)
-    _remove_stale_tmp(out)
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+    scan = _scan(out)
+    _refuse_foreign(out, scan)
+    new_marker = _check_settings(out, settings, scan)
+    _check_free_space(out, settings, scan.images)
+    if new_marker:
+        _write(out / ".build.json", (json.dumps(settings.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    _remove_stale_tmp(scan)
 
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     todo: list[tuple[str, int]] = []
@@ -365,7 +576,7 @@ def build_corpus(
         if part.is_file():
             try:
                 saved = json.loads(part.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):
                 saved = None
             if saved is not None and _images_intact(out, saved):
                 results[(split, chunk)] = saved
@@ -386,10 +597,15 @@ def build_corpus(
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(_run_chunk, settings, out, split, chunk) for split, chunk in todo]
-                for fut in as_completed(futures):
-                    split, chunk, res, n_r, n_u = fut.result()
-                    results[(split, chunk)], rendered, reused = res, rendered + n_r, reused + n_u
-                    bar.update(len(res))
+                try:
+                    for fut in as_completed(futures):
+                        split, chunk, res, n_r, n_u = fut.result()
+                        results[(split, chunk)], rendered, reused = res, rendered + n_r, reused + n_u
+                        bar.update(len(res))
+                except BaseException:
+                    for fut in futures:  # a write error (or Ctrl-C) stops the build: start no further chunk
+                        fut.cancel()
+                    raise
     finally:
         bar.close()
 
@@ -409,11 +625,11 @@ def build_corpus(
     for split in splits:
         rel = split_file(split)
         records = [Record.from_dict(r, source=f"{out / rel}") for r in by_split[split]]
-        atomic_write_bytes(out / rel, dumps_records(records))
+        _write(out / rel, dumps_records(records))
         files[split] = rel
 
     manifest = {
-        "format": "evl-ecg synthetic corpus v1 (ECGInstruct / ECGBench record format)",
+        "format": MANIFEST_FORMAT,
         "note": SYNTHETIC_NOTE,
         "seed": seed,
         "settings": settings.to_dict(),
@@ -427,7 +643,7 @@ def build_corpus(
         "versions": _versions(),
         "skipped": skipped,
     }
-    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    _write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     shutil.rmtree(out / ".parts", ignore_errors=True)
     return CorpusResult(
         out_dir=out,
@@ -442,7 +658,10 @@ def build_corpus(
 
 
 __all__ = [
+    "BYTES_PER_PIXEL",
+    "BYTES_PER_RECORD",
     "CHUNK",
+    "MAX_RECORDS",
     "SPLITS",
     "SPLIT_KEYS",
     "VAL_SPLITS",
@@ -454,6 +673,8 @@ __all__ = [
     "CorpusResult",
     "CorpusSettings",
     "build_corpus",
+    "estimate_bytes",
+    "foreign_files",
     "label_frequencies",
     "make_item",
     "record_id",

@@ -21,9 +21,11 @@ parse text.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,10 +132,16 @@ class Record:
             role, value = raw["from"], raw["value"]
             listed = _as_list(value)
             if listed is not None:
+                if not all(isinstance(x, str) for x in listed):
+                    raise RecordError(f"{label}: field conversations[{i}].value must be a string or a list of strings")
                 value = _unsplit(listed, role=role)
             turns.append(Turn(role=role, value=value))
         labels = data.get("labels") or {}
         meta = data.get("meta") or {}
+        if not isinstance(labels, Mapping):
+            raise RecordError(f"{label}: field 'labels' must be an object mapping vocabulary names to lists of strings")
+        if not isinstance(meta, Mapping):
+            raise RecordError(f"{label}: field 'meta' must be an object, got {type(meta).__name__}")
         record = cls(id=rid, image=image, conversations=turns, meta=dict(meta), labels=dict(labels))
         if normalize_image_token and turns and isinstance(turns[0].value, str):
             turns[0].value = with_image_token(turns[0].value)
@@ -239,6 +247,8 @@ def _rows(path: Path) -> Iterable[tuple[str, Any]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        if not path.exists():
+            raise RecordError(f"{path}: file not found")
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a broken file
@@ -247,12 +257,7 @@ def _rows(path: Path) -> Iterable[tuple[str, Any]]:
         for i, row in enumerate(table.select(columns).to_pylist()):
             yield f"{path}: row {i}", row
         return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise RecordError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    text = read_text_file(path, RecordError)
     if suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -279,8 +284,6 @@ def load_records(path: str | os.PathLike[str], *, normalize_image_token: bool = 
     the field. Duplicate ids are an error too (scorers look rows up by id).
     """
     path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: file not found")
     records: list[Record] = []
     seen: dict[str, str] = {}
     for where, row in _rows(path):
@@ -292,11 +295,61 @@ def load_records(path: str | os.PathLike[str], *, normalize_image_token: bool = 
     return records
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def read_text_file(path: str | os.PathLike[str], error: type[Exception] = RecordError) -> str:
+    """The UTF-8 text of ``path``; any failure raises ``error`` with one line naming the file and the reason.
+
+    A missing file says "file not found", a folder "is a folder, not a file", a file that cannot be read the OS's
+    reason ("Permission denied"), never "not found" for a file that exists.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+#: Names of the temporary files :func:`atomic_write_bytes` writes beside ``<name>`` (and of those ``mkstemp``
+#: wrote before): ``.<name>.<8 random characters>.tmp``; group 1 is ``<name>``.
+TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_file_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, str]:
+    """Create a new, empty temporary file ``.<name>.<random><suffix>`` in the folder of ``path``; ``(fd, name)``.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), the file is created with mode ``0o666`` less the process
+    umask, as ``open(path, "w")`` would create ``path`` itself: files written through it are as readable by others
+    as any other file the user writes.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The file gets mode ``0o666`` less the umask (:func:`temp_file_beside`), like a file written with ``open``. On
+    any failure the temporary file is removed and the exception (``OSError`` for a full disk or a read-only
+    folder) propagates; ``path`` is then untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be: say so, not "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -432,6 +485,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "Record",
     "RecordError",
+    "TEMP_NAME",
     "Turn",
     "atomic_write_bytes",
     "dumps_records",
@@ -439,9 +493,11 @@ __all__ = [
     "image_is_valid",
     "load_records",
     "open_image",
+    "read_text_file",
     "resolve_image",
     "save_records",
     "strip_image_token",
+    "temp_file_beside",
     "validate",
     "with_image_token",
     "write_png",

@@ -122,6 +122,10 @@ class MHCALoss(DistillLoss):
         reduction: ``"sum"`` (default, the paper's: squared norm summed over the ``D_s`` features) or ``"mean"``
             (divided by ``D_s``: the mean squared error per feature, so that the term's scale does not grow with
             the hidden size; a departure, docs/deviations.md).
+        normalize: False (default, the paper's) or True: ``H_s`` and ``H_t`` are layer-normalised per position (no
+            affine: zero mean, unit variance over the features) before the projections and the squared error, so
+            the term can fall neither by shrinking the student's states nor by scaling ``W^O`` (a departure,
+            docs/deviations.md).
 
     When the teacher's key set is not ``"all"``, its selected positions are gathered to the front of each row
     first (one host synchronisation for the longest count), so that the K/V projections run on them only. A sample
@@ -145,9 +149,11 @@ class MHCALoss(DistillLoss):
         teacher_positions: str | None = None,
         bias: bool = False,
         reduction: str = "sum",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         context.need("student_hidden", "teacher_hidden", loss="mhca")
+        self.normalize = bool(normalize)
         if reduction not in ("sum", "mean"):
             raise ValueError(f"mhca: reduction must be 'sum' or 'mean', got {reduction!r}")
         self.reduction = reduction
@@ -167,6 +173,7 @@ class MHCALoss(DistillLoss):
         return (
             f"heads={self.heads}, d_k={self.head_dim}, positions={self.positions!r}, "
             f"teacher_positions={self.teacher_positions!r}, reduction={self.reduction!r}"
+            + (", normalize=True" if self.normalize else "")
         )
 
     def align(self, h_s: Tensor, h_t: Tensor, key_mask: Tensor) -> Tensor:
@@ -196,6 +203,9 @@ class MHCALoss(DistillLoss):
         k_mask = selected | dummy
         h_s = _masked(student.hidden, student.attention_mask)
         h_t = _masked(teacher.hidden.detach(), selected)  # junk (even NaN) off the keys never reaches a product
+        if self.normalize:  # per position over the features; masked rows (all zeros) stay zeros
+            h_s = _masked(F.layer_norm(h_s.float(), h_s.shape[-1:]).to(h_s.dtype), student.attention_mask)
+            h_t = _masked(F.layer_norm(h_t.float(), h_t.shape[-1:]).to(h_t.dtype), selected)
         if self.teacher_positions != "all":
             h_t, k_mask = _compact(h_t, k_mask)
         aligned = self.align(h_s, h_t, k_mask)

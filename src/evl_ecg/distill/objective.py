@@ -38,6 +38,12 @@ class ObjectiveConfig:
             from the trainer (:meth:`Objective.set_step`), so a resumed run continues the same schedule. The
             distiller's own modules (MHCA, ``W_p``) still learn during the warm-up (AdamW normalises the gradient
             scale), so the target they give is fitted before it pulls the student (a departure, docs/deviations.md).
+        balance: ``None`` (the paper's: fixed ``lambda_k``) or ``"ce"``: adaptive weighting, each term enters as
+            ``lambda_k * sg(L_CE / L_k) * L_k``, i.e. with the magnitude ``lambda_k * L_CE`` of this batch whatever
+            its own scale, so a term that its projections drive towards 0 keeps pulling, and one that starts 100
+            times above CE does not swamp it (gradients still come from ``L_k`` alone; the ratio is a constant
+            of the (micro-)batch, so under gradient accumulation it is that micro-batch's; a departure,
+            docs/deviations.md).
     """
 
     alpha: float = 0.0
@@ -45,8 +51,11 @@ class ObjectiveConfig:
     ce: dict[str, Any] = field(default_factory=dict)
     ce_weight: float | None = None
     alpha_warmup: int = 0
+    balance: str | None = None
 
     def __post_init__(self) -> None:
+        if self.balance not in (None, "ce"):
+            raise ValueError(f"balance must be null or 'ce', got {self.balance!r}")
         if int(self.alpha_warmup) < 0:
             raise ValueError(f"alpha_warmup must be >= 0 steps, got {self.alpha_warmup}")
         if not 0.0 <= float(self.alpha) <= 1.0:
@@ -59,7 +68,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectiveConfig:
-        unknown = set(data) - {"alpha", "terms", "ce", "ce_weight", "alpha_warmup"}
+        unknown = set(data) - {"alpha", "terms", "ce", "ce_weight", "alpha_warmup", "balance"}
         if unknown:
             raise ValueError(f"unknown objective keys: {sorted(unknown)}")
         return cls(**copy.deepcopy(data))
@@ -91,6 +100,7 @@ class Objective(nn.Module):
         context = context or LossContext()
         self.alpha = float(config.alpha)
         self.alpha_warmup = int(config.alpha_warmup)
+        self.balance = config.balance
         self.step = 0
         self.ce_weight = 1.0 - self.alpha if config.ce_weight is None else float(config.ce_weight)
         self.ce = build_loss("ce", context, **config.ce)
@@ -167,6 +177,10 @@ class Objective(nn.Module):
             extras.update(out.extras)
             _collect(logs, name, out)
             weighted = self.weights[name] * out.loss
+            if self.balance == "ce":
+                ratio = (ce.loss.detach() / out.loss.detach().abs().clamp_min(1e-8)).clamp(max=1e4)
+                weighted = weighted * ratio
+                logs[f"objective/scale_{name}"] = ratio
             block = weighted if block is None else block + weighted
         if block is not None:
             alpha = self.current_alpha

@@ -164,8 +164,19 @@ def _check_record_line(lines: list[str], source: str) -> bool:
             raise _field_error(source, where, "number of samples", length, "not a whole number")
         if int(length) == 0:
             raise _field_error(source, where, "number of samples", length, "zero: the record holds no samples")
+    if not multi and int(n_sig) == 0:
+        why = "zero: an ECG header has one signal line per lead"
+        raise _field_error(source, where, "number of signals", n_sig, why)
     if not multi and len(lines) - 1 != int(n_sig):
         raise _field_error(source, where, "number of signals", n_sig, f"the header has {len(lines) - 1} signal lines")
+    if multi:
+        n_seg = fields[0].split("/", 1)[1]
+        if not n_seg.isdigit() or int(n_seg) == 0:
+            raise _field_error(source, where, "number of segments", n_seg, "not a whole number above 0")
+        if len(lines) - 1 != int(n_seg):
+            raise _field_error(
+                source, where, "number of segments", n_seg, f"the header has {len(lines) - 1} segment lines"
+            )
     return not multi
 
 
@@ -243,8 +254,9 @@ def read_wfdb(header_path: str | Path) -> Ecg:
     verified against the data, modulo 65,536 (headers write them signed, the Challenge's ``-1716`` is the sum
     ``63820``); a header without checksums is read unchecked (``meta['checksums_verified']`` says which). The header
     text is checked before wfdb parses it, because wfdb replaces what it cannot read by defaults: the sampling
-    frequency must be a number in :data:`ECG_FS_RANGE`, the length (when given) non-zero, there must be one
-    signal line per signal, each with a non-zero ADC gain and a description (the lead name). Header comments
+    frequency must be a number in :data:`ECG_FS_RANGE`, the length (when given) non-zero, there must be at least one
+    signal and one signal line per signal (one segment line per segment in a multi-segment header), each with a
+    non-zero ADC gain and a description (the lead name). Header comments
     ``# Key: value`` go to ``meta`` (keys lower-cased); a Challenge-2020 / CPSC-2018 ``# Dx:`` line of SNOMED CT
     codes gives ``labels['snomed']`` (the codes), ``labels['cpsc']`` and ``findings``.
 

@@ -38,6 +38,8 @@ from evl_ecg.ecg.signal import Ecg
 
 __all__ = [
     "LAYOUTS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_SIDE",
     "MINOR_GRID_MIN_PX",
     "SUPERSAMPLE_BELOW_PX_PER_MM",
     "Augment",
@@ -45,6 +47,7 @@ __all__ = [
     "Label",
     "Panel",
     "RenderSpec",
+    "check_image_size",
     "geometry",
     "render",
     "to_pixel",
@@ -63,6 +66,24 @@ MINOR_GRID_MIN_PX: float = 3.0
 
 #: With ``RenderSpec.supersample=None``, pages below this scale are drawn at 2x and downsampled.
 SUPERSAMPLE_BELOW_PX_PER_MM: float = 4.0
+
+#: Largest image drawn: at most this many pixels a side, and :data:`MAX_IMAGE_PIXELS` in all (the letter page at
+#: 600 DPI, 6600 x 5100 px, fits; ECGInstruct's is 2200 x 1700). A render holds about 20 bytes per pixel at its
+#: peak (page, traces, augmentation noise), so the bound keeps one image near 1.3 GB instead of a MemoryError.
+MAX_IMAGE_SIDE: int = 32768
+MAX_IMAGE_PIXELS: int = 2**26  # 67,108,864
+
+
+def check_image_size(width: int, height: int, what: str = "size") -> None:
+    """Raise ``ValueError`` (one line) unless a ``width x height`` image lies within 16 px and the bounds above."""
+    if min(width, height) < 16:
+        raise ValueError(f"{what} must be at least 16x16 px, got {width}x{height}")
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{what} {width}x{height} px is too large: at most {MAX_IMAGE_SIDE} px a side and {MAX_IMAGE_PIXELS:,} "
+            "pixels in all (the letter page at 600 DPI is 6600x5100; ECGInstruct's 2200x1700)"
+        )
+
 
 PAPER_RGB = (255, 255, 255)
 MAJOR_RGB = (230, 70, 70)  # 5 mm lines
@@ -131,10 +152,16 @@ class RenderSpec:
             if len(self.size) != 2 or min(self.size) < 16:
                 raise ValueError(f"size must be (width, height) of at least 16 px, got {self.size}")
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
-        if self.dpi is not None and self.dpi <= 0:
-            raise ValueError(f"dpi must be positive, got {self.dpi}")
-        if min(self.paper) <= 0:
+        if self.dpi is not None and not (math.isfinite(self.dpi) and self.dpi > 0):
+            raise ValueError(f"dpi must be a positive number, got {self.dpi}")
+        if min(self.paper) <= 0 or not all(math.isfinite(x) for x in self.paper):
             raise ValueError(f"paper must be positive (mm), got {self.paper}")
+        if self.size is not None:
+            w, h = self.size
+            check_image_size(w, h)
+        else:
+            w, h = (round(mm * float(self.dpi) / 25.4) for mm in self.paper)  # type: ignore[arg-type]
+            check_image_size(w, h, what=f"the page at {self.dpi:g} DPI")
         if self.rhythm_lead is not None and self.rhythm_lead not in LEAD_INDEX:
             raise ValueError(f"unknown rhythm lead {self.rhythm_lead!r}; expected one of {', '.join(LEADS)}")
         if self.speed_mm_s <= 0 or self.gain_mm_mv <= 0 or self.duration_s <= 0:
@@ -145,6 +172,11 @@ class RenderSpec:
             int(self.supersample) != self.supersample or not 1 <= self.supersample <= 8
         ):
             raise ValueError(f"supersample must be an integer in 1..8, got {self.supersample}")
+        if self.supersample is not None and w * h * self.supersample**2 > 4 * MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"supersample {self.supersample} draws {w}x{h} px on a {w * self.supersample}x"
+                f"{h * self.supersample} canvas, beyond {4 * MAX_IMAGE_PIXELS:,} pixels; use a smaller factor"
+            )
 
     @classmethod
     def at_dpi(cls, dpi: float, **kwargs: object) -> RenderSpec:

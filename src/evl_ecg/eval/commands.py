@@ -246,7 +246,9 @@ def run_model(
 ) -> None:
     """Generate answers with a model on the benchmark (resumable), then score them with both scorers.
 
-    Everything is written under --out; the model folder is only read, unless --update-card is given.
+    Everything is written under --out; the model folder is only read, unless --update-card is given. A resume is
+    keyed on the model's fingerprint: an --out written for another model is refused. Prints a JSON summary (in
+    full); exits 1 with one line per problem when a bench file cannot be scored (also recorded in scores.json).
     """
     from evl_ecg.eval.likelihood import NORMALIZATIONS, likelihood_table
     from evl_ecg.eval.run import CardUpdateError, evaluate_model
@@ -277,11 +279,16 @@ def run_model(
     summary = {
         "scores": str(out / "scores.json"),
         "results": doc.get("results", []),
+        "errors": doc.get("errors", []),
         "likelihood": {
             s: {k: v.get(k) for k in ("n", "auc", "ece", "normalization", "degenerate", "degenerate_reason")}
             for s, v in lik.items()
         },
     }
-    typer.echo(json.dumps(summary, indent=2)[:20000])
+    typer.echo(json.dumps(summary, indent=2))  # whole: a cut JSON document is no document
     if lik:  # a degenerate subset was also logged as a warning by evaluate_model; the table marks its numbers
         typer.echo(likelihood_table(lik), err=True)
+    for e in doc.get("errors", []):
+        typer.echo(f"error: {e}", err=True)
+    if doc.get("errors"):
+        raise typer.Exit(1)

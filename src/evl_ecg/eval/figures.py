@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evl_ecg.data.records import temp_file_beside
 from evl_ecg.distill.sinkhorn import sinkhorn, uniform_marginals
 
 
@@ -38,11 +38,11 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
-    """Save ``fig`` as PNG to ``path`` atomically and close it."""
+    """Save ``fig`` as PNG to ``path`` atomically (mode 0o666 less the umask) and close it."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=".png")  # mode 0o666 less the umask, as a plain open() gives
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

@@ -228,13 +228,14 @@ def jsonl_lines(text: str) -> list[str]:
 
 def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
     """(line or item number, parsed object or None, error) for a JSON list or a JSONL file (lines as
-    :func:`jsonl_lines` splits them)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalInputError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise EvalInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    :func:`jsonl_lines` splits them).
+
+    A file that cannot be read (missing, a folder, no permission, not UTF-8) and a file holding one JSON object over
+    several lines (an object, not a list of records nor JSON lines) raise :class:`EvalInputError` naming it.
+    """
+    from evl_ecg.data.records import read_text_file
+
+    text = read_text_file(path, EvalInputError)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -242,6 +243,13 @@ def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
         except json.JSONDecodeError as exc:
             raise EvalInputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
         return [(i + 1, row, None) for i, row in enumerate(data)]
+    if stripped.startswith("{") and len(jsonl_lines(stripped.rstrip())) > 1:
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            raise EvalInputError(f"{path}: is one JSON object, expected a JSON list of records or JSON lines")
     rows: list[tuple[int, Any, str | None]] = []
     for n, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
@@ -254,7 +262,12 @@ def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
 
 
 def load_bench(path: str | os.PathLike[str]) -> list[BenchItem]:
-    """Gold items of an ECGBench subset file; any malformed item or duplicate id raises :class:`EvalInputError`."""
+    """Gold items of an ECGBench subset file; any malformed item or duplicate id raises :class:`EvalInputError`.
+
+    An item is malformed when it is not an object, has no string ``id``, or its conversation does not start with a
+    ``human`` turn (the question) followed by a ``gpt`` turn (the gold answer): scoring the question as the gold
+    answer would give wrong numbers without a word. A file without items is an error too.
+    """
     path = Path(path)
     items: list[BenchItem] = []
     seen: set[str] = set()
@@ -270,6 +283,13 @@ def load_bench(path: str | os.PathLike[str]) -> list[BenchItem]:
         convs = row.get("conversations")
         if not isinstance(convs, list) or len(convs) < 2:
             raise EvalInputError(f"{where} (id {rid!r}): field 'conversations' needs a human and a gpt turn")
+        for k, role in enumerate(("human", "gpt")):
+            found = convs[k].get("from") if isinstance(convs[k], dict) else None
+            if found != role:
+                raise EvalInputError(
+                    f"{where} (id {rid!r}): field conversations[{k}].from is {found!r}, expected {role!r} (the "
+                    "question comes first, then the gold answer)"
+                )
         try:
             prompt = join_value(convs[0]["value"])
             answer = convs[1]["value"]

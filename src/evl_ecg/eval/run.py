@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from evl_ecg.data.records import Record, RecordError, atomic_write_bytes, open_image
+from evl_ecg.data.records import Record, RecordError, atomic_write_bytes, open_image, read_text_file
 from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
 from evl_ecg.eval.likelihood import (
@@ -40,6 +40,7 @@ from evl_ecg.eval.likelihood import (
     roc_auc_macro,
     roc_auc_per_class,
 )
+from evl_ecg.eval.predictions import EvalInputError, load_bench
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ FINGERPRINT_FILE = "model_fingerprint.json"
 def check_model_fingerprint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Record the fingerprint of ``model_dir`` in ``out_dir`` or, when one is there, refuse another model's.
 
-    Raises ``ValueError`` naming ``out_dir``, both models and what differs. An ``out_dir`` written before fingerprints
-    were recorded (outputs but no ``model_fingerprint.json``) cannot be checked: it is adopted with a warning.
+    Raises ``ValueError`` naming ``out_dir``, both models and what differs, or naming a ``model_fingerprint.json``
+    that cannot be read. An ``out_dir`` written before fingerprints were recorded (outputs but no
+    ``model_fingerprint.json``) cannot be checked: it is adopted with a warning.
     """
     from evl_ecg.models.fingerprint import describe_differences, model_fingerprint, short
 
@@ -61,7 +63,12 @@ def check_model_fingerprint(model_dir: str | os.PathLike[str], out_dir: str | os
     fingerprint = model_fingerprint(model_dir)
     path = out_dir / FINGERPRINT_FILE
     if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            stored = json.loads(read_text_file(path, ValueError))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: unreadable model fingerprint ({exc.msg}); use another --out") from None
+        if not isinstance(stored, dict) or not isinstance(stored.get("digest"), str):
+            raise ValueError(f"{path}: not a model fingerprint (no 'digest'); use another --out")
         if stored.get("digest") != fingerprint["digest"]:
             why = "; ".join(describe_differences(stored, fingerprint, limit=4))
             raise ValueError(
@@ -80,19 +87,25 @@ def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list
     """Records of a bench file (JSON list or JSONL), each validated on its own: ``(records, [(id, reason)])``.
 
     LLaVA's image-token treatment is applied (``<image>`` moved to the start of the first human turn as PULSE's
-    inference does); a bad or duplicate record is reported and left out, never dropped silently.
+    inference does); a bad or duplicate record is reported and left out, never dropped silently. Items of a JSON
+    list are taken as they are (a string item is a bad record, not a JSON line to parse). A file that cannot be read
+    or is not JSON raises :class:`~evl_ecg.eval.predictions.EvalInputError` naming it.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        rows = list(enumerate(json.loads(text), start=1))
+    text = read_text_file(path, EvalInputError)
+    json_lines = not text.lstrip().startswith("[")
+    if json_lines:
+        rows: list[tuple[int, Any]] = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     else:
-        rows = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        try:
+            rows = list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     records: list[Record] = []
     failed: list[tuple[str, str]] = []
     seen: set[str] = set()
     for n, row in rows:
-        if isinstance(row, str):
+        if json_lines:
             try:
                 row = json.loads(row)
             except json.JSONDecodeError as exc:
@@ -115,6 +128,8 @@ def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list
 def _bench_files(bench_dir: Path, subsets: Sequence[str] | None) -> tuple[dict[str, Path], list[str]]:
     from evl_ecg.eval.predictions import TASKS, subset_from_path
 
+    if not bench_dir.is_dir():
+        raise EvalInputError(f"{bench_dir}: no such folder (--bench takes a folder of <subset>.json bench files)")
     found: dict[str, Path] = {}
     skipped: list[str] = []
     for path in sorted(bench_dir.iterdir()):
@@ -267,6 +282,9 @@ def evaluate_model(
         raise ValueError(
             f"unknown likelihood normalization {likelihood_normalization!r}; expected one of {', '.join(METHODS)}"
         )
+    files, skipped = _bench_files(bench_dir, subsets)
+    for path in files.values():  # what the scorer reads, checked before the model is loaded: a file it cannot
+        load_bench(path)  # score (duplicate ids, items that are not objects, no items, gpt turn first) is refused
     if isinstance(model_dir_or_adapter, (str, os.PathLike)):
         from evl_ecg.models import load_adapter
 
@@ -280,7 +298,6 @@ def evaluate_model(
         model_desc = model_id
     if device is not None:
         adapter.model.to(device)
-    files, skipped = _bench_files(bench_dir, subsets)
     root = Path(image_root) if image_root is not None else _default_image_root(bench_dir)
 
     def loader(record: Record) -> Any:

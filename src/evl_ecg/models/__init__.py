@@ -10,10 +10,18 @@ Each returns :class:`~evl_ecg.outputs.SideOutputs` from :meth:`Adapter.forward`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from evl_ecg.models.base import ADAPTER_FILE, Adapter, Turn, conversation_turns, make_loss_context, require_files
+from evl_ecg.models.base import (
+    ADAPTER_FILE,
+    Adapter,
+    ModelLoadError,
+    Turn,
+    checkpoint_family,
+    conversation_turns,
+    make_loss_context,
+    require_files,
+)
 from evl_ecg.models.llava import LlavaAdapter
 from evl_ecg.models.pulse import PulseAdapter, PulseImageProcessor, PulseLlavaForConditionalGeneration, load_pulse
 from evl_ecg.models.qwen3vl import Qwen3VLAdapter
@@ -29,20 +37,19 @@ def load_adapter(path: str | Path, **kwargs) -> Adapter:
     ``evl_ecg_adapter.json`` (written by :meth:`Adapter.save_pretrained`) names the family; otherwise the
     ``config.json``: ``llava_llama`` -> PULSE (original layout), ``qwen3_vl`` -> Qwen3-VL, ``llava`` -> LLaVA,
     ``llava_next`` with the PULSE architecture -> PULSE.
+
+    A folder that is not one whole model of its family (a corrupt ``config.json`` or adapter settings, a truncated or
+    foreign weight file, weights or a config of another model) raises :class:`ModelLoadError` naming the folder or
+    file; a missing file, ``FileNotFoundError``.
     """
     root = require_files(path, "model checkpoint", "config.json")
-    if (root / ADAPTER_FILE).exists():
-        family = json.loads((root / ADAPTER_FILE).read_text())["family"]
-    else:
-        cfg = json.loads((root / "config.json").read_text())
-        model_type = cfg.get("model_type")
-        archs = cfg.get("architectures") or []
-        if model_type == "llava_llama" or "PulseLlavaForConditionalGeneration" in archs:
-            family = "pulse"
-        elif model_type in FAMILIES:
-            family = model_type
-        else:
-            raise ValueError(f"{root / 'config.json'}: model_type {model_type!r} is not a supported family")
+    family = checkpoint_family(root)
+    if family not in FAMILIES:
+        source = root / ADAPTER_FILE if (root / ADAPTER_FILE).is_file() else root / "config.json"
+        what = "family" if source.name == ADAPTER_FILE else "model_type"
+        raise ModelLoadError(
+            f"{source}: {what} {family!r} is not a supported family (supported: {', '.join(sorted(FAMILIES))})"
+        )
     return FAMILIES[family].from_pretrained(root, **kwargs)
 
 
@@ -50,6 +57,7 @@ __all__ = [
     "Adapter",
     "FAMILIES",
     "LlavaAdapter",
+    "ModelLoadError",
     "PulseAdapter",
     "PulseImageProcessor",
     "PulseLlavaForConditionalGeneration",
@@ -58,6 +66,7 @@ __all__ = [
     "build_tiny_pulse",
     "build_tiny_student",
     "build_tiny_teacher",
+    "checkpoint_family",
     "conversation_turns",
     "load_adapter",
     "load_pulse",

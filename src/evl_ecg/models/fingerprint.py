@@ -86,6 +86,26 @@ def safetensors_header(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable safetensors header ({exc.msg})") from None
 
 
+def count_parameters(directory: str | Path) -> int | None:
+    """The number of weights in checkpoint folder ``directory``, from its safetensors headers (nothing is loaded);
+    ``None`` when it has no ``.safetensors`` file or one is unreadable."""
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    try:
+        for path in files:
+            for name, info in safetensors_header(path).items():
+                if name != "__metadata__":
+                    n = 1
+                    for dim in info.get("shape", []):
+                        n *= int(dim)
+                    total += n
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return total
+
+
 def _weights(path: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {"size": path.stat().st_size}
     if path.suffix == ".safetensors":
@@ -232,15 +252,9 @@ def describe_differences(first: dict[str, Any], second: dict[str, Any], limit: i
 # ---- what a cache of a model's outputs also depends on: its family's template and its image processor --------------
 def model_family(directory: str | Path) -> str:
     """The adapter family :func:`evl_ecg.models.load_adapter` would choose for ``directory`` (same rule)."""
-    root = Path(directory)
-    adapter_file = root / "evl_ecg_adapter.json"
-    if adapter_file.is_file():
-        return str(json.loads(adapter_file.read_text())["family"])
-    cfg = json.loads((root / "config.json").read_text())
-    model_type = cfg.get("model_type")
-    if model_type == "llava_llama" or "PulseLlavaForConditionalGeneration" in (cfg.get("architectures") or []):
-        return "pulse"
-    return str(model_type)
+    from evl_ecg.models.base import checkpoint_family
+
+    return checkpoint_family(directory)
 
 
 def template_signature(directory: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration
 
-from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, require_files
+from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, load_checked, loading, require_files
 from evl_ecg.models.tokenizers import LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
 
 
@@ -80,10 +80,18 @@ class LlavaAdapter(Adapter):
         path = require_files(
             path, "LLaVA checkpoint", "config.json", WEIGHT_FILES, "tokenizer.json", "preprocessor_config.json"
         )
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path, dtype=dtype or "auto", local_files_only=True, trust_remote_code=False, **model_kwargs
+        model = load_checked(
+            LlavaForConditionalGeneration,
+            path,
+            cls.family,
+            dtype=dtype or "auto",
+            local_files_only=True,
+            trust_remote_code=False,
+            **model_kwargs,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with loading(path, "tokenizer (tokenizer.json)"):
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         tokenizer.chat_template = tokenizer.chat_template or LLAVA_V1_TEMPLATE
-        processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
+        with loading(path, "image processor (preprocessor_config.json)"):
+            processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
         return cls(model.eval(), tokenizer, processor)

@@ -44,7 +44,15 @@ from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextPreTrainedModel,
 )
 
-from evl_ecg.models.base import WEIGHT_FILES, require_files
+from evl_ecg.models.base import (
+    WEIGHT_FILES,
+    ModelLoadError,
+    check_weight_files,
+    load_checked,
+    loading,
+    read_json_object,
+    require_files,
+)
 from evl_ecg.models.llava import LlavaAdapter
 
 #: PULSE-7B's ``image_grid_pinpoints`` (original LLaVA convention: ``(width, height)``).
@@ -389,13 +397,20 @@ def load_pulse(
     from accelerate import init_empty_weights
 
     root = require_files(path, "PULSE (llava_llama) checkpoint", "config.json", WEIGHT_FILES, "tokenizer.json")
-    cfg = json.loads((root / "config.json").read_text())
+    cfg = read_json_object(root / "config.json", "model configuration")
     if cfg.get("model_type") != "llava_llama":
-        raise ValueError(f"{root / 'config.json'} has model_type {cfg.get('model_type')!r}, expected 'llava_llama'")
-    tokenizer = load_pulse_tokenizer(root)
-    vision_config, clip, tower_dir = _vision_setup(cfg, root, vision_config)
-    config = pulse_config(cfg, vision_config, tokenizer.convert_tokens_to_ids("<image>"))
-    state = convert_llava_llama_state_dict(read_state_dict(root))
+        raise ModelLoadError(f"{root / 'config.json'} has model_type {cfg.get('model_type')!r}, expected 'llava_llama'")
+    with loading(root, "tokenizer (tokenizer.json)"):
+        tokenizer = load_pulse_tokenizer(root)
+    with loading(root, "vision tower settings"):
+        vision_config, clip, tower_dir = _vision_setup(cfg, root, vision_config)
+    try:
+        config = pulse_config(cfg, vision_config, tokenizer.convert_tokens_to_ids("<image>"))
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{root / 'config.json'}: {exc}") from None
+    check_weight_files(root)
+    with loading(root, "PULSE weights"):
+        state = convert_llava_llama_state_dict(read_state_dict(root))
     if not any(k.startswith("model.vision_tower.") for k in state):
         # LLaVA-1.5-style checkpoints omit the frozen tower: take it from the local mm_vision_tower directory
         if tower_dir is None or not any((tower_dir / f).exists() for f in WEIGHT_FILES):
@@ -403,7 +418,10 @@ def load_pulse(
                 f"{root} has no vision-tower weights and mm_vision_tower={cfg.get('mm_vision_tower')!r} is not a "
                 "local CLIP directory with weights"
             )
-        for key, value in read_state_dict(tower_dir).items():
+        check_weight_files(tower_dir)
+        with loading(tower_dir, "vision tower weights"):
+            tower_state = read_state_dict(tower_dir)
+        for key, value in tower_state.items():
             if key.startswith(("text_model.", "logit_scale", "text_projection", "visual_projection")):
                 continue  # a full CLIPModel directory (openai/clip-vit-large-patch14-336): keep the vision half
             key = key.removeprefix("vision_model.")
@@ -421,7 +439,7 @@ def load_pulse(
         }
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise ModelLoadError(
             f"{root}: weights do not match the PULSE architecture; missing {result.missing_keys[:8]}, "
             f"unexpected {result.unexpected_keys[:8]}"
         )
@@ -470,13 +488,21 @@ class PulseAdapter(LlavaAdapter):
     ) -> PulseAdapter:
         """A local directory: the original ``llava_llama`` layout (via :func:`load_pulse`) or one we saved."""
         root = require_files(path, "PULSE checkpoint", "config.json")
-        cfg = json.loads((root / "config.json").read_text())
+        cfg = read_json_object(root / "config.json", "model configuration")
         if cfg.get("model_type") == "llava_llama":
             return load_pulse(root, dtype=dtype if isinstance(dtype, torch.dtype) else None)
         require_files(root, "PULSE checkpoint", WEIGHT_FILES, "tokenizer.json", "preprocessor_config.json")
-        model = PulseLlavaForConditionalGeneration.from_pretrained(
-            root, dtype=dtype or "auto", local_files_only=True, trust_remote_code=False, **model_kwargs
+        model = load_checked(
+            PulseLlavaForConditionalGeneration,
+            root,
+            cls.family,
+            dtype=dtype or "auto",
+            local_files_only=True,
+            trust_remote_code=False,
+            **model_kwargs,
         )
-        tokenizer = load_pulse_tokenizer(root)
-        clip = CLIPImageProcessorPil.from_pretrained(root, local_files_only=True)
+        with loading(root, "tokenizer (tokenizer.json)"):
+            tokenizer = load_pulse_tokenizer(root)
+        with loading(root, "image processor (preprocessor_config.json)"):
+            clip = CLIPImageProcessorPil.from_pretrained(root, local_files_only=True)
         return cls(model.eval(), tokenizer, PulseImageProcessor(clip, model.config.image_grid_pinpoints))

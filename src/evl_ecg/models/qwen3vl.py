@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 
-from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, require_files
+from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, load_checked, loading, require_files
 from evl_ecg.models.tokenizers import CHATML_TEMPLATE
 
 #: Paper Table 2's student pixel limits (784 to 50,176 px: at most 224 x 224, i.e. about 49 visual tokens).
@@ -123,13 +123,21 @@ class Qwen3VLAdapter(Adapter):
             "tokenizer.json",
             "preprocessor_config.json",
         )
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype or "auto", local_files_only=True, trust_remote_code=False, **model_kwargs
+        model = load_checked(
+            Qwen3VLForConditionalGeneration,
+            path,
+            cls.family,
+            dtype=dtype or "auto",
+            local_files_only=True,
+            trust_remote_code=False,
+            **model_kwargs,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with loading(path, "tokenizer (tokenizer.json)"):
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = CHATML_TEMPLATE
-        processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        with loading(path, "image processor (preprocessor_config.json)"):
+            processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
         if min_pixels is not None or max_pixels is not None:
             size = {"shortest_edge": processor.size["shortest_edge"], "longest_edge": processor.size["longest_edge"]}
             if min_pixels is not None:

@@ -43,6 +43,20 @@ def _count_parameters(model_dir: Path) -> int | None:
     return total
 
 
+def render_settings(corpus_settings: Any) -> dict[str, Any] | None:
+    """How the training images were drawn (``evl-ecg predict`` renders signals the same way, augmentation off), from
+    a corpus manifest's ``settings``; ``None`` when they are not known."""
+    if not isinstance(corpus_settings, dict) or not corpus_settings.get("size"):
+        return None
+    return {
+        "layout": corpus_settings.get("layout", "3x4"),
+        "size": list(corpus_settings["size"]),
+        "dpi": corpus_settings.get("dpi"),
+        "augment": False,
+        "train_augmented": corpus_settings.get("augment"),
+    }
+
+
 def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any]:
     """The card's training section from a run's ``provenance.json``."""
     cfg = provenance.get("config", {})
@@ -51,14 +65,18 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     architectures = model_config.get("architectures") or []
     manifest = Path(cfg["train_file"]).parent / "manifest.json" if cfg.get("train_file") else None
     data_format = None
+    render = None
     if manifest is not None and manifest.is_file():
         try:
-            data_format = json.loads(manifest.read_text()).get("format")
-        except (OSError, ValueError):
+            manifest_doc = json.loads(manifest.read_text())
+            data_format = manifest_doc.get("format")
+            render = render_settings(manifest_doc.get("settings"))
+        except (OSError, ValueError, AttributeError):
             data_format = None
     return {
         "architecture": architectures[0] if architectures else None,
         "data_format": data_format,
+        "render": render,
         "parameters": _count_parameters(model_dir),
         "phase": provenance.get("phase", cfg.get("phase")),
         "objective": provenance.get("objective"),
@@ -125,6 +143,23 @@ def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None)
         + (f" with method `{facts['method']}` from teacher `{facts['teacher']}`" if facts.get("method") else "")
         + ".",
         f"- Objective: `{facts.get('objective')}`",
+    ]
+    render = facts.get("render")
+    if isinstance(render, dict) and render.get("size"):
+        size = "x".join(str(v) for v in render["size"])
+        lines.append(
+            f"- Training images: `{render.get('layout')}` pages of {size} px; `evl-ecg predict` renders signals the "
+            "same way (settings in `card.json`, `facts.render`)."
+        )
+    export = facts.get("export")
+    if isinstance(export, dict) and export.get("dtype"):
+        auc = export.get("strict_ptb_auc")
+        lines.append(
+            f"- Exported as `{export['dtype']}` from `{export.get('source')}` by `evl-ecg export`"
+            + (f"; strict PTB-XL AUC after export {auc} on `{export.get('bench')}`" if auc is not None else "")
+            + "."
+        )
+    lines += [
         "",
         "## How it was trained",
         "",
@@ -198,4 +233,4 @@ def has_model_card(model_dir: str | os.PathLike[str]) -> bool:
     return path.is_file() and MARKER in path.read_text(errors="replace")
 
 
-__all__ = ["NOT_A_DEVICE", "has_model_card", "render_card", "training_facts", "write_model_card"]
+__all__ = ["NOT_A_DEVICE", "has_model_card", "render_card", "render_settings", "training_facts", "write_model_card"]

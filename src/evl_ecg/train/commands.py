@@ -24,6 +24,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _message(exc: BaseException) -> str:
+    """One line for an expected failure: ours name the file or option; a bare ``OSError`` gets its file named."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _run(phase: str, config: Path | None, overrides: list[str] | None, **kwargs) -> None:
     from evl_ecg.train.config import load_config, tiny_config_path
     from evl_ecg.train.pipeline import run
@@ -33,12 +41,12 @@ def _run(phase: str, config: Path | None, overrides: list[str] | None, **kwargs)
         typer.echo(f"config: {config} (the tiny offline default; --config for another)", err=True)
     try:
         cfg = load_config(config, overrides, phase=phase, **kwargs)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    except (ValueError, OSError) as exc:
+        _fail(_message(exc))
     try:
         result = run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    except (ValueError, OSError) as exc:  # bad inputs, a diverged run (NonFiniteError), an unwritable output
+        _fail(_message(exc))
     typer.echo(
         json.dumps(
             {
@@ -84,9 +92,13 @@ def train_sft(
 
 
 def distill(
-    method: Annotated[str, typer.Option(help="objective preset: evl-ecg, ot, ot+mhca, ot+mhca+rel, or a baseline.")] = (
-        "evl-ecg"
-    ),
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="objective preset: evl-ecg, ot, ot+mhca, ot+mhca+rel, or a baseline (default: the config's "
+            "method, evl-ecg in the tiny config).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     out: OutOpt = None,
     data: Annotated[Path | None, typer.Option(help="training file (ECGInstruct JSON).")] = None,
@@ -105,7 +117,7 @@ def distill(
     """Phase 2: distil the teacher into the student with any registered method."""
     from evl_ecg.distill.presets import list_presets
 
-    if method not in list_presets():
+    if method is not None and method not in list_presets():  # given: it wins over the config's and --set's
         _fail(f"unknown method {method!r}; choose one of {', '.join(sorted(list_presets()))}")
     _run(
         "kd",
@@ -161,8 +173,8 @@ def build_cache(
             _fail(f"method(s) {', '.join(methods)} read nothing of the teacher: no cache to build")
         records = load_training_records(cfg)
         cache = open_or_build(cfg, records, image_loader(cfg), fields=fields)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    except (ValueError, OSError) as exc:
+        _fail(_message(exc))
     typer.echo(json.dumps({**cache.describe(), "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
 
 
@@ -170,13 +182,23 @@ def demo(
     out: Annotated[Path, typer.Option(help="directory for everything the demo makes.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="seed of the corpus and of every run.")] = 0,
     quick: Annotated[bool, typer.Option(help="a very short run (smoke test), not the documented default.")] = False,
+    paper_objective: Annotated[
+        bool, typer.Option(help="KD with the paper's objective as written, not the tiny preset's settings.")
+    ] = False,
+    study: Annotated[
+        Path | None,
+        typer.Option(
+            help="a study folder (evl-ecg study --out) whose mean +- std to print beside this run (default: "
+            "the shipped study)."
+        ),
+    ] = None,
 ) -> None:
     """synth -> teacher -> student SFT -> control (CE) and KD (EVL-ECG), same budget -> evaluation, results table."""
     from evl_ecg.train.demo import run_demo
 
     t0 = time.perf_counter()
     try:
-        summary = run_demo(out, seed=seed, quick=quick)
+        summary = run_demo(out, seed=seed, quick=quick, paper_objective=paper_objective, study=study)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(summary["table_markdown"])
@@ -200,13 +222,28 @@ def study(
     steps: Annotated[int, typer.Option(help="phase-2 steps of every method (the control's too).")] = 300,
     phase1_set: Annotated[list[str] | None, typer.Option("--phase1-set", help="phase-1 config override.")] = None,
     phase2_set: Annotated[list[str] | None, typer.Option("--phase2-set", help="phase-2 config override.")] = None,
+    method_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-set",
+            help="phase-2 override of some methods only: METHOD[,METHOD...]:KEY=VALUE "
+            "(e.g. 'evl-ecg:objective={alpha: 0.5}'), after the tiny preset's own (later wins).",
+        ),
+    ] = None,
+    paper_objective: Annotated[
+        bool,
+        typer.Option(
+            help="EVL-ECG and Table 6's rows with the paper's objective as written, without the tiny preset's "
+            "settings (docs/train.md section 4: on the tiny pair it returns the student to one answer)."
+        ),
+    ] = False,
     threads: Annotated[int, typer.Option(help="torch threads of each run (runs go one at a time).")] = 2,
     quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
         False
     ),
 ) -> None:
     """Every method of the paper's Tables 1, 6 and 7 from one phase-1 checkpoint, over seeds, on a fresh test set."""
-    from evl_ecg.train.study import STUDY_METHODS, StudyError, StudySettings, run_study
+    from evl_ecg.train.study import STUDY_METHODS, TINY_METHOD_SETS, StudyError, StudySettings, run_study
 
     try:
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
@@ -225,6 +262,7 @@ def study(
             phase2_steps=steps,
             phase1_overrides=tuple(phase1_set or ()),
             phase2_overrides=tuple(phase2_set or ()),
+            method_overrides=(() if paper_objective else TINY_METHOD_SETS) + tuple(method_set or ()),
             teacher=str(teacher) if teacher else None,
             quick=quick,
             threads=threads,

@@ -9,6 +9,15 @@ arguments (``deepspeed=...``, ``fsdp=...``), never through code of ours.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import enum
+import functools
+import inspect
+import math
+import os
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +26,16 @@ import yaml
 from transformers import TrainingArguments
 
 PHASES = ("teacher", "sft", "kd")
+TEACHER_FAMILIES = ("auto", "llava", "llava_next", "pulse")
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of its range; ``key`` names the option, ``where`` where it was set
+    (``FILE: key``, ``--set key=value``), which the message starts with."""
+
+    def __init__(self, key: str, problem: str, where: str | None = None) -> None:
+        self.key, self.problem, self.where = key, problem, where
+        super().__init__(f"{where or key}: {problem}")
 
 
 @dataclass
@@ -99,23 +118,263 @@ class EvlConfig(TrainingArguments):
     curve_records: int | None = field(default=None, metadata={"help": "use only the first N validation records."})
 
     def __post_init__(self) -> None:
+        check_types(self)  # before anything compares a value: `max_steps: "two"` is an error naming the option
         if self.phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+            raise ConfigError("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if self.hidden_positions not in ("all", "response", "text"):
-            raise ValueError(f"hidden_positions must be 'all', 'response' or 'text', got {self.hidden_positions!r}")
-        if self.projector_lr <= 0:
-            raise ValueError("projector_lr must be positive")
-        if self.pretrain_vision_steps < 0 or self.pretrain_vision_records < 1 or self.pretrain_vision_batch_size < 1:
-            raise ValueError("pretrain_vision_steps must be >= 0, pretrain_vision_records/batch_size >= 1")
-        if self.pretrain_vision_lr <= 0:
-            raise ValueError("pretrain_vision_lr must be positive")
-        if self.curve_every < 0 or (self.curve_every > 0 and not self.curve_bench):
-            raise ValueError("curve_every must be >= 0, and a learning curve (curve_every > 0) needs curve_bench")
+            raise ConfigError("hidden_positions", f"must be 'all', 'response' or 'text', got {self.hidden_positions!r}")
+        if self.teacher_family not in TEACHER_FAMILIES:
+            raise ConfigError(
+                "teacher_family", f"must be one of {', '.join(TEACHER_FAMILIES)}, got {self.teacher_family!r}"
+            )
+        check_ranges(self)
+        if self.max_pixels < self.min_pixels:
+            raise ConfigError("max_pixels", f"must be >= min_pixels ({self.min_pixels}), got {self.max_pixels}")
+        if self.curve_every > 0 and not self.curve_bench:
+            raise ConfigError("curve_every", "a learning curve (curve_every > 0) needs curve_bench")
+        if self.phase == "kd":
+            check_objective(self.method, self.objective)
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
         self.remove_unused_columns = False
         super().__post_init__()
         if self.use_cpu:  # pinned memory needs an accelerator (torch warns on every dataloader otherwise)
             self.dataloader_pin_memory = False
+
+
+# ---- values checked against their declared types and ranges ---------------------------------------------------
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+_POSITIVE: tuple[Callable[[Any], bool], str] = ((lambda v: v > 0), "> 0")
+_FRACTION: tuple[Callable[[Any], bool], str] = ((lambda v: 0 <= v < 1), "in [0, 1)")
+_SEED: tuple[Callable[[Any], bool], str] = ((lambda v: 0 <= v < 2**32), "in [0, 2**32)")
+
+#: option -> (test, what it must be); checked when the option is set (not null).
+BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "per_device_train_batch_size": _at_least(1),
+    "per_device_eval_batch_size": _at_least(1),
+    "gradient_accumulation_steps": _at_least(1),
+    "num_train_epochs": _POSITIVE,
+    "max_steps": ((lambda v: v == -1 or v >= 1), "-1 (train num_train_epochs) or >= 1"),
+    "learning_rate": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
+    "projector_lr": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
+    "warmup_steps": _at_least(0),
+    "weight_decay": _at_least(0),
+    "adam_beta1": _FRACTION,
+    "adam_beta2": _FRACTION,
+    "adam_epsilon": _at_least(0),
+    "max_grad_norm": _at_least(0),
+    "label_smoothing_factor": _FRACTION,
+    "logging_steps": _POSITIVE,
+    "save_steps": _POSITIVE,
+    "eval_steps": _POSITIVE,
+    "save_total_limit": _at_least(1),
+    "seed": _SEED,
+    "data_seed": _SEED,
+    "dataloader_num_workers": _at_least(0),
+    "dataloader_prefetch_factor": _at_least(1),
+    "eval_accumulation_steps": _at_least(1),
+    "torch_empty_cache_steps": _at_least(1),
+    "ddp_timeout": _at_least(1),
+    "max_train_samples": _at_least(1),
+    "max_length": _at_least(1),
+    "min_pixels": _at_least(1),
+    "max_pixels": _at_least(1),
+    "pretrain_vision_steps": _at_least(0),
+    "pretrain_vision_records": _at_least(1),
+    "pretrain_vision_batch_size": _at_least(1),
+    "pretrain_vision_lr": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
+    "curve_every": _at_least(0),
+    "curve_records": _at_least(1),
+}
+
+_SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(tp)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    if tp is dict or origin is dict:
+        return "a mapping"
+    if tp is list or origin is list:
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def _accept(value: Any, tp: Any, convert: bool) -> tuple[bool, Any]:
+    """Whether ``value`` is of type ``tp`` (``convert``: after the conversions a YAML file needs); and the value."""
+    if tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(tp)
+        for member in members:  # an exact match wins over a conversion: `str | bool` keeps True a bool
+            ok, out = _accept(value, member, False)
+            if ok:
+                return True, out
+        if convert:
+            for member in members:
+                ok, out = _accept(value, member, True)
+                if ok:
+                    return True, out
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if convert:
+            number = _number(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not isinstance(number, bool) and number.is_integer():
+                return True, int(number)
+        return False, value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return not (isinstance(value, float) and math.isnan(value)), value
+        if convert and isinstance(value, str):  # YAML 1.1 reads `2e-4` as a string
+            number = _number(value)
+            return number is not None, number if number is not None else value
+        return False, value
+    if tp is str:
+        if isinstance(value, str):
+            return True, value
+        if convert and isinstance(value, os.PathLike):
+            return True, os.fspath(value)
+        return False, value
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (item,) = typing.get_args(tp) or (Any,)
+        if item in _SIMPLE:
+            return all(_accept(v, item, False)[0] for v in value), value
+        return True, value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp), value
+    return True, value  # a class of the Trainer's own (ParallelismConfig, ...): its __post_init__ checks it
+
+
+@functools.lru_cache(maxsize=1)
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(EvlConfig)
+
+
+def check_types(config: EvlConfig) -> None:
+    """Every option set to other than its default must have its declared type (the annotation of its field).
+
+    Numbers written as strings (YAML 1.1 reads ``2e-4`` as one) are converted; a float with an integral value may
+    stand for an integer; anything else (``freeze_vision: "yes please"``, ``max_steps: 2.5``) is a
+    :class:`ConfigError` naming the option.
+    """
+    hints = _hints()
+    for f in dataclasses.fields(config):
+        if not f.init or f.name not in hints:
+            continue
+        value = getattr(config, f.name)
+        if value is f.default:
+            continue
+        ok, converted = _accept(value, hints[f.name], True)
+        if not ok:
+            raise ConfigError(f.name, f"expected {_describe(hints[f.name])}, got {value!r}")
+        if converted is not value:
+            setattr(config, f.name, converted)
+
+
+def check_ranges(config: EvlConfig) -> None:
+    """Every option of :data:`BOUNDS` that is set lies in its range (``max_steps: 0``, ``seed: -1`` are errors)."""
+    for name, (test, what) in BOUNDS.items():
+        value = getattr(config, name, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not test(value):
+            raise ConfigError(name, f"must be {what}, got {value!r}")
+
+
+def _term_options(name: str, options: Any, cls: type) -> None:
+    where = f"terms.{name}" if name != "ce" else "ce"
+    if not isinstance(options, dict):
+        raise ConfigError("objective", f"{where}: expected a mapping of options, got {options!r}")
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [p for p in params if p != "context"]
+    known = allowed + (["weight"] if name != "ce" else [])
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                "objective", f"{where}: unknown option {key!r}{hint}; options of {name}: {', '.join(known) or 'none'}"
+            )
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: leave the types to the loss itself
+        hints = {}
+    for key, value in options.items():
+        if key == "weight":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError("objective", f"{where}.weight: expected a finite number >= 0, got {value!r}")
+        elif key in hints and not _accept(value, hints[key], False)[0]:
+            raise ConfigError("objective", f"{where}.{key}: expected {_describe(hints[key])}, got {value!r}")
+
+
+def check_objective(method: str, objective: Any) -> None:
+    """Phase ``kd``: ``method`` names a preset and ``objective`` overrides it with registered terms and their options.
+
+    Raises :class:`ConfigError` (option ``method`` or ``objective``) naming what is wrong: an unknown preset, term or
+    option (``wieght``), an option of the wrong type, a negative weight.
+    """
+    from evl_ecg.distill.objective import ObjectiveConfig
+    from evl_ecg.distill.presets import get_preset, list_presets
+    from evl_ecg.distill.registry import registered
+
+    presets = list_presets()
+    if method not in presets:
+        raise ConfigError("method", f"unknown method {method!r}; choose one of {', '.join(sorted(presets))}")
+    if objective is None:
+        return
+    if not isinstance(objective, dict):
+        raise ConfigError("objective", f"expected a mapping (alpha, terms, ...), got {objective!r}")
+    terms = objective.get("terms")
+    if terms is not None and not isinstance(terms, dict):
+        raise ConfigError("objective", f"terms: expected a mapping of term names to options, got {terms!r}")
+    spec = get_preset(method, **objective)
+    try:
+        ObjectiveConfig.from_dict(spec)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("objective", str(exc)) from None
+    losses = registered()
+    for name, options in spec["terms"].items():
+        if name not in losses:
+            close = difflib.get_close_matches(str(name), list(losses), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                "objective", f"unknown term {name!r}{hint}; registered terms: {', '.join(sorted(losses))}"
+            )
+        _term_options(name, options, losses[name])
+    if spec.get("ce"):
+        _term_options("ce", spec["ce"], losses["ce"])
 
 
 def _coerce(value: str) -> Any:
@@ -142,27 +401,62 @@ def tiny_config_path(phase: str) -> Path:
     return Path(str(resources.files("evl_ecg") / "configs" / "tiny" / f"{phase}.yaml"))
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path``; one-line errors naming the file for anything else."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a YAML config file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (a config is YAML text)") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of keys to values, got {type(loaded).__name__}")
+    return loaded
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs: Any) -> EvlConfig:
     """Build an :class:`EvlConfig` from a YAML file, ``key=value`` overrides and keyword arguments (last wins).
 
-    Unknown keys raise an error naming the key and the file.
+    Every error is one line that starts with where the bad value was set (``FILE: key``, ``--set key=value``):
+    an unreadable file or YAML syntax, an unknown key (with the closest known one), a value of the wrong type or out
+    of its range (:class:`ConfigError`).
     """
     data: dict[str, Any] = {}
+    where: dict[str, str] = {}  # key -> where its value was set, for messages
     source = "arguments"
     if path is not None:
         source = str(path)
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of keys to values")
+        loaded = _read_yaml(Path(path))
         data.update(loaded)
+        where.update({key: f"{path}: {key}" for key in loaded})
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise ValueError(f"--set {item}: an override must look like key=value")
         key, value = item.split("=", 1)
-        data[key.strip()] = _coerce(value)
-    data.update({k: v for k, v in kwargs.items() if v is not None})
+        try:
+            data[key.strip()] = _coerce(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+        where[key.strip()] = f"--set {item}"
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    data.update(given)
+    where.update({key: key for key in given})
     fields = {f.name: f for f in dataclasses.fields(EvlConfig)}
     for key, value in list(data.items()):  # YAML 1.1 reads `save_strategy: no` as False: give string fields "no"
         default = getattr(fields.get(key), "default", None)
@@ -172,9 +466,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             and isinstance(getattr(default, "value", default), str)
         ):
             data[key] = "yes" if value else "no"
-    known = set(fields)
-    unknown = sorted(set(data) - known)
+    known = {name for name, f in fields.items() if f.init}
+    unknown = [k for k in data if k not in known]
     if unknown:
-        raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+        from_file = [k for k in unknown if path is not None and where.get(k) == f"{path}: {k}"]
+        label = source if from_file else where.get(unknown[0], source)
+        names = []
+        for key in from_file or unknown:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            names.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+        raise ValueError(f"{label}: unknown config key(s) {', '.join(names)}")
     data.setdefault("output_dir", "runs/unnamed")
-    return EvlConfig(**data)
+    try:
+        return EvlConfig(**data)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.problem, where.get(exc.key)) from None
+    except ValueError as exc:  # the Trainer's own checks (TrainingArguments.__post_init__)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(message if path is None else f"{path}: {message}") from None

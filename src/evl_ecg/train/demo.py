@@ -43,7 +43,7 @@ def _stage(name: str, timings: dict[str, float], fn, *args, **kwargs):
     return out
 
 
-def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool) -> Path:
+def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool, sets: list[str] | None = None) -> Path:
     from evl_ecg.train.pipeline import run
 
     student_dir = out_dir / "student"
@@ -53,7 +53,7 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool) ->
     quick_settings = {"max_steps": 4, "save_steps": 2, "logging_steps": 1}
     quick_settings.update(pretrain_vision_steps=2, pretrain_vision_records=32)
     extra = quick_settings if quick else {}
-    cfg = load_config(tiny_config_path(phase), output_dir=str(out_dir), **overrides, **extra)
+    cfg = load_config(tiny_config_path(phase), sets, output_dir=str(out_dir), **overrides, **extra)
     return run(cfg).student_dir
 
 
@@ -63,11 +63,11 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
     curve of every loss term of the KD run."""
     import torch
     from safetensors.torch import load_file
-    from transformers.trainer_utils import get_last_checkpoint
 
     from evl_ecg.data.records import load_records, open_image
     from evl_ecg.eval.figures import plot_loss_curves, plot_singular_values, plot_transport_plan
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.pipeline import last_complete_checkpoint
 
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
 
     teacher, sft, kd = visual_tokens(teacher_dir), visual_tokens(sft_dir), visual_tokens(kd_dir)
     paths: dict[str, Path] = {}
-    checkpoint = get_last_checkpoint(str(kd_dir.parent))
+    checkpoint = last_complete_checkpoint(kd_dir.parent)
     objective = load_file(str(Path(checkpoint) / "objective.safetensors")) if checkpoint else {}
     proj = objective.get("terms.ot.proj.weight")
     if proj is not None:
@@ -102,8 +102,76 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
     return paths
 
 
-def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    """Run every stage into ``out`` and return the summary written to ``results.json``."""
+#: the study behind the demo's one seed (``evl-ecg study``; written by ``evl_ecg.train.study.study_summary``)
+SHIPPED_STUDY = Path(__file__).resolve().parents[1] / "assets" / "tiny-study.json"
+#: demo model -> study method
+STUDY_ROWS = {"teacher": "teacher", "control-student": "control", "evl-ecg-student": "evl-ecg"}
+STUDY_SUBSETS = ("ptb-test", "code15-test", "cpsc-test")
+
+
+def load_study_summary(path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """A study's summary: ``path`` (a study folder, its ``results.json`` or a ``tiny-study.json``), else the
+    shipped one (None if the package has none)."""
+    from evl_ecg.train.study import study_summary
+
+    target = Path(path) if path is not None else SHIPPED_STUDY
+    if target.is_dir():
+        target = target / "results.json"
+    if not target.exists():
+        if path is not None:
+            raise FileNotFoundError(f"--study {path}: no results.json (run `evl-ecg study --out DIR` first)")
+        return None
+    doc = json.loads(target.read_text())
+    return doc if "summary_of" in doc else study_summary(doc)
+
+
+def beside_study(rows: dict[str, Any], study: dict[str, Any], seed: int) -> str:
+    """Markdown: this run's strict AUC of each model beside the study's mean +- std over seeds."""
+    head = "| model | " + " | ".join(f"{x} (this run) | {x} (study)" for x in STUDY_SUBSETS) + " |"
+    lines = [head, "|---|" + "---:|" * (2 * len(STUDY_SUBSETS))]
+    for row in rows["rows"]:
+        method = STUDY_ROWS.get(row["method"])
+        if row.get("scorer") != "strict" or method is None:
+            continue
+        cells = []
+        for subset in STUDY_SUBSETS:
+            mine = row["cells"].get(f"{subset}/AUC", {}).get("mean")
+            theirs = study["table"].get(method, {}).get(subset)
+            cells.append("-" if mine is None else f"{mine:.1f}")
+            if theirs is None:
+                cells.append("-")
+            elif method == "teacher":
+                cells.append(f"{theirs['mean']:.1f} (one model)")
+            else:
+                cells.append(f"{theirs['mean']:.1f} +- {theirs['std']:.1f}")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    s = study["settings"]
+    lines += [
+        "",
+        f"This run: seed {seed}, {rows.get('records', 'the demo’s')} records per subset. Study: seeds {s['seeds']}, "
+        f"{s['phase2_steps']} phase-2 steps, test benchmark seed {s['test_seed']} ({s['test_ptb']} PTB-XL records, "
+        "the others in ECGBench's proportions); mean +- std over the seeds. One seed is never the evidence.",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    paper_objective: bool = False,
+    study: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Run every stage into ``out`` and return the summary written to ``results.json``.
+
+    The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.train.study.TINY_METHOD_SETS``), or with
+    the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table puts
+    beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``).
+    """
+    from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
+
+    summary_of_study = load_study_summary(study)
     from evl_ecg.data.corpus import build_corpus
     from evl_ecg.eval.run import evaluate_model
     from evl_ecg.eval.tables import build_table, load_score_doc, to_json, to_markdown
@@ -146,6 +214,7 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
         out / "kd",
         {"train_file": train_file, "seed": seed, "student": str(sft_dir), "teacher": str(teacher_dir)},
         quick,
+        [] if paper_objective else method_settings(TINY_METHOD_SETS, "evl-ecg"),
     )
 
     models = {"teacher": teacher_dir, "control-student": control_dir, "evl-ecg-student": kd_dir}
@@ -177,15 +246,26 @@ def run_demo(out: str | os.PathLike[str], *, seed: int = 0, quick: bool = False)
         doc = json.loads((out / "eval" / name / "scores.json").read_text())
         likelihood[name] = doc.get("likelihood", {})
     timing_md = "\n".join(f"| {k} | {v:.1f} |" for k, v in timings.items())
+    rows_json = to_json(rows)
+    objective = "the paper's objective (--paper-objective)" if paper_objective else "the tiny preset's settings"
+    study_md = ""
+    if summary_of_study is not None:
+        study_md = "\n\n## This seed beside the study (strict macro AUC)\n\n" + beside_study(
+            {**rows_json, "records": n_bench}, summary_of_study, seed
+        )
     markdown = (
         "# evl-ecg demo results (synthetic ECGs; not a clinical evaluation)\n\n"
+        + f"EVL-ECG student: {objective}.\n\n"
         + table_md
+        + study_md
         + "\n\n## Stage times (s)\n\n| stage | seconds |\n|---|---|\n"
         + timing_md
         + f"\n| total | {sum(timings.values()):.1f} |\n"
     )
     summary = {
-        "table": to_json(rows),
+        "table": rows_json,
+        "study": summary_of_study,
+        "paper_objective": paper_objective,
         "table_markdown": markdown,
         "likelihood": likelihood,
         "timings_s": timings,

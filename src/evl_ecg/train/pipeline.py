@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import platform
+import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,15 +32,16 @@ from typing import Any
 
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from evl_ecg.data.paired import PairedCollator, PairedDataset
 from evl_ecg.data.records import Record, atomic_write_bytes, load_records, open_image
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
 from evl_ecg.distill.registry import registered
-from evl_ecg.models import load_adapter
-from evl_ecg.models.base import Adapter, make_loss_context
+from evl_ecg.models import FAMILIES, load_adapter
+from evl_ecg.models.base import Adapter, checkpoint_family, make_loss_context
+from evl_ecg.models.fingerprint import count_parameters
 from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
 from evl_ecg.models.tokenizers import corpus_from_records
 from evl_ecg.train import teacher_cache
@@ -122,18 +126,137 @@ def image_loader(config: EvlConfig) -> Any:
 def _student_adapter(config: EvlConfig, records: list[Record]) -> Adapter:
     kwargs: dict[str, Any] = {}
     if config.student:
-        if config.phase in ("sft", "kd"):
-            kwargs = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
         try:
-            return load_adapter(config.student, **kwargs)
-        except TypeError:
-            return load_adapter(config.student)
+            family = FAMILIES.get(checkpoint_family(config.student))
+        except (OSError, ValueError):
+            family = None  # load_adapter says what is wrong with the folder
+        takes_pixels = family is not None and "min_pixels" in inspect.signature(family.from_pretrained).parameters
+        if config.phase in ("sft", "kd") and takes_pixels:  # the student family's processor limits (Table 2)
+            kwargs = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
+        return load_adapter(config.student, **kwargs)
     texts = corpus_from_records(records)
     if config.phase == "teacher":
         return build_tiny_teacher(texts, seed=config.seed)
     if config.phase == "sft":
         return build_tiny_student(texts, seed=config.seed)
     raise ValueError("phase 'kd' needs a student checkpoint (the SFT run's student/ directory)")
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and check that it takes a file, before any work: a one-line ``ValueError`` if not.
+
+    (A read-only or uncreatable path, a path under a file: ``PermissionError``, ``NotADirectoryError``,
+    ``FileNotFoundError`` otherwise surface at the first checkpoint, after the work.)
+    """
+    probe = out_dir / f".evl-ecg-write-probe-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"output_dir {out_dir}: cannot create or write the run directory ({reason})") from None
+
+
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` (a ``checkpoint-N`` folder) cannot be resumed from, or ``None`` if it is complete.
+
+    The Trainer writes ``trainer_state.json`` last, after the weights (however the engine writes them), the
+    optimizer, scheduler and RNG states: a process killed while writing a checkpoint leaves it absent or cut short.
+    """
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        data = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is cut short or unreadable"
+    if not isinstance(data, dict) or "global_step" not in data:
+        return "trainer_state.json holds no trainer state"
+    return None
+
+
+def last_complete_checkpoint(out_dir: Path, log: Any = warn) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``out_dir`` (``None`` if there is none).
+
+    An incomplete one (a kill during its writing: :func:`checkpoint_problem`) is skipped with a warning naming it;
+    the run resumes from the one before and writes that step's checkpoint again.
+    """
+    if not out_dir.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in out_dir.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()),
+        reverse=True,
+    )
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        if log is not None:
+            log(f"{path} is incomplete ({problem}; a run killed while writing it?): skipped, not resumed from")
+    return None
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    return {
+        p.name: p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name != "training_args.bin"
+    }
+
+
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two checkpoint folders hold the same weight files, byte for byte (a copy of one model).
+
+    Names and sizes are compared first; contents only when those agree (then read until the first difference, which
+    for two different models of one architecture comes in the first megabytes).
+    """
+    import filecmp
+
+    a, b = _weight_files(first), _weight_files(second)
+    if not a or a.keys() != b.keys() or any(a[k].stat().st_size != b[k].stat().st_size for k in a):
+        return False
+    return all(filecmp.cmp(a[k], b[k], shallow=False) for k in sorted(a))
+
+
+def check_model_pair(config: EvlConfig) -> None:
+    """Phase ``kd``: the student and the teacher must be two models; a student larger than its teacher is warned of.
+
+    The same folder twice, or two folders with the same weights (a copy), is a ``ValueError``. The sizes are counted
+    from the safetensors headers (nothing loaded).
+    """
+    if config.phase != "kd" or not config.student or not config.teacher:
+        return
+    student, teacher = Path(config.student), Path(config.teacher)
+    if not (student.is_dir() and teacher.is_dir()):
+        return  # the loaders say what is missing
+    if os.path.samefile(student, teacher):
+        raise ValueError(
+            f"--student and --teacher are the same model folder ({student}): distillation needs the teacher and "
+            "the SFT student of phase 1"
+        )
+    if same_weights(student, teacher):
+        raise ValueError(
+            f"--student {student} and --teacher {teacher} hold the same weights (a copy of one model): distillation "
+            "needs the teacher and the SFT student of phase 1"
+        )
+    n_student, n_teacher = count_parameters(student), count_parameters(teacher)
+    if n_student and n_teacher and n_student > n_teacher and config.process_index == 0:
+        warn(
+            f"the student ({student}, {n_student:,} parameters) is larger than the teacher ({teacher}, "
+            f"{n_teacher:,}): are --student and --teacher swapped?"
+        )
 
 
 def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] | None:
@@ -208,17 +331,23 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None
 
 
 def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:
-    """Train one phase as ``config`` says; resume from the last checkpoint in ``output_dir`` when there is one.
+    """Train one phase as ``config`` says; resume from the last complete checkpoint in ``output_dir`` if any.
 
-    ``callbacks`` are transformers ``TrainerCallback`` objects added to the Trainer's own.
+    Before any work: the student and teacher must be two models (:func:`check_model_pair`) and ``output_dir`` must
+    take files (:func:`prepare_output_dir`); a checkpoint cut short by a kill is skipped with a warning
+    (:func:`last_complete_checkpoint`). A run whose loss or weights stop being finite raises
+    :class:`~evl_ecg.train.trainer.NonFiniteError` and exports nothing. ``callbacks`` are transformers
+    ``TrainerCallback`` objects added to the Trainer's own.
     """
     t0 = time.perf_counter()
     set_seed(config.seed)
     out_dir = Path(config.output_dir)
+    check_model_pair(config)
+    prepare_output_dir(out_dir)
     records = load_training_records(config)
     checkpoint = None
-    if resume is True and out_dir.exists():
-        checkpoint = get_last_checkpoint(str(out_dir))
+    if resume is True:
+        checkpoint = last_complete_checkpoint(out_dir, warn if config.process_index == 0 else None)
     elif isinstance(resume, str):
         checkpoint = resume
     student = _student_adapter(config, records)
@@ -272,6 +401,7 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     trainer.train(resume_from_checkpoint=checkpoint)
     student_dir = out_dir / STUDENT_DIR
     history = trainer.state.log_history
+    trainer.check_finite(when="before exporting the student")  # NaN weights are never exported
     if trainer.args.should_save:  # only the main process writes
         export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir)
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))

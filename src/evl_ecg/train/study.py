@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,32 @@ PAPER = {
 }
 
 
+#: The tiny preset's per-method phase-2 settings, as ``METHOD[,METHOD...]:KEY=VALUE`` entries (``evl-ecg study
+#: --method-set``), chosen on a validation draw (docs/train.md section 4) and used by ``evl-ecg study`` and ``evl-ecg
+#: demo`` unless ``--paper-objective``: with the paper's objective as written (MHCA summed over the features, alpha
+#: from the first step, all positions) the tiny student returns to one answer for every ECG within 75 steps. Each
+#: setting is a deviation row of docs/deviations.md; Table 6's rows get the settings of the terms they have.
+TINY_METHOD_SETS: tuple[str, ...] = (
+    "evl-ecg,ot+mhca:hidden_positions=response",
+    "evl-ecg,ot+mhca:objective={alpha_warmup: 150, terms: {mhca: {reduction: mean}}}",
+    "ot:objective={alpha_warmup: 150}",
+)
+
+
+def parse_method_set(entry: str) -> tuple[list[str], str]:
+    """``"METHOD[,METHOD...]:KEY=VALUE"`` -> ``([methods], "KEY=VALUE")``; a malformed entry raises ValueError."""
+    methods, _, setting = entry.partition(":")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names or "=" not in setting or not setting.split("=", 1)[0].strip():
+        raise ValueError(f"--method-set {entry!r}: expected METHOD[,METHOD...]:KEY=VALUE")
+    return names, setting
+
+
+def method_settings(entries: tuple[str, ...] | list[str], method: str) -> list[str]:
+    """The ``KEY=VALUE`` settings of ``entries`` that name ``method``, in order."""
+    return [setting for names, setting in map(parse_method_set, entries) if method in names]
+
+
 class StudyError(RuntimeError):
     """A study that cannot proceed; the message names the run, the file or the setting."""
 
@@ -70,6 +97,7 @@ class StudySettings:
     phase2_steps: int = 300
     phase1_overrides: tuple[str, ...] = ()
     phase2_overrides: tuple[str, ...] = ()
+    method_overrides: tuple[str, ...] = TINY_METHOD_SETS
     max_new_tokens: int = 32
     curve_points: int = 4
     curve_records: int | None = None
@@ -91,6 +119,18 @@ class StudySettings:
             raise StudyError("--seeds: give at least one seed")
         if self.test_ptb < 1 or self.n_train < 1 or self.phase2_steps < 1:
             raise StudyError("test_ptb, n_train and phase2_steps must be >= 1")
+        for entry in self.method_overrides:
+            try:
+                names, _ = parse_method_set(entry)
+            except ValueError as exc:
+                raise StudyError(str(exc)) from None
+            unknown = sorted(set(names) - set(STUDY_METHODS))
+            if unknown:
+                raise StudyError(f"--method-set {entry!r}: unknown method(s) {', '.join(unknown)}")
+
+    def method_sets(self, method: str) -> list[str]:
+        """The ``--set KEY=VALUE`` arguments of ``method``'s own overrides (``method_overrides``), in order."""
+        return [x for setting in method_settings(self.method_overrides, method) for x in ("--set", setting)]
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -158,6 +198,21 @@ class Study:
         self.settings = settings
         self.log = log
 
+    def _fresh_run(self, run_dir: Path, method: str) -> dict | None:
+        """The finished result of ``run_dir`` if it ran with ``method``'s current ``--method-set`` overrides; else
+        None, after removing a run (finished or partial) made with other overrides, so that it reruns from scratch.
+        The overrides are recorded in ``run_dir/method_set.json`` before the run starts."""
+        wanted = self.settings.method_sets(method)
+        marker, done = run_dir / "method_set.json", run_dir / "done.json"
+        found = json.loads(marker.read_text()) if marker.exists() else ([] if run_dir.exists() else None)
+        if found is not None and found != wanted:
+            self.log(f"[study] {run_dir.relative_to(self.out)}: made with other --method-set overrides; rerunning")
+            shutil.rmtree(run_dir)
+        elif done.exists():
+            return json.loads(done.read_text())
+        _write_json(marker, wanted)
+        return None
+
     # ---- stages ------------------------------------------------------------------------------------------------
     def _check_settings(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +220,11 @@ class Study:
         wanted = self.settings.to_json()
         if marker.exists():
             found = json.loads(marker.read_text())
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k) and k != "methods")
+            # methods may grow, and a method's own overrides rerun that method only (Study._fresh_run)
+            free = ("methods", "method_overrides")
+            diff = sorted(
+                k for k in set(found) | set(wanted) if found.get(k, ()) != wanted.get(k, ()) and k not in free
+            )
             if diff:
                 raise StudyError(
                     f"{self.out}: holds a study with other settings ({', '.join(diff)} differ); use another --out"
@@ -225,6 +284,11 @@ class Study:
             return None
         cache = self.out / "teacher-cache"
         done = self.out / "teacher-cache.done.json"
+        if done.exists() and not set(methods) <= set(json.loads(done.read_text()).get("methods", [])):
+            # built for fewer methods (the study's methods grew): the fields of the new ones are missing
+            self.log("[study] the teacher-output cache lacks the new methods' fields: rebuilding it")
+            done.unlink()
+            shutil.rmtree(cache, ignore_errors=True)
         if not done.exists():
             self.log(f"[study] teacher-output cache for {', '.join(methods)}")
             cmd = _cli(
@@ -244,12 +308,14 @@ class Study:
         variants = [("live", None)] + ([("cache", cache)] if cache is not None and method in CACHED else [])
         for name, cache_dir in variants:
             run_dir = self.out / "table7" / method / name
-            done = run_dir / "done.json"
-            if done.exists():
-                out[name] = json.loads(done.read_text())
+            finished = self._fresh_run(run_dir, method)
+            if finished is not None:
+                out[name] = finished
                 continue
+            done = run_dir / "done.json"
             steps = 2 if s.quick else s.table7_steps
             cmd = _distill_cmd(method, student, teacher, data, run_dir / "train", steps=steps, save_steps=steps)
+            cmd += s.method_sets(method)
             if cache_dir is not None:
                 cmd += ["--set", f"teacher_cache={cache_dir}"]
             usage = run_process(cmd, run_dir / "train.log", s.threads)
@@ -259,20 +325,46 @@ class Study:
             _write_json(done, out[name])
         return out
 
+    def _eval_cmd(self, model: Path, test: Path, run_dir: Path) -> list[str]:
+        """``evl-ecg eval run`` of ``model`` on the test benchmark's reported subsets, into ``run_dir/eval``."""
+        s = self.settings
+        subsets = [x for sub in s.eval_subsets for x in ("--subset", sub)]
+        cmd = _cli("eval", "run", "--model", str(model), "--bench", str(test / "bench"), "--out", str(run_dir / "eval"))
+        return cmd + ["--max-new-tokens", str(8 if s.quick else s.max_new_tokens), *subsets]
+
+    def _teacher_eval(self, teacher: Path, test: Path) -> dict:
+        """The teacher on the same test benchmark, once (a frozen model: no seeds), for the control -> teacher gap."""
+        run_dir = self.out / "runs" / "teacher"
+        done = run_dir / "done.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        self.log("[study] the teacher on the test benchmark")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        evaluation = run_process(self._eval_cmd(teacher, test, run_dir), run_dir / "eval.log", self.settings.threads)
+        result = {
+            "method": "teacher",
+            "seed": None,
+            "eval": evaluation,
+            "scores": str(run_dir / "eval" / "scores.json"),
+        }
+        _write_json(done, result)
+        return result
+
     def _phase2(
         self, method: str, seed: int, student: Path, teacher: Path, data: Path, test: Path, cache: Path | None = None
     ) -> dict:
         s = self.settings
         run_dir = self.out / "runs" / method / f"seed-{seed}"
         done = run_dir / "done.json"
-        if done.exists():
-            return json.loads(done.read_text())
+        finished = self._fresh_run(run_dir, method)
+        if finished is not None:
+            return finished
         steps = 3 if s.quick else s.phase2_steps
         self.log(f"[study] {method}, seed {seed}: {steps} phase-2 steps")
         cmd = _distill_cmd(
             method, student, teacher, data, run_dir / "train", steps=steps, save_steps=max(1, steps // 2), seed=seed
         )
-        overrides = [x for o in s.phase2_overrides for x in ("--set", o)]
+        overrides = [x for o in s.phase2_overrides for x in ("--set", o)] + s.method_sets(method)
         if cache is not None and method in CACHED:  # the same teacher outputs, computed once (tested equal)
             overrides += ["--set", f"teacher_cache={cache}"]
         if s.curve_points > 0:  # the learning curve on the validation split, never on the test benchmark
@@ -286,21 +378,9 @@ class Study:
         curve = _read_curve(run_dir / "train")
         if runtime is not None:  # the learning curve's evaluations run inside the Trainer's clock
             runtime = max(0.0, float(runtime) - sum(p.get("seconds", 0.0) for p in curve if p["step"] > 0))
-        subsets = [x for sub in s.eval_subsets for x in ("--subset", sub)]
-        eval_cmd = _cli(
-            "eval",
-            "run",
-            "--model",
-            str(run_dir / "train" / "student"),
-            "--bench",
-            str(test / "bench"),
-            "--out",
-            str(run_dir / "eval"),
-            "--max-new-tokens",
-            str(8 if s.quick else s.max_new_tokens),
-            *subsets,
+        evaluation = run_process(
+            self._eval_cmd(run_dir / "train" / "student", test, run_dir), run_dir / "eval.log", s.threads
         )
-        evaluation = run_process(eval_cmd, run_dir / "eval.log", s.threads)
         result = {
             "method": method,
             "seed": seed,
@@ -324,11 +404,14 @@ class Study:
         for run in runs:
             eval_dir = Path(run["scores"]).parent
             doc = json.loads(Path(run["scores"]).read_text())
+            # the teacher is one frozen model: its predictions stand beside every seed's, so that the bootstrap pairs
+            seeds = [run["seed"]] if run["seed"] is not None else list(s.seeds)
             for subset in s.eval_subsets:
                 pred = eval_dir / subset / "predictions.jsonl"
                 if pred.exists():
                     _, Y, P = label_matrices(test / "bench" / f"{subset}.json", pred)
-                    matrices.setdefault(subset, {}).setdefault(run["method"], {})[run["seed"]] = (Y, P)
+                    for seed in seeds:
+                        matrices.setdefault(subset, {}).setdefault(run["method"], {})[seed] = (Y, P)
                 auc = (doc.get("likelihood") or {}).get(subset, {}).get("auc")
                 if auc is not None:
                     likelihood.setdefault(subset, {}).setdefault(run["method"], []).append(100 * float(auc))
@@ -342,11 +425,18 @@ class Study:
                 lk = likelihood.get(subset, {}).get(method)
                 if lk:
                     row["likelihood_auc_mean"], row["likelihood_auc_std"] = mean_std(lk)
+                if method == "teacher":  # one model, one evaluation
+                    row.update(auc_std=0.0, auc_per_seed=aucs[:1], seeds=[])
                 if method != "control" and control:
                     row["vs_control"] = paired_bootstrap(by_seed, control, n_boot=200 if s.quick else 2000)
                 table.setdefault(method, {})[subset] = row
+        for method, rows in table.items():  # the share of the control -> teacher gap each method closes
+            for subset, row in rows.items():
+                gap = table.get("teacher", {}).get(subset, {}).get("vs_control", {}).get("diff")
+                if method not in ("teacher", "control") and gap and gap > 0 and "vs_control" in row:
+                    row["gap_closed"] = row["vs_control"]["diff"] / gap
         cost = {}
-        for run in runs:
+        for run in (r for r in runs if "train" in r):
             entry = cost.setdefault(run["method"], {"seconds_per_step": [], "peak_rss_mb": []})
             if run.get("seconds_per_step"):
                 entry["seconds_per_step"].append(run["seconds_per_step"])
@@ -398,18 +488,35 @@ class Study:
             + f"; test benchmark seed {s.test_seed} ({s.test_ptb} PTB-XL records). Strict macro AUC, mean +- std over "
             "seeds; [lo, hi] is the 95 % paired bootstrap interval (records x seeds) of the difference to the control.",
             "",
-            "| method | " + " | ".join(subsets) + " | " + " | ".join(f"{x} vs control" for x in subsets) + " |",
-            "|---|" + "---:|" * (2 * len(subsets)),
+            "| method | "
+            + " | ".join(subsets)
+            + " | "
+            + " | ".join(f"{x} vs control" for x in subsets)
+            + " | gap closed |",
+            "|---|" + "---:|" * (2 * len(subsets) + 1),
         ]
-        for method in [m for m in STUDY_METHODS if m in res["table"]]:
+        notes = [f"`{o}`" for o in s.phase2_overrides] + [f"`{o}`" for o in s.method_overrides]
+        if notes:  # the settings that are not the presets' own
+            lines[3:3] = ["Overrides (`--phase2-set`, then `--method-set METHOD:KEY=VALUE`): " + ", ".join(notes), ""]
+        for method in [m for m in ("teacher", *STUDY_METHODS) if m in res["table"]]:
             row = res["table"][method]
             cells = [f"{row[x]['auc_mean']:.1f} +- {row[x]['auc_std']:.1f}" if x in row else "-" for x in subsets]
             diffs = []
             for x in subsets:
                 b = row.get(x, {}).get("vs_control")
                 diffs.append(f"{b['diff']:+.1f} [{b['lo']:+.1f}, {b['hi']:+.1f}]" if b else "-")
-            lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
-        lines += ["", "Paper (SPEC section 4, real data, 2B student): " + json.dumps(PAPER), ""]
+            closed = [f"{100 * row[x]['gap_closed']:.0f} %" if "gap_closed" in row.get(x, {}) else "-" for x in subsets]
+            name = "teacher (one model)" if method == "teacher" else method
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " | " + " / ".join(closed) + " |"
+            )
+        lines += [
+            "",
+            "Gap closed: the method's difference to the control over the teacher's, per subset in the order above.",
+            "",
+            "Paper (SPEC section 4, real data, 2B student): " + json.dumps(PAPER),
+            "",
+        ]
         lines += [
             "## Table 7 (this machine)",
             "",
@@ -451,6 +558,7 @@ class Study:
                 cache = self._cache(teacher, data)
             for method in s.methods:
                 runs.append(self._phase2(method, seed, student, teacher, data, test, cache))
+        runs.append(self._teacher_eval(teacher, test))
         first = self._phase1(s.seeds[0], data)
         # --quick times three methods only (the suite's budget); a real study times every method
         timed = [m for m in s.methods if not s.quick or m in ("control", "evl-ecg", "vanilla-kl")]
@@ -463,8 +571,40 @@ class Study:
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(self.out / "results.json", res)
         atomic_write_bytes(self.out / "results.md", self.markdown(res).encode("utf-8"))
+        _write_json(self.out / "summary.json", study_summary(res))
         self.log(f"[study] wrote {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
         return res
+
+
+def study_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The compact form of a study's ``results.json`` (``summary.json``; the shipped ``assets/tiny-study.json``):
+    the settings, and per method and subset the strict AUC's mean, std and seeds, the paired bootstrap against the
+    control and the share of the gap closed; Table 7's seconds per step."""
+    keep = ("seeds", "phase2_steps", "test_seed", "test_ptb", "n_train", "n_val", "data_seed", "method_overrides")
+    table = {
+        method: {
+            subset: {
+                "mean": round(row["auc_mean"], 2),
+                "std": round(row["auc_std"], 2),
+                "seeds": row.get("seeds", []),
+                **(
+                    {"vs_control": {k: round(v, 2) for k, v in row["vs_control"].items()}}
+                    if "vs_control" in row
+                    else {}
+                ),
+                **({"gap_closed": round(row["gap_closed"], 3)} if "gap_closed" in row else {}),
+            }
+            for subset, row in rows.items()
+        }
+        for method, rows in results["table"].items()
+    }
+    return {
+        "summary_of": "evl-ecg study (strict macro AUC on the study's test benchmark)",
+        "settings": {k: results["settings"].get(k) for k in keep},
+        "table": table,
+        "table7": results.get("table7_runs", {}),
+        "wall_seconds": results.get("wall_seconds"),
+    }
 
 
 def run_study(out: str | os.PathLike[str], settings: StudySettings, log: Callable[[str], None] = print) -> dict:

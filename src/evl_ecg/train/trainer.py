@@ -14,10 +14,14 @@ logging. What this subclass adds:
 * every loss term, feature norms and throughput in the logs.
 * checkpoints that hold the student as a plain transformers checkpoint (``student/``) and the objective's modules
   beside it (``objective.safetensors``), so a run resumes with both and the student exports without the objective.
+* a stop on divergence: a non-finite logged loss, or non-finite weights, at a logging step or before a checkpoint is
+  written raises :class:`NonFiniteError`, so that NaN weights are never saved or exported. It is checked then, not at
+  every step, which would synchronise with the accelerator at every step.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import defaultdict
@@ -28,13 +32,38 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from evl_ecg.distill.registry import Denominators, LossOutput
 from evl_ecg.outputs import IGNORE_INDEX
 
 OBJECTIVE_FILE = "objective.safetensors"
 STUDENT_DIR = "student"
+
+
+class NonFiniteError(ValueError):
+    """Training diverged: the loss or the weights are not finite (NaN or infinity); nothing more is saved."""
+
+
+def nonfinite_parameters(module: nn.Module, limit: int = 3) -> list[str]:
+    """Names of (at most ``limit``) parameters of ``module`` holding a NaN or an infinity.
+
+    One reduction per device and one synchronisation, whatever the number of parameters.
+    """
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    for name, param in module.named_parameters():
+        if param.numel():
+            by_device[param.device].append((name, param))
+    bad: list[str] = []
+    for params in by_device.values():
+        flags = torch.stack([torch.isfinite(p.detach()).all() for _, p in params])
+        if not bool(flags.all()):
+            bad += [params[i][0] for i in (~flags).nonzero().flatten().tolist()]
+    return bad[:limit]
+
+
+def _is_loss_key(key: str) -> bool:
+    return key in ("loss", "train_loss") or key.startswith("loss/")
 
 
 class DistillModule(nn.Module):
@@ -120,6 +149,18 @@ def count_denominators(
     return dict(counts)
 
 
+class _FiniteBeforeSave(TrainerCallback):
+    """Check the weights before a checkpoint is written: the Trainer saves right after ``on_step_end`` when
+    ``control.should_save`` is set (by its ``DefaultFlowCallback``, which runs first)."""
+
+    def __init__(self, trainer: EvlTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self.trainer.check_finite(when=f"before writing checkpoint-{state.global_step}")
+
+
 class EvlTrainer(Trainer):
     """A ``Trainer`` whose loss is an objective over a student (and, for KD, a frozen teacher).
 
@@ -145,6 +186,7 @@ class EvlTrainer(Trainer):
             teacher.model.eval()
             teacher.model.requires_grad_(False)
             teacher.model.to(self.args.device)  # the Trainer places the student; the teacher is not its model
+        self.add_callback(_FiniteBeforeSave(self))
         self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._term_count = 0
         self._tokens_seen: torch.Tensor | int = 0
@@ -213,7 +255,42 @@ class EvlTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         logs.update(self._term_means())
+        self.check_finite(logs)
         super().log(logs, *args, **kwargs)
+
+    # ---- divergence ------------------------------------------------------------------------------------------
+    def check_finite(self, logs: dict[str, Any] | None = None, *, when: str | None = None) -> None:
+        """Raise :class:`NonFiniteError` if a logged loss (``loss``, ``loss/*``) or a trainable weight is not finite.
+
+        Under fp16 the grad scaler skips the steps whose loss overflowed, so there a non-finite loss alone is not
+        divergence; non-finite weights always are. With several processes the verdict is summed over them (one
+        collective), so that all of them stop together, whichever found the fault (sharded weights, local logs).
+        """
+        step = self.state.global_step
+        losses = {
+            key: value
+            for key, value in (logs or {}).items()
+            if _is_loss_key(key) and isinstance(value, (int, float)) and not math.isfinite(value)
+        }
+        weights = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        diverged = bool(weights or (losses and not self.args.fp16))
+        if self.args.world_size > 1:
+            flag = torch.tensor([float(diverged)], device=self.args.device)
+            diverged = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if diverged:
+            found = []
+            if losses:
+                found.append("loss " + ", ".join(f"{k}={v}" for k, v in sorted(losses.items())[:3]))
+            if weights:
+                found.append("non-finite weights (" + ", ".join(weights) + ")")
+            if not found:
+                found.append("non-finite loss or weights on another process")
+            raise NonFiniteError(
+                f"training diverged at step {step}{f' ({when})' if when else ''}: {' and '.join(found)}; stopped "
+                f"without saving or exporting these weights (learning_rate={self.args.learning_rate:g}"
+                + (f", projector_lr={self.args.projector_lr:g}" if hasattr(self.args, "projector_lr") else "")
+                + ": try lower ones)"
+            )
 
     # ---- optimizer groups ------------------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

@@ -1,0 +1,236 @@
+"""``evl-ecg predict``, ``evl-ecg export`` and ``evl-ecg serve``: thin layers over :mod:`evl_ecg.infer`.
+
+Errors are one line on stderr (``error: <file>: <what is wrong>``) with exit status 1; every output names the model
+card and says that the model is a research artefact, not a medical device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["export", "predict", "serve"]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _quiet_imports() -> None:
+    """Import torchao (when installed) before transformers does, with its CPU-build warnings silenced."""
+    from evl_ecg.infer.export import preimport_torchao_quietly
+
+    preimport_torchao_quietly()
+
+
+def _load_interpreter(model: Path, render_spec: str | None) -> Any:
+    from evl_ecg.infer.interpreter import Interpreter
+    from evl_ecg.models.base import ModelLoadError
+
+    try:
+        return Interpreter.from_pretrained(model, render_spec=render_spec)
+    except (FileNotFoundError, ModelLoadError, ValueError, OSError) as exc:
+        _fail(f"--model {model}: {_one_line(exc)}" if str(model) not in str(exc) else _one_line(exc))
+
+
+def predict(
+    inputs: list[str] = typer.Argument(
+        ..., help="ECGs: WFDB records (.hea), DICOM (.dcm), CODE-15% exams (file.hdf5:exam_id), images, or folders."
+    ),
+    model: Path = typer.Option(..., "--model", help="Model folder (a trained or exported evl-ecg checkpoint)."),
+    question: str = typer.Option("ptbxl", "--question", help="ptbxl, cpsc, code15 or report (a free interpretation)."),
+    out: Path | None = typer.Option(None, "--out", help="JSONL output (resumable; required for several inputs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    render_spec: str | None = typer.Option(
+        None, "--render-spec", help="Override the card's render settings: 'layout=3x4,size=512x384', 'dpi=200' or JSON."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="ECGs per generation batch."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default: the question's."),
+    probabilities: bool = typer.Option(True, "--probabilities/--no-probabilities", help="Label likelihoods."),
+    save_image: Path | None = typer.Option(None, "--save-image", help="Write the page the model read (one input)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar for several inputs."),
+) -> None:
+    """Read ECGs with a model and print the answer, its labels and their probabilities."""
+    _quiet_imports()
+    from evl_ecg.infer.inputs import expand_inputs, is_input_error, read_input
+    from evl_ecg.infer.interpreter import DISCLAIMER
+    from evl_ecg.infer.questions import QUESTIONS
+
+    if question not in QUESTIONS:
+        _fail(f"--question: unknown {question!r}; expected one of {', '.join(QUESTIONS)}")
+    specs, notes = expand_inputs(inputs)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    if not specs:
+        _fail(f"{', '.join(inputs)}: no ECG file found (WFDB .hea, .dcm, .png, .jpg)")
+    if len(specs) > 1 and out is None:
+        _fail(f"{len(specs)} inputs: give --out FILE.jsonl (one JSON line per ECG, resumable)")
+    if save_image is not None and len(specs) > 1:
+        _fail("--save-image takes one input")
+    interp = _load_interpreter(model, render_spec)
+    if out is None:
+        try:
+            item = read_input(specs[0])
+            pred = interp.predict(item, question, max_new_tokens=max_new_tokens, probabilities=probabilities)
+        except Exception as exc:
+            if is_input_error(exc):
+                _fail(_one_line(exc))
+            raise
+        if save_image is not None:
+            pred.image.save(save_image)
+        typer.echo(json.dumps(pred.to_dict(), indent=1, ensure_ascii=False) if as_json else pred.text())
+        return
+    summary = _predict_many(interp, specs, question, out, batch_size, max_new_tokens, probabilities, progress)
+    summary.update(model_card=interp.card.path, disclaimer=DISCLAIMER)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+    else:
+        typer.echo(
+            f"{out}: {summary['written']} written, {summary['resumed']} already there, {summary['failed']} failed "
+            f"({summary['inputs']} inputs, question {question})"
+        )
+        typer.echo(f"model: {interp.model_dir} ({interp.dtype}); model card: {interp.card.path}")
+        typer.echo(DISCLAIMER)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def _predict_many(
+    interp: Any,
+    specs: list[str],
+    question: str,
+    out: Path,
+    batch_size: int,
+    max_new_tokens: int | None,
+    probabilities: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Batches of inputs into a resumable JSONL (keyed on ``input::question``; rows of another model are refused)."""
+    from tqdm.auto import tqdm
+
+    from evl_ecg.eval.generate import read_done
+    from evl_ecg.infer.inputs import is_input_error, read_input
+
+    model_id = f"{interp.model_dir.resolve()}@{interp.dtype}"
+    try:
+        done = read_done(out, model_id)
+    except (ValueError, OSError) as exc:
+        _fail(_one_line(exc))
+    keys = [f"{spec}::{question}" for spec in specs]
+    todo = [(s, k) for s, k in zip(specs, keys, strict=True) if k not in done]
+    failed = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, unit="ecg", desc="predict")
+    written = 0
+    try:
+        with open(out, "a", encoding="utf-8") as fh:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                items, good = [], []
+                for spec, key in chunk:
+                    try:
+                        items.append(read_input(spec))
+                        good.append(key)
+                    except Exception as exc:
+                        if not is_input_error(exc):
+                            raise
+                        typer.echo(f"error: {_one_line(exc)}", err=True)
+                        failed += 1
+                        bar.update(1)
+                if not items:
+                    continue
+                preds = interp.predict_batch(
+                    items, question, max_new_tokens=max_new_tokens, probabilities=probabilities
+                )
+                for key, pred in zip(good, preds, strict=True):
+                    row = {"question_id": key, "model_id": model_id, **pred.to_dict()}
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    written += 1
+                bar.update(len(items))
+    finally:
+        bar.close()
+    return {
+        "out": str(out),
+        "inputs": len(specs),
+        "written": written,
+        "resumed": len(specs) - len(todo),
+        "failed": failed,
+        "model": str(interp.model_dir),
+    }
+
+
+def export(
+    model: Path = typer.Option(..., "--model", help="Model folder to export (read only)."),
+    out: Path = typer.Option(..., "--out", help="New folder for the exported model."),
+    dtype: str = typer.Option("int8", "--dtype", help="bf16, int8 (language-model linears, torchao) or fp32."),
+    bench: Path | None = typer.Option(
+        None, "--bench", help="ECGBench-style folder with ptb-test.json (default: the model's training benchmark)."
+    ),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure the strict PTB-XL AUC after export."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a model in bf16 or with int8 language-model weights; the card records the dtype and the AUC after it."""
+    _quiet_imports()
+    from evl_ecg.infer.export import ExportError, MissingExtraError, export_model
+    from evl_ecg.infer.interpreter import DISCLAIMER
+    from evl_ecg.models.base import ModelLoadError
+
+    try:
+        result = export_model(model, out, dtype, bench=bench, measure=measure, overwrite=overwrite)
+    except (ExportError, MissingExtraError, ModelLoadError, FileNotFoundError) as exc:
+        _fail(_one_line(exc))
+    card = os.path.join(result.out_dir, "README.md")
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "model_card": card, "disclaimer": DISCLAIMER}, indent=1))
+        return
+    auc = (
+        f"strict PTB-XL AUC {result.strict_ptb_auc} after export, {result.source_strict_ptb_auc} before "
+        f"({result.n_records} records of {result.bench})"
+        if result.strict_ptb_auc is not None
+        else f"AUC {result.note}"
+    )
+    typer.echo(
+        f"{result.out_dir}: {result.dtype} export of {result.source} ({result.library}; "
+        f"{result.quantised_modules} linears quantised); weights {result.size_bytes:,} bytes "
+        f"(source {result.source_size_bytes:,}); {auc}"
+    )
+    typer.echo(f"model card: {card}")
+    typer.echo(DISCLAIMER)
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", help="Model folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest request body accepted."),
+    render_spec: str | None = typer.Option(None, "--render-spec", help="Override the card's render settings."),
+) -> None:
+    """Serve a local page and HTTP API (POST /predict, GET /health) for one model."""
+    _quiet_imports()
+    from evl_ecg.infer.export import MissingExtraError
+    from evl_ecg.infer.serve import serve as run_server
+    from evl_ecg.models.base import ModelLoadError
+
+    try:
+        run_server(
+            str(model),
+            host=host,
+            port=port,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            render_spec=render_spec,
+            echo=typer.echo,
+        )
+    except (MissingExtraError, FileNotFoundError, ModelLoadError, ValueError) as exc:
+        _fail(_one_line(exc))
