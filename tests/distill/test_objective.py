@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -164,3 +166,21 @@ def test_balance_ce_gives_each_term_the_magnitude_of_ce_and_the_gradient_of_its_
     torch.testing.assert_close(grad, ref)
     with pytest.raises(ValueError, match="balance"):
         Objective.from_preset("ot", CONTEXT, balance="grad")
+
+
+def test_relation_compares_the_normalised_student_states_when_mhca_normalises() -> None:
+    torch.manual_seed(0)
+    s, t = _pair()
+    objective = Objective.from_preset("evl-ecg", CONTEXT, terms={"mhca": {"reduction": "mean", "normalize": True}})
+    out = objective(s, t)
+    aligned = out.extras["aligned_teacher"]
+    normalised = torch.nn.functional.layer_norm(s.hidden, s.hidden.shape[-1:])
+    relation = build_loss("relation")
+    by_hand = relation(dataclasses.replace(s, hidden=normalised), t, aligned_teacher=aligned).loss
+    raw = relation(s, t, aligned_teacher=aligned).loss
+    assert float(abs(by_hand - raw)) > 1e-4  # the two spaces differ: the test can tell them apart
+    torch.testing.assert_close(out.logs["loss/relation"], by_hand.detach(), rtol=1e-5, atol=1e-6)
+    # the collapse monitor reports the raw states' norm
+    mask = s.attention_mask
+    raw_norm = s.hidden.norm(dim=-1)[mask].mean()
+    torch.testing.assert_close(out.logs["mhca/norm_student"], raw_norm, rtol=1e-5, atol=1e-6)

@@ -53,6 +53,9 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["timings_s"].get("kd", 0) < 1.0
+    # the same folder with the paper's objective would relabel the tiny-settings student: refused
+    other = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--paper-objective"])
+    assert other.exit_code != 0 and "other settings" in other.output and "--out" in other.output
 
 
 def test_demo_names_a_study_folder_without_results(tmp_path):

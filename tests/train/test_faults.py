@@ -573,3 +573,18 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert "evl-ecg: error: KeyError: 'deep inside' (run with --debug for the traceback)" in proc.stderr
     debug = subprocess.run([*args[:3], "--debug", *args[3:]], env=env, capture_output=True, text=True, timeout=300)
     assert debug.returncode != 0 and "deep inside" in debug.stderr and "run with --debug" not in debug.stderr
+
+
+def test_a_later_objective_setting_merges_into_the_earlier_ones():
+    from evl_ecg.train.config import load_config, tiny_config_path
+
+    cfg = load_config(
+        tiny_config_path("kd"),
+        [
+            "objective={alpha_warmup: 150, terms: {mhca: {reduction: mean}}}",
+            "objective={alpha: 0.5, terms: {mhca: {heads: 4}}}",
+            "seed=3",
+        ],
+    )
+    assert cfg.objective == {"alpha_warmup": 150, "alpha": 0.5, "terms": {"mhca": {"reduction": "mean", "heads": 4}}}
+    assert cfg.seed == 3

@@ -202,6 +202,7 @@ class MHCALoss(DistillLoss):
         dummy = ~has_keys[:, None] & (torch.arange(selected.shape[1], device=selected.device) == 0)[None]
         k_mask = selected | dummy
         h_s = _masked(student.hidden, student.attention_mask)
+        raw_s = h_s
         h_t = _masked(teacher.hidden.detach(), selected)  # junk (even NaN) off the keys never reaches a product
         if self.normalize:  # per position over the features; masked rows (all zeros) stay zeros
             h_s = _masked(F.layer_norm(h_s.float(), h_s.shape[-1:]).to(h_s.dtype), student.attention_mask)
@@ -218,13 +219,14 @@ class MHCALoss(DistillLoss):
             total = torch.where(q_mask, per_token, torch.zeros((), dtype=dtype, device=h_s.device)).sum()
             count = masked_mean_denominator(q_mask)
             loss = total / _denominator(denominators, self.unit, count)
-            with torch.no_grad():
-                norm_s = (hs32.norm(dim=-1) * q_mask).sum() / count.clamp_min(1)
+            with torch.no_grad():  # the raw states' norm (the collapse monitor), normalised or not
+                norm_s = (raw_s.to(dtype).norm(dim=-1) * q_mask).sum() / count.clamp_min(1)
                 norm_a = (al32.norm(dim=-1) * q_mask).sum() / count.clamp_min(1)
         return LossOutput(
             loss=loss,
             logs={"loss": loss.detach(), "norm_student": norm_s, "norm_aligned": norm_a},
-            extras={"aligned_teacher": aligned},
+            # with normalize, relation compares Ĥ_t with the states it was fitted to: the normalised H_s
+            extras={"aligned_teacher": aligned, **({"aligned_student": h_s} if self.normalize else {})},
         )
 
 
@@ -373,11 +375,14 @@ class RelationLoss(DistillLoss):
             ``K x D`` for ``K`` such pairs (in blocks of bounded size) and one host synchronisation per side and
             chunk. 0 turns it off (Gram only, no synchronisation).
 
-    ``forward`` takes ``aligned_teacher=`` (``Ĥ_t``), passed by the objective from MHCA's ``extras``.
+    ``forward`` takes ``aligned_teacher=`` (``Ĥ_t``), passed by the objective from MHCA's ``extras``, and, when MHCA
+    runs with ``normalize: true``, ``aligned_student=`` (the layer-normalised ``H_s`` it fitted ``Ĥ_t`` to), which then
+    stands for ``H_s`` in the potentials, so that both sides live in the same space.
     """
 
     unit = "student_pairs"
     consumes = frozenset({"aligned_teacher"})
+    accepts = frozenset({"aligned_student"})  # optional: MHCA's normalised H_s (``normalize: true``)
 
     def __init__(
         self,
@@ -411,6 +416,7 @@ class RelationLoss(DistillLoss):
         denominators: Denominators | None = None,
         *,
         aligned_teacher: Tensor | None = None,
+        aligned_student: Tensor | None = None,
     ) -> LossOutput:
         if aligned_teacher is None:
             raise ValueError(
@@ -422,10 +428,11 @@ class RelationLoss(DistillLoss):
             raise ValueError(f"aligned_teacher has shape {shape}, expected {tuple(student.hidden.shape)}")
         mask = student.position_mask(self.positions)
         target = aligned_teacher.detach() if self.detach_target else aligned_teacher
+        h_s = student.hidden if aligned_student is None else aligned_student
         dtype = _compute_dtype(student.hidden)
         with torch.autocast(device_type=student.hidden.device.type, enabled=False):
             sum_d, sum_a = relation_sums(
-                _masked(student.hidden, mask).to(dtype),
+                _masked(h_s, mask).to(dtype),
                 _masked(target, mask).to(dtype),
                 mask,
                 self.chunk_size,

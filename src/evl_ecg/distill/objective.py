@@ -173,6 +173,7 @@ class Objective(nn.Module):
         for name in self.order:
             term = self.terms[name]
             kwargs = {key: extras[key] for key in sorted(getattr(term, "consumes", ()))}
+            kwargs.update({key: extras[key] for key in sorted(getattr(term, "accepts", ())) if key in extras})
             out = term(student, teacher, denominators, **kwargs)
             extras.update(out.extras)
             _collect(logs, name, out)

@@ -430,8 +430,25 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
+#: Keys whose mapping values merge key by key when set again (in the YAML, then each ``--set``): a later
+#: ``objective={terms: {mhca: {heads: 4}}}`` changes that option and keeps the objective's other settings.
+MERGED_KEYS = ("objective",)
+
+
+def _merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``, nested mappings merged key by key (copies; the inputs are not changed)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_mappings(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs: Any) -> EvlConfig:
-    """Build an :class:`EvlConfig` from a YAML file, ``key=value`` overrides and keyword arguments (last wins).
+    """Build an :class:`EvlConfig` from a YAML file, ``key=value`` overrides and keyword arguments (last wins;
+    an ``objective`` mapping set again merges into the earlier one key by key, :data:`MERGED_KEYS`).
 
     Every error is one line that starts with where the bad value was set (``FILE: key``, ``--set key=value``):
     an unreadable file or YAML syntax, an unknown key (with the closest known one), a value of the wrong type or out
@@ -450,10 +467,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"--set {item}: an override must look like key=value")
         key, value = item.split("=", 1)
         try:
-            data[key.strip()] = _coerce(value)
+            parsed = _coerce(value)
         except yaml.YAMLError as exc:
             raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(exc)})") from None
-        where[key.strip()] = f"--set {item}"
+        key = key.strip()
+        if key in MERGED_KEYS and isinstance(data.get(key), dict) and isinstance(parsed, dict):
+            parsed = _merge_mappings(data[key], parsed)  # a later objective setting adds to the earlier ones
+        data[key] = parsed
+        where[key] = f"--set {item}"
     given = {k: v for k, v in kwargs.items() if v is not None}
     data.update(given)
     where.update({key: key for key in given})

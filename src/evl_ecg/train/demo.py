@@ -47,8 +47,18 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool, se
     from evl_ecg.train.pipeline import run
 
     student_dir = out_dir / "student"
+    marker = out_dir / "method_set.json"  # the settings this run trains with: another set is another run
+    if marker.exists() and json.loads(marker.read_text()) != (sets or []):
+        raise ValueError(
+            f"{out_dir}: trained with other settings ({json.loads(marker.read_text())}, now {sets or []}); "
+            "use another --out (for example one for --paper-objective)"
+        )
     if (student_dir / "config.json").exists():
+        if not marker.exists() and sets:
+            raise ValueError(f"{out_dir}: a student of an earlier demo, settings unknown; use another --out")
         return student_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(marker, sets or [])
     #: --quick: a smoke test of every stage, not a trained model.
     quick_settings = {"max_steps": 4, "save_steps": 2, "logging_steps": 1}
     quick_settings.update(pretrain_vision_steps=2, pretrain_vision_records=32)
@@ -116,7 +126,7 @@ def load_study_summary(path: str | os.PathLike[str] | None = None) -> dict[str, 
 
     target = Path(path) if path is not None else SHIPPED_STUDY
     if target.is_dir():
-        target = target / "results.json"
+        target = target / "summary.json" if (target / "summary.json").exists() else target / "results.json"
     if not target.exists():
         if path is not None:
             raise FileNotFoundError(f"--study {path}: no results.json (run `evl-ecg study --out DIR` first)")
@@ -172,6 +182,8 @@ def run_demo(
     from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
 
     summary_of_study = load_study_summary(study)
+    if summary_of_study is None:
+        print("[demo] no study summary shipped with this package: the table has this seed only", flush=True)
     from evl_ecg.data.corpus import build_corpus
     from evl_ecg.eval.run import evaluate_model
     from evl_ecg.eval.tables import build_table, load_score_doc, to_json, to_markdown

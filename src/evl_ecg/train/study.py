@@ -288,7 +288,8 @@ class Study:
             # built for fewer methods (the study's methods grew): the fields of the new ones are missing
             self.log("[study] the teacher-output cache lacks the new methods' fields: rebuilding it")
             done.unlink()
-            shutil.rmtree(cache, ignore_errors=True)
+            if cache.exists():
+                shutil.rmtree(cache)
         if not done.exists():
             self.log(f"[study] teacher-output cache for {', '.join(methods)}")
             cmd = _cli(
@@ -430,11 +431,7 @@ class Study:
                 if method != "control" and control:
                     row["vs_control"] = paired_bootstrap(by_seed, control, n_boot=200 if s.quick else 2000)
                 table.setdefault(method, {})[subset] = row
-        for method, rows in table.items():  # the share of the control -> teacher gap each method closes
-            for subset, row in rows.items():
-                gap = table.get("teacher", {}).get(subset, {}).get("vs_control", {}).get("diff")
-                if method not in ("teacher", "control") and gap and gap > 0 and "vs_control" in row:
-                    row["gap_closed"] = row["vs_control"]["diff"] / gap
+        add_gap_closed(table)
         cost = {}
         for run in (r for r in runs if "train" in r):
             entry = cost.setdefault(run["method"], {"seconds_per_step": [], "peak_rss_mb": []})
@@ -512,7 +509,8 @@ class Study:
             )
         lines += [
             "",
-            "Gap closed: the method's difference to the control over the teacher's, per subset in the order above.",
+            "Gap closed: the method's difference to the control over the teacher's, per subset in the order above; "
+            "only where the teacher's own interval against the control is above 0.",
             "",
             "Paper (SPEC section 4, real data, 2B student): " + json.dumps(PAPER),
             "",
@@ -574,6 +572,17 @@ class Study:
         _write_json(self.out / "summary.json", study_summary(res))
         self.log(f"[study] wrote {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
         return res
+
+
+def add_gap_closed(table: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Give each method's row (``table[method][subset]``) its share of the control -> teacher gap, ``gap_closed``:
+    its paired difference to the control over the teacher's; only where the teacher's own interval against the
+    control lies above 0 (a ratio over a gap that may be 0 says nothing)."""
+    for method, rows in table.items():
+        for subset, row in rows.items():
+            teacher = table.get("teacher", {}).get(subset, {}).get("vs_control", {})
+            if method not in ("teacher", "control") and teacher.get("lo", 0) > 0 and "vs_control" in row:
+                row["gap_closed"] = row["vs_control"]["diff"] / teacher["diff"]
 
 
 def study_summary(results: dict[str, Any]) -> dict[str, Any]:

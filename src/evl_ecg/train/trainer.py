@@ -150,15 +150,27 @@ def count_denominators(
 
 
 class _FiniteBeforeSave(TrainerCallback):
-    """Check the weights before a checkpoint is written: the Trainer saves right after ``on_step_end`` when
-    ``control.should_save`` is set (by its ``DefaultFlowCallback``, which runs first)."""
+    """Check the weights before a checkpoint is written: the Trainer saves right after ``on_step_end``,
+    ``on_epoch_end`` or ``on_evaluate`` when ``control.should_save`` is set then (by its ``DefaultFlowCallback``,
+    which runs first). A ``save_strategy: best`` save is decided after ``on_evaluate``: that one is not checked
+    here; the export is checked in any case (``pipeline.run``)."""
 
     def __init__(self, trainer: EvlTrainer) -> None:
         self.trainer = trainer
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def _check(self, state: Any, control: Any) -> None:
         if control.should_save:
             self.trainer.check_finite(when=f"before writing checkpoint-{state.global_step}")
+
+    # where the Trainer decides to save: every N steps, every epoch
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check(state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check(state, control)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check(state, control)
 
 
 class EvlTrainer(Trainer):
