@@ -123,6 +123,14 @@ def synth(
         "ECGBench's proportions).",
     ),
     seed: int = typer.Option(0, "--seed", help="Run seed; the same arguments give the same bytes."),
+    generator: int = typer.Option(
+        1,
+        "--generator",
+        min=1,
+        max=2,
+        help="Synthetic-ECG generator: 1 (default, frozen: earlier corpora and the shipped teacher's rebuild "
+        "identically) or 2 (closer to real ECGs, docs/signals.md 2.1). Recorded in manifest.json.",
+    ),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
     ),
@@ -157,7 +165,7 @@ def synth(
     try:
         result = build_corpus(
             out, n_train=train, n_bench=bench, seed=seed, workers=workers, size=wh, dpi=dpi, augment=augment,
-            progress=progress, n_val=val, bench_proportions=bench_proportions,
+            progress=progress, n_val=val, bench_proportions=bench_proportions, generator=generator,
         )  # fmt: skip
     except (CorpusError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0])

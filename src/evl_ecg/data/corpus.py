@@ -117,6 +117,8 @@ class CorpusSettings:
         n_val: records per validation subset (``val/<subset>.json``; 0: none).
         bench_proportions: ``"equal"`` (``n_bench`` per subset) or ``"ecgbench"`` (``n_bench`` PTB-XL records and
             the other subsets in ECGBench's proportions to it).
+        generator: synthetic-ECG generator version (``evl_ecg.ecg.synth.GENERATORS``; 1, the default, is frozen so
+            earlier corpora rebuild byte for byte; a manifest without the field was made with 1).
     """
 
     n_train: int
@@ -131,9 +133,13 @@ class CorpusSettings:
     augment_fraction: float = 0.5
     n_val: int = 0
     bench_proportions: str = "equal"
+    generator: int = 1
 
     def __post_init__(self) -> None:
         from evl_ecg.ecg.render import check_image_size
+        from evl_ecg.ecg.synth import check_generator
+
+        check_generator(self.generator)
 
         if self.n_train < 0 or self.n_bench < 0 or self.n_val < 0:
             raise ValueError(
@@ -242,8 +248,8 @@ def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -
     image_path = out_dir / "images" / image_rel
     image = None
     try:
-        spec = sample_spec(rng_spec, vocabulary=vocabulary)
-        ecg = generate(spec, seed=signal_seed, fs=settings.fs, duration=settings.duration)
+        spec = sample_spec(rng_spec, vocabulary=vocabulary, generator=settings.generator)
+        ecg = generate(spec, seed=signal_seed, fs=settings.fs, duration=settings.duration, generator=settings.generator)
         if not (image_path.is_file() and image_is_valid(image_path)):
             augment = Augment.random(rng_render, strength) if augmented else None
             spec_r = RenderSpec(layout=settings.layout, size=tuple(settings.size), dpi=settings.dpi)
@@ -403,7 +409,7 @@ def _read_settings(path: Path, *, manifest: bool) -> dict[str, Any]:
         found = found["settings"]
     elif not isinstance(found, dict):
         raise CorpusError(f"{path}: not a build marker (a JSON object of settings); delete it to start over")
-    return {"n_val": 0, "bench_proportions": "equal", **found}  # written before these settings existed
+    return {"n_val": 0, "bench_proportions": "equal", "generator": 1, **found}  # written before these settings existed
 
 
 def _check_settings(out_dir: Path, settings: CorpusSettings, scan: _Scan) -> bool:
@@ -526,6 +532,7 @@ def build_corpus(
     log: Callable[[str], None] | None = None,
     n_val: int = 0,
     bench_proportions: str = "equal",
+    generator: int = 1,
 ) -> CorpusResult:
     """Build (or resume) a synthetic corpus in ``out_dir``; see the module docstring for layout and guarantees.
 
@@ -542,6 +549,7 @@ def build_corpus(
         log: where to report skipped items as they happen (``None``: silent; they are in the result and manifest).
         n_val: records per validation subset (``val/<subset>.json``, the benchmark's format, own seed streams).
         bench_proportions: ``"equal"`` or ``"ecgbench"`` (``n_bench`` PTB-XL records, the rest in ECGBench's ratios).
+        generator: synthetic-ECG generator version, 1 (default) or 2 (recorded in the manifest's settings).
     """
     t0 = time.perf_counter()
     settings = CorpusSettings(
@@ -553,6 +561,7 @@ def build_corpus(
         augment=augment,
         n_val=n_val,
         bench_proportions=bench_proportions,
+        generator=generator,
     )
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -337,6 +337,16 @@ def temp_file_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> tupl
     raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
 
 
+def chmod_as_umask(folder: str | os.PathLike[str]) -> None:
+    """Give every file under ``folder`` mode ``0o666`` less the process umask, as ``open()`` would have: libraries that
+    write through ``mkstemp``-like calls (safetensors' writer creates 0600 files) leave them unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
@@ -488,6 +498,7 @@ __all__ = [
     "TEMP_NAME",
     "Turn",
     "atomic_write_bytes",
+    "chmod_as_umask",
     "dumps_records",
     "extract_parquet_images",
     "image_is_valid",

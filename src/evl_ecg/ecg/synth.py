@@ -30,15 +30,29 @@ from evl_ecg.ecg.signal import Ecg
 
 __all__ = [
     "ELECTRODE_LEADS",
+    "GENERATORS",
     "LEAD_VECTORS",
     "RATE_RANGES",
     "NoiseSpec",
     "SynthSpec",
     "check_compatible",
+    "check_generator",
     "generate",
     "is_compatible",
     "sample_spec",
 ]
+
+#: Generator versions: 1 is this module's model, frozen (every corpus made with it rebuilds byte for byte);
+#: 2 is :mod:`evl_ecg.ecg.synth_v2` (issue 17: quantities widened to published ranges). 1 is the default.
+GENERATORS: tuple[int, ...] = (1, 2)
+
+
+def check_generator(generator: int) -> int:
+    """Return ``generator`` if it is one of :data:`GENERATORS`, else raise ``ValueError``."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; known: {', '.join(map(str, GENERATORS))}")
+    return int(generator)
+
 
 # --------------------------------------------------------------------------------------------------
 # Lead system
@@ -241,7 +255,12 @@ def _draw_noise(rng: np.random.Generator) -> NoiseSpec:
 
 
 def sample_spec(
-    rng: np.random.Generator, *, vocabulary: str | None = None, normal_fraction: float = 0.3, noise: bool = True
+    rng: np.random.Generator,
+    *,
+    vocabulary: str | None = None,
+    normal_fraction: float = 0.3,
+    noise: bool = True,
+    generator: int = 1,
 ) -> SynthSpec:
     """Draw a clinically compatible :class:`SynthSpec`.
 
@@ -251,10 +270,16 @@ def sample_spec(
     drawn through a label of that vocabulary chosen uniformly, so every label occurs about equally often and
     ``labels_from_findings(findings, vocabulary)`` is never empty. CODE-15% has no normal label (a normal exam
     is the empty set), so with ``vocabulary="code15"`` ``normal_fraction`` is ignored and no normal ECG is drawn.
+    ``generator`` chooses the noise levels drawn (:data:`GENERATORS`); the findings are drawn alike.
     """
     if not 0 <= normal_fraction <= 1:
         raise ValueError(f"normal_fraction must lie in [0, 1], got {normal_fraction}")
-    noise_spec = _draw_noise(rng) if noise else NoiseSpec()
+    if check_generator(generator) == 2:
+        from evl_ecg.ecg.synth_v2 import draw_noise as _draw_noise_v2
+
+        noise_spec: NoiseSpec = _draw_noise_v2(rng) if noise else NoiseSpec()
+    else:
+        noise_spec = _draw_noise(rng) if noise else NoiseSpec()
     if vocabulary is None:
         normal_ok, primaries = True, None
     else:
@@ -488,7 +513,12 @@ def _qrs_and_repol(f: frozenset[str], p: _Params, qt: float) -> _Wave:
 
     # Voltage rule: LVH reaches its Sokolow-Lyon target; other ECGs stay below a ceiling under 3.5 mV.
     sok = _sokolow(wave, q)
-    target = p.extras["sokolow"] if "LVH" in f else min(sok, p.extras["sokolow_cap"])
+    if "LVH" in f:
+        target = p.extras["sokolow"]
+    elif "sokolow_target" in p.extras:  # generator 2: a drawn voltage, no ceiling
+        target = p.extras["sokolow_target"]
+    else:
+        target = min(sok, p.extras["sokolow_cap"])
     if sok > 0:
         wave.vectors = [v * (target / sok) for v in wave.vectors]
 
@@ -657,7 +687,7 @@ def _f_waves(p: _Params, n: int, fs: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0) -> Ecg:
+def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0, generator: int = 1) -> Ecg:
     """Generate one labelled synthetic 12-lead ECG.
 
     Args:
@@ -666,6 +696,8 @@ def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.
             noise come from separate streams, so changing only ``spec.noise`` leaves the clean ECG unchanged.
         fs: sampling rate in Hz.
         duration: length in s.
+        generator: model version (:data:`GENERATORS`): 1 (default, frozen) or 2 (:func:`evl_ecg.ecg.synth_v2.generate`,
+            whose ``meta`` adds ``generator: 2``; a ``meta`` without it is generator 1).
 
     Returns:
         :class:`~evl_ecg.ecg.signal.Ecg` with ``signal`` ``12 x round(fs * duration)`` float32 in mV (standard
@@ -682,6 +714,10 @@ def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.
         * ``mi_territory``, ``noise`` (the :class:`NoiseSpec` as a dict), ``sokolow_mv`` (S(V1) + max R(V5, V6)
           of the noiseless conducted beat), ``p_present``.
     """
+    if check_generator(generator) == 2:
+        from evl_ecg.ecg.synth_v2 import generate as _generate_v2
+
+        return _generate_v2(spec, seed=seed, fs=fs, duration=duration)
     if fs <= 0 or duration <= 0:
         raise ValueError(f"fs and duration must be positive, got fs={fs}, duration={duration}")
     fs = int(fs)

@@ -371,6 +371,9 @@ def export_student(module: DistillModule, processor: Any, out_dir: str | Path) -
         module.student.save_pretrained(tmp)
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(tmp)
+    from evl_ecg.data.records import chmod_as_umask
+
+    chmod_as_umask(tmp)  # safetensors writes 0600 files: the student is as readable as any other output
     if out_dir.exists():
         import shutil
 
