@@ -246,3 +246,21 @@ def test_likelihood_table_marks_degenerate_numbers():
     assert lines[3] == "| cpsc-test | 40 | 0.796 | 0.034 | softmax |"
     assert lines[-1] == f"{DAGGER} ptb-test: NORM: all 40 above 0.99."
     assert DAGGER not in likelihood_table({"cpsc-test": section["cpsc-test"]})
+
+
+def test_each_image_is_processed_once_for_all_its_candidates(student, monkeypatch):
+    """The candidates of one record share one :meth:`process_image` (the likelihood's main CPU cost on small models),
+    and the shared tensors give the numbers of encoding each candidate on its own (the hand-computed test above)."""
+    calls = []
+    original = student.process_image
+
+    def counting(image):
+        calls.append(image)
+        return original(image)
+
+    monkeypatch.setattr(student, "process_image", counting)
+    _, probs, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=4)
+    assert len(calls) == 2
+    null = manual_mean_loglik(student, RECORDS[1], NONE)
+    want = 1 / (1 + math.exp(-(manual_mean_loglik(student, RECORDS[1], CPSC_LABELS[1]) - null)))
+    assert probs[1, 1] == pytest.approx(want, abs=2e-5)

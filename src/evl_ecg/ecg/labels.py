@@ -61,7 +61,12 @@ FINDINGS: dict[str, Finding] = {
             "morphology",
             "pathological Q waves (>= 40 ms, >= 25% of R) with ST elevation in a coronary territory",
         ),
-        Finding("STD", "ST depression", "morphology", "horizontal/downsloping ST depression >= 0.1 mV"),
+        Finding(
+            "STD",
+            "ST depression",
+            "morphology",
+            "horizontal/downsloping ST depression >= 0.05 mV (0.5 mm; Fourth Universal Definition of MI, 2018)",
+        ),
         Finding("TINV", "T wave inversion", "morphology", "inverted T waves in leads where T is upright"),
         Finding(
             "LVH", "left ventricular hypertrophy", "morphology", "Sokolow-Lyon voltage: S(V1) + R(V5 or V6) >= 3.5 mV"

@@ -294,7 +294,11 @@ def label_scores(
             logger.warning("record %r not scored: image: %s", qid, exc)
             continue
         try:
-            samples = [adapter.encode(_with_answer(record, answer), image, train=True) for answer in candidates]
+            processed = adapter.process_image(image)  # once per record, not once per candidate
+            samples = [
+                adapter.encode(_with_answer(record, answer), image, train=True, processed=processed)
+                for answer in candidates
+            ]
         except Exception as exc:
             failures.append((qid, f"encode: {exc}"))
             logger.warning("record %r not scored: encode: %s", qid, exc)

@@ -445,7 +445,10 @@ class Interpreter:
         labels = question.labels
         candidates = [format_answer([c], question.vocabulary, question.answer_style) for c in labels]
         candidates += list(question.no_label_answers)
-        samples = [self.adapter.encode(self._record(question, a), image, train=True) for a in candidates]
+        processed = self.adapter.process_image(image)  # once for all the candidate answers
+        samples = [
+            self.adapter.encode(self._record(question, a), image, train=True, processed=processed) for a in candidates
+        ]
         total, _count = answer_logliks(self.adapter, samples)
         total = total.double()
         cal = self.card.calibration

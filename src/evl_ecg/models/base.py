@@ -265,11 +265,21 @@ class Adapter:
                     byte_offs[i] = (cum[-1], cum[-1])
         return labels, byte_offs
 
-    def encode(self, record: Any, image: Any, *, train: bool = True) -> dict[str, Tensor]:
+    def encode(
+        self,
+        record: Any,
+        image: Any,
+        *,
+        train: bool = True,
+        processed: tuple[dict[str, Tensor], int] | None = None,
+    ) -> dict[str, Tensor]:
         """One sample: ``input_ids``, ``labels``, ``attention_mask``, ``token_offsets`` (``L x 2``), image tensors.
 
         ``train=True``: the whole conversation, labels on every assistant answer and its end token.
         ``train=False``: the first human turn in the template with the generation prompt, no labels supervised.
+        ``processed``: :meth:`process_image` of ``image``, computed once and reused when several conversations
+        about one image are encoded (the candidate answers of :mod:`evl_ecg.eval.likelihood`); the samples then
+        share its tensors, which nothing modifies.
         """
         turns = conversation_turns(record)
         if train:
@@ -277,7 +287,7 @@ class Adapter:
                 raise ValueError(f"record {record_id(record)!r} ends with a human turn; nothing to supervise")
         else:
             turns = turns[:1]
-        pixels, n_visual = self.process_image(image)
+        pixels, n_visual = processed if processed is not None else self.process_image(image)
         rendered = self.render(turns, generation=not train)
         ids, offs = self.tokenize(rendered.text, n_visual)
         labels, byte_offs = self._labels_and_offsets(ids, offs, rendered)
