@@ -121,6 +121,25 @@ class SideOutputs:
             return self.text_mask & self.attention_mask
         raise ValueError(f"unknown position set {which!r}; expected 'all', 'response' or 'text'")
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SideOutputs:
+        """A copy with every tensor on ``device`` and every floating tensor in ``dtype`` (``None``: unchanged).
+
+        The trainer brings the teacher's outputs to the student's device, and out of a bf16 teacher into the
+        student's float32 when no autocast is on (an objective's float32 modules would otherwise meet bf16 inputs).
+        """
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+
+        changes = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                changes[f.name] = move(v)
+            elif isinstance(v, tuple) and v and isinstance(v[0], Tensor):
+                changes[f.name] = tuple(move(t) for t in v)
+        return replace(self, **changes)
+
     def detached(self) -> SideOutputs:
         """A copy with every tensor detached (the teacher side)."""
         changes = {}

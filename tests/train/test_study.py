@@ -124,3 +124,15 @@ def test_gap_closed_is_the_difference_over_the_teachers_only_where_the_teacher_i
     assert table["evl-ecg"]["ptb-test"]["gap_closed"] == 0.25 and table["ot"]["ptb-test"]["gap_closed"] == -0.5
     assert "gap_closed" not in table["evl-ecg"]["cpsc-test"]  # the teacher's CPSC interval includes 0
     assert "gap_closed" not in table["teacher"]["ptb-test"] and "gap_closed" not in table["control"]["ptb-test"]
+
+
+def test_the_cache_holds_what_each_method_reads_with_its_own_overrides(tmp_path):
+    """A ``--method-set`` that adds a logit term to EVL-ECG makes the cache hold the teacher's logits as well; the
+    presets alone read hidden states and visual tokens (SPEC: MHCA, OT; relation reads MHCA's output)."""
+    from evl_ecg.train.study import Study
+
+    plain = Study(tmp_path, StudySettings(method_overrides=()))._cache_fields(["evl-ecg"])
+    assert plain == {"hidden", "visual"}
+    extra = StudySettings(method_overrides=("evl-ecg:objective={terms: {vanilla_kl: {weight: 0.5}}}",))
+    assert Study(tmp_path, extra)._cache_fields(["evl-ecg"]) == {"hidden", "visual", "logits"}
+    assert Study(tmp_path, extra)._cache_fields(["ot"]) == {"visual"}  # the setting names evl-ecg only

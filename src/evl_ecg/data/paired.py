@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -57,13 +58,30 @@ def encode_pair(
     teacher: Adapter | None = None,
     *,
     train: bool = True,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
-    """``{"id", "student": encoded, "teacher": encoded or None}`` for one record (see :meth:`Adapter.encode`)."""
-    return {
-        "id": record_id(record),
-        "student": student.encode(record, image, train=train),
-        "teacher": teacher.encode(record, image, train=train) if teacher is not None else None,
-    }
+    """``{"id", "student": encoded, "teacher": encoded or None, "truncated": [student, teacher]}`` for one record
+    (see :meth:`Adapter.encode`); with ``max_length`` each side is cut to that many tokens
+    (:func:`encode_truncated`), and ``truncated`` says which were."""
+    rid = record_id(record)
+    s, s_cut = encode_truncated(student, record, image, max_length, train=train, side="student")
+    t, t_cut = (None, False)
+    if teacher is not None:
+        t, t_cut = encode_truncated(teacher, record, image, max_length, train=train, side="teacher")
+    return {"id": rid, "student": s, "teacher": t, "truncated": [int(s_cut), int(t_cut)]}
+
+
+def encode_truncated(
+    adapter: Adapter, record: Any, image: Image.Image, max_length: int | None, *, train: bool = True, side: str = ""
+) -> tuple[dict[str, Tensor], bool]:
+    """``(encoded, cut)``: :meth:`Adapter.encode`, then :meth:`Adapter.truncate` to ``max_length`` tokens (``None``:
+    no limit). The live teacher, the teacher-output cache and the student all cut through here, so a cached teacher
+    sample is the live one."""
+    sample = adapter.encode(record, image, train=train)
+    if max_length is None:
+        return sample, False
+    what = f"record {record_id(record)!r}" + (f" ({side})" if side else "")
+    return sample, adapter.truncate(sample, max_length, what=what)
 
 
 class PairedDataset(Dataset):
@@ -86,6 +104,7 @@ class PairedDataset(Dataset):
         student_adapter: Adapter,
         *,
         train: bool = True,
+        max_length: int | None = None,
     ) -> None:
         if student_adapter is None:
             raise ValueError("PairedDataset needs a student adapter")
@@ -94,6 +113,7 @@ class PairedDataset(Dataset):
         self.teacher = teacher_adapter
         self.student = student_adapter
         self.train = train
+        self.max_length = max_length
 
     def __len__(self) -> int:
         return len(self.records)
@@ -101,7 +121,7 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         image = load_record_image(record, self.image_loader)
-        sample = encode_pair(record, image, self.student, self.teacher, train=self.train)
+        sample = encode_pair(record, image, self.student, self.teacher, train=self.train, max_length=self.max_length)
         sample["index"] = int(index)
         return sample
 
@@ -138,6 +158,8 @@ class PairedCollator:
             "ids": [s["id"] for s in samples],
             "student": self.student.collate([s["student"] for s in samples], padding_side=self.padding_side),
         }
+        if any(any(s.get("truncated", ())) for s in samples):  # samples cut to max_length: [student, teacher]
+            batch["truncated"] = torch.tensor([s.get("truncated", [0, 0]) for s in samples], dtype=torch.long).sum(0)
         if self.teacher is not None:
             teacher_samples: list[dict[str, Tensor]] = [s["teacher"] for s in samples]
             if any(t is None for t in teacher_samples):

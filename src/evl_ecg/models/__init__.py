@@ -31,19 +31,30 @@ from evl_ecg.models.tokenizers import train_tokenizer
 FAMILIES: dict[str, type[Adapter]] = {"qwen3_vl": Qwen3VLAdapter, "llava": LlavaAdapter, "pulse": PulseAdapter}
 
 
-def load_adapter(path: str | Path, **kwargs) -> Adapter:
+#: Names a configuration may give a teacher's family (``EvlConfig.teacher_family``) -> the family that loads it.
+FAMILY_ALIASES: dict[str, str] = {"llava": "llava", "llava_next": "pulse", "pulse": "pulse", "qwen3_vl": "qwen3_vl"}
+
+
+def load_adapter(path: str | Path, *, family: str | None = None, **kwargs) -> Adapter:
     """Load any supported local checkpoint, choosing the family from its files.
 
     ``evl_ecg_adapter.json`` (written by :meth:`Adapter.save_pretrained`) names the family; otherwise the
     ``config.json``: ``llava_llama`` -> PULSE (original layout), ``qwen3_vl`` -> Qwen3-VL, ``llava`` -> LLaVA,
-    ``llava_next`` with the PULSE architecture -> PULSE.
+    ``llava_next`` with the PULSE architecture -> PULSE. ``family`` (``None``/``"auto"``: detect) names the family the
+    caller expects (:data:`FAMILY_ALIASES`: ``llava_next`` is PULSE's); a checkpoint of another is refused.
 
     A folder that is not one whole model of its family (a corrupt ``config.json`` or adapter settings, a truncated or
     foreign weight file, weights or a config of another model) raises :class:`ModelLoadError` naming the folder or
     file; a missing file, ``FileNotFoundError``.
     """
     root = require_files(path, "model checkpoint", "config.json")
+    expected = None if family in (None, "auto") else FAMILY_ALIASES.get(family, family)
     family = checkpoint_family(root)
+    if expected is not None and family != expected:
+        raise ModelLoadError(
+            f"{root}: a {family!r} checkpoint, not the {expected!r} family the configuration names; fix teacher_family "
+            "(or set it to 'auto')"
+        )
     if family not in FAMILIES:
         source = root / ADAPTER_FILE if (root / ADAPTER_FILE).is_file() else root / "config.json"
         what = "family" if source.name == ADAPTER_FILE else "model_type"

@@ -300,6 +300,28 @@ class Adapter:
         out.update(pixels)
         return out
 
+    def truncate(self, sample: dict[str, Tensor], max_length: int, *, what: str = "sample") -> bool:
+        """Cut an encoded sample to its first ``max_length`` tokens in place; ``True`` if anything was cut.
+
+        The sequence tensors (``input_ids``, ``labels``, ``attention_mask``, ``token_offsets``) lose their tail; the
+        image tensors stay whole, so the visual tokens must fit: a ``ValueError`` naming ``what`` if the last image
+        token lies at or beyond ``max_length`` (cutting inside the image would leave the model more image features
+        than placeholders).
+        """
+        ids = sample["input_ids"]
+        if ids.shape[0] <= max_length:
+            return False
+        image = (ids == self.image_token_id).nonzero()
+        if image.numel() and int(image[-1]) >= max_length:
+            raise ValueError(
+                f"{what}: max_length {max_length} would cut into the image's {image.numel()} visual tokens (the last "
+                f"at position {int(image[-1])}); raise max_length above {int(image[-1]) + 1}"
+            )
+        for key in ("input_ids", "labels", "attention_mask", "token_offsets"):
+            if key in sample:
+                sample[key] = sample[key][:max_length]
+        return True
+
     def prompt_inputs(self, record: Any, image: Any) -> dict[str, Tensor]:
         """Generation inputs for one sample: the first human turn in the template, generation prompt appended."""
         return self.encode(record, image, train=False)
@@ -412,11 +434,15 @@ class Adapter:
     def adapter_settings(self) -> dict[str, Any]:
         return {}
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Save model (safetensors), tokenizer, image processor and the adapter's own settings into ``path``."""
+    def save_pretrained(self, path: str | Path, *, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Save model (safetensors), tokenizer, image processor and the adapter's own settings into ``path``.
+
+        ``state_dict``: the model's full weights when its own parameters are shards (DeepSpeed ZeRO-3, FSDP): the
+        engine gathers them and this writes them in place of the local ones.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
         (path / ADAPTER_FILE).write_text(json.dumps({"family": self.family, **self.adapter_settings()}, indent=2))

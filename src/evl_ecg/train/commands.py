@@ -141,6 +141,14 @@ def build_cache(
         list[str] | None,
         typer.Option(help="method(s) the cache must serve (repeat; the union of what they read): default evl-ecg."),
     ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--field",
+            help="a field the cache must hold beyond what the methods' presets read (repeat; for methods whose "
+            "objective is overridden per method, as `study --method-set` does).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -148,9 +156,13 @@ def build_cache(
     from evl_ecg.distill.presets import list_presets
     from evl_ecg.train.config import load_config, tiny_config_path
     from evl_ecg.train.pipeline import image_loader, load_training_records
-    from evl_ecg.train.teacher_cache import method_fields, open_or_build
+    from evl_ecg.train.teacher_cache import FIELDS, method_fields, open_or_build
 
     methods = method or ["evl-ecg"]
+    extra = sorted(set(field or []))
+    bad = [f for f in extra if f not in FIELDS]
+    if bad:
+        _fail(f"--field {', '.join(bad)}: not a cacheable field; choose from {', '.join(FIELDS)}")
     unknown = [m for m in methods if m not in list_presets()]
     if unknown:
         _fail(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(list_presets()))}")
@@ -169,8 +181,9 @@ def build_cache(
             train_file=str(data) if data else None,
         )
         fields = method_fields(methods, cfg.objective if len(methods) == 1 else None)
-        if fields is None:
+        if fields is None and not extra:
             _fail(f"method(s) {', '.join(methods)} read nothing of the teacher: no cache to build")
+        fields = frozenset(fields or ()) | frozenset(extra)
         records = load_training_records(cfg)
         cache = open_or_build(cfg, records, image_loader(cfg), fields=fields)
     except (ValueError, OSError) as exc:

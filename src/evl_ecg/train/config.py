@@ -8,6 +8,7 @@ arguments (``deepspeed=...``, ``fsdp=...``), never through code of ours.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -17,7 +18,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from transformers import TrainingArguments
 
 PHASES = ("teacher", "sft", "kd")
 TEACHER_FAMILIES = ("auto", "llava", "llava_next", "pulse")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -70,7 +72,23 @@ class EvlConfig(TrainingArguments):
         },
     )
     teacher_family: str = field(
-        default="auto", metadata={"help": "'auto' (from config.json), 'llava', 'llava_next' or 'pulse'."}
+        default="auto",
+        metadata={
+            "help": "'auto' (from the checkpoint's files), 'llava', 'llava_next' or 'pulse' (PULSE-7B, either layout): "
+            "the teacher checkpoint must be of this family, or it is refused."
+        },
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the frozen teacher's weights: 'auto' (bfloat16 under bf16, float16 under fp16, else "
+            "float32), 'float32', 'bfloat16' or 'float16'. The student always trains with float32 weights and "
+            "optimiser state (bf16/fp16 are autocast, as the Trainer means them)."
+        },
+    )
+    teacher_device: str | None = field(
+        default=None,
+        metadata={"help": "device of the frozen teacher (e.g. 'cuda:1'); default: the student's training device."},
     )
     train_file: str | None = field(default=None, metadata={"help": "ECGInstruct-format JSON/JSONL/parquet."})
     image_root: str | None = field(default=None, metadata={"help": "root the records' image paths are relative to."})
@@ -117,6 +135,40 @@ class EvlConfig(TrainingArguments):
     )
     curve_records: int | None = field(default=None, metadata={"help": "use only the first N validation records."})
 
+    @contextlib.contextmanager
+    def unsharded_loading(self) -> Iterator[None]:
+        """A context in which ``from_pretrained`` builds whole models even under DeepSpeed ZeRO-3.
+
+        transformers partitions every model loaded while a ZeRO-3 configuration is active (``zero.Init``); the
+        frozen teacher is not the engine's model, so nothing would gather its shards. Loaded in here it stays a
+        plain, whole, inference-only module on each process (the student outside it is partitioned as usual).
+        """
+        from transformers.integrations import (
+            is_deepspeed_zero3_enabled,
+            set_hf_deepspeed_config,
+            unset_hf_deepspeed_config,
+        )
+
+        held = getattr(self, "hf_deepspeed_config", None)
+        if held is None or not is_deepspeed_zero3_enabled():
+            yield
+            return
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            set_hf_deepspeed_config(held)
+
+    @property
+    def teacher_torch_dtype(self) -> Any:
+        """The teacher's weight dtype (``teacher_dtype``; ``auto`` follows ``bf16`` / ``fp16``)."""
+        import torch
+
+        name = self.teacher_dtype
+        if name == "auto":
+            name = "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+        return getattr(torch, name)
+
     def __post_init__(self) -> None:
         check_types(self)  # before anything compares a value: `max_steps: "two"` is an error naming the option
         if self.phase not in PHASES:
@@ -127,11 +179,21 @@ class EvlConfig(TrainingArguments):
             raise ConfigError(
                 "teacher_family", f"must be one of {', '.join(TEACHER_FAMILIES)}, got {self.teacher_family!r}"
             )
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ConfigError(
+                "teacher_dtype", f"must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}"
+            )
         check_ranges(self)
         if self.max_pixels < self.min_pixels:
             raise ConfigError("max_pixels", f"must be >= min_pixels ({self.min_pixels}), got {self.max_pixels}")
         if self.curve_every > 0 and not self.curve_bench:
             raise ConfigError("curve_every", "a learning curve (curve_every > 0) needs curve_bench")
+        if self.fsdp and self.use_cpu:
+            raise ConfigError(
+                "fsdp",
+                "FSDP runs on GPUs only: with use_cpu accelerate would train plain DDP instead, silently; drop "
+                "use_cpu on a GPU machine, or drop fsdp",
+            )
         if self.phase == "kd":
             check_objective(self.method, self.objective)
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
@@ -275,9 +337,14 @@ def _accept(value: Any, tp: Any, convert: bool) -> tuple[bool, Any]:
     return True, value  # a class of the Trainer's own (ParallelismConfig, ...): its __post_init__ checks it
 
 
+#: Options whose accepted values are wider than their transformers annotation says (its help: "``fsdp=True`` to turn
+#: FSDP on", while the field is annotated ``str | None``).
+WIDER_TYPES: dict[str, Any] = {"fsdp": bool | str | None}
+
+
 @functools.lru_cache(maxsize=1)
 def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(EvlConfig)
+    return {**typing.get_type_hints(EvlConfig), **WIDER_TYPES}
 
 
 def check_types(config: EvlConfig) -> None:

@@ -133,7 +133,9 @@ def _student_adapter(config: EvlConfig, records: list[Record]) -> Adapter:
         takes_pixels = family is not None and "min_pixels" in inspect.signature(family.from_pretrained).parameters
         if config.phase in ("sft", "kd") and takes_pixels:  # the student family's processor limits (Table 2)
             kwargs = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
-        return load_adapter(config.student, **kwargs)
+        # float32 weights (and so float32 AdamW moments): bf16 / fp16 are the Trainer's autocast over them, or
+        # DeepSpeed's own master copy; a checkpoint stored in bf16 is upcast here
+        return load_adapter(config.student, dtype=torch.float32, **kwargs)
     texts = corpus_from_records(records)
     if config.phase == "teacher":
         return build_tiny_teacher(texts, seed=config.seed)
@@ -330,6 +332,21 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None
     return objective
 
 
+def gathered_state_dict(trainer: EvlTrainer) -> dict[str, torch.Tensor] | None:
+    """The whole training module's weights gathered from its shards under DeepSpeed ZeRO-3 or FSDP (a collective:
+    every process calls it); ``None`` when the module holds its full weights itself (one process, DDP, ZeRO-1/2)."""
+    from accelerate.utils import DistributedType
+
+    acc = trainer.accelerator
+    if acc.distributed_type == DistributedType.FSDP:
+        pass
+    elif acc.distributed_type == DistributedType.DEEPSPEED and int(acc.state.deepspeed_plugin.zero_stage) == 3:
+        pass
+    else:
+        return None
+    return acc.get_state_dict(trainer.model_wrapped)
+
+
 def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:
     """Train one phase as ``config`` says; resume from the last complete checkpoint in ``output_dir`` if any.
 
@@ -362,14 +379,15 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
             # the teacher's outputs come from the cache (built now if the directory is empty): no teacher weights
             cache = teacher_cache.open_or_build(config, records, image_loader(config))
         else:
-            teacher = load_adapter(config.teacher)
+            with config.unsharded_loading():  # whole and inference-only, never partitioned with the student
+                teacher = load_adapter(config.teacher, family=config.teacher_family, dtype=config.teacher_torch_dtype)
     objective = build_objective(config, student, teacher if cache is None else cache)
     if objective.needs_teacher and teacher is None and cache is None:
         raise ValueError(f"objective {objective} needs a teacher")
     if not objective.needs_teacher:
         teacher = cache = None
     frozen = freeze_vision_encoder(student) if config.freeze_vision else []
-    dataset = PairedDataset(records, image_loader(config), teacher, student)
+    dataset = PairedDataset(records, image_loader(config), teacher, student, max_length=config.max_length)
     collator = PairedCollator(student, teacher, teacher_cache=cache)
     module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)
     from evl_ecg.train.callbacks import ObjectiveStep
@@ -399,11 +417,17 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
             extra["teacher_cache"] = cache.describe()
         write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records), **extra)
     trainer.train(resume_from_checkpoint=checkpoint)
+    cut = trainer.truncated_counts()
+    if config.process_index == 0 and any(cut.values()):
+        sides = ", ".join(f"{n} {side}" for side, n in cut.items() if n)
+        warn(f"max_length {config.max_length}: {sides} samples were cut to {config.max_length} tokens (their tails)")
     student_dir = out_dir / STUDENT_DIR
     history = trainer.state.log_history
     trainer.check_finite(when="before exporting the student")  # NaN weights are never exported
+    # every process takes part in gathering the weights (ZeRO-3, FSDP: the full model from the shards); one writes
+    gathered = gathered_state_dict(trainer)
     if trainer.args.should_save:  # only the main process writes
-        export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir)
+        export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir, state_dict=gathered)
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
         atomic_write_bytes(out_dir / "log_history.json", json.dumps(history, indent=1).encode("utf-8"))
     trainer.accelerator.wait_for_everyone()

@@ -284,22 +284,41 @@ class Study:
             return None
         cache = self.out / "teacher-cache"
         done = self.out / "teacher-cache.done.json"
-        if done.exists() and not set(methods) <= set(json.loads(done.read_text()).get("methods", [])):
-            # built for fewer methods (the study's methods grew): the fields of the new ones are missing
-            self.log("[study] the teacher-output cache lacks the new methods' fields: rebuilding it")
-            done.unlink()
-            if cache.exists():
-                shutil.rmtree(cache)
+        fields = self._cache_fields(methods)
+        if done.exists():
+            built = json.loads(done.read_text())
+            has = set(built.get("fields") or []) if "fields" in built else None
+            if not set(methods) <= set(built.get("methods", [])) or (has is not None and not fields <= has):
+                # built for fewer methods or settings (the study grew): the new ones' fields are missing
+                self.log("[study] the teacher-output cache lacks fields the study's methods now read: rebuilding it")
+                done.unlink()
+                if cache.exists():
+                    shutil.rmtree(cache)
         if not done.exists():
             self.log(f"[study] teacher-output cache for {', '.join(methods)}")
             cmd = _cli(
                 "train", "cache", "--out", str(cache), "--teacher", str(teacher), "--data", str(data / "train.json")
             )
             cmd += [x for m in methods for x in ("--method", m)]
+            cmd += [x for f in sorted(fields) for x in ("--field", f)]
             usage = run_process(cmd, self.out / "teacher-cache.log", s.threads)
             size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
-            _write_json(done, {**usage, "bytes": size, "methods": methods})
+            _write_json(done, {**usage, "bytes": size, "methods": methods, "fields": sorted(fields)})
         return cache
+
+    def _cache_fields(self, methods: list[str]) -> set[str]:
+        """What the cached methods read of the teacher with the objectives they will train with: each method's
+        preset after the study's phase-2 overrides and its own ``--method-set`` ones (resolved as ``distill`` does)."""
+        from evl_ecg.train.config import load_config, tiny_config_path
+        from evl_ecg.train.teacher_cache import method_fields
+
+        s = self.settings
+        out: set[str] = set()
+        for method in methods:
+            sets = [*s.phase2_overrides, *method_settings(s.method_overrides, method)]
+            cfg = load_config(tiny_config_path("kd"), sets, phase="kd", method=PRESET.get(method, method))
+            out |= set(method_fields([PRESET.get(method, method)], cfg.objective) or ())
+        return out
 
     def _table7(self, method: str, student: Path, teacher: Path, data: Path, cache: Path | None) -> dict:
         """Seconds per step and peak RSS of ``method`` with the live teacher and (if cached) with the cache: short

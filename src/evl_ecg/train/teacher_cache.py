@@ -62,7 +62,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from evl_ecg.data.paired import load_record_image
+from evl_ecg.data.paired import encode_truncated, load_record_image
 from evl_ecg.data.records import atomic_write_bytes
 from evl_ecg.models.base import image_positions, record_id
 from evl_ecg.models.fingerprint import (
@@ -544,8 +544,16 @@ class TeacherCache:
 class _TeacherSide(torch.utils.data.Dataset):
     """``(index, the teacher's encoding of record index)`` for the records to build."""
 
-    def __init__(self, records: Sequence[Any], indices: Sequence[int], image_loader: Any, teacher: Any) -> None:
+    def __init__(
+        self,
+        records: Sequence[Any],
+        indices: Sequence[int],
+        image_loader: Any,
+        teacher: Any,
+        max_length: int | None = None,
+    ) -> None:
         self.records, self.indices, self.image_loader, self.teacher = records, list(indices), image_loader, teacher
+        self.max_length = max_length
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -553,7 +561,9 @@ class _TeacherSide(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[int, dict[str, Tensor]]:
         index = self.indices[k]
         record = self.records[index]
-        return index, self.teacher.encode(record, load_record_image(record, self.image_loader), train=True)
+        image = load_record_image(record, self.image_loader)
+        # cut to max_length as a live run cuts the teacher's sample (the key holds max_length)
+        return index, encode_truncated(self.teacher, record, image, self.max_length, side="teacher")[0]
 
 
 class _Collate:
@@ -665,7 +675,7 @@ def build_teacher_cache(
             for i in r
         ]
         loader = torch.utils.data.DataLoader(
-            _TeacherSide(records, todo, image_loader, teacher),
+            _TeacherSide(records, todo, image_loader, teacher, key.get("max_length")),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
@@ -877,7 +887,8 @@ def _build_from_config(
     """Load the teacher, build the cache on the run's device and batch size, free the teacher."""
     from evl_ecg.models import load_adapter
 
-    teacher = load_adapter(config.teacher)
+    with config.unsharded_loading():
+        teacher = load_adapter(config.teacher, family=config.teacher_family, dtype=config.teacher_torch_dtype)
     try:
         build_teacher_cache(
             directory,

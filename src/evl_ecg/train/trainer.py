@@ -108,7 +108,21 @@ class DistillModule(nn.Module):
         student_outputs = self._adapter.forward(student_batch, needs=self.needs)
         return self.objective(student_outputs, teacher_outputs, denominators)
 
+    @property
+    def config(self) -> Any:
+        """The student's config: what the engines read of "the model" (DeepSpeed's ``auto`` bucket sizes come from
+        its hidden size)."""
+        return self.student.config
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """The student's activation checkpointing (the Trainer's ``activation_checkpointing: true``)."""
+        if hasattr(self.student, "activation_checkpointing_enable"):
+            self.student.activation_checkpointing_enable(**kwargs)
+        else:  # transformers releases before the rename
+            self.student.gradient_checkpointing_enable(**kwargs)
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """The name transformers releases before ``activation_checkpointing_enable`` call."""
         self.student.gradient_checkpointing_enable(**kwargs)
 
 
@@ -194,10 +208,15 @@ class EvlTrainer(Trainer):
             raise ValueError("EvlTrainer takes a teacher or a teacher cache, not both")
         self.teacher = teacher
         self.teacher_cache = teacher_cache
+        named = getattr(self.args, "teacher_device", None)
+        self.teacher_device = torch.device(named) if named else self.args.device
         if teacher is not None:
             teacher.model.eval()
             teacher.model.requires_grad_(False)
-            teacher.model.to(self.args.device)  # the Trainer places the student; the teacher is not its model
+            # the Trainer places (and, under DeepSpeed or FSDP, wraps and shards) only its model, the student: the
+            # frozen teacher stays a plain inference-only module, whole on its own device
+            teacher.model.to(self.teacher_device)
+        self._truncated: torch.Tensor | None = None
         self.add_callback(_FiniteBeforeSave(self))
         self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self._term_count = 0
@@ -228,11 +247,19 @@ class EvlTrainer(Trainer):
         teacher_outputs = None
         unwrapped = self.accelerator.unwrap_model(model)
         if self.teacher is not None and "teacher" in inputs:
+            batch = inputs["teacher"]
+            if self.teacher_device != self.args.device:
+                batch = {k: v.to(self.teacher_device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.no_grad():
                 self.teacher.model.eval()
-                teacher_outputs = self.teacher.forward(inputs["teacher"], needs=unwrapped.needs).detached()
+                teacher_outputs = self.teacher.forward(batch, needs=unwrapped.needs).detached()
         elif self.teacher_cache is not None and "teacher_cache" in inputs:
             teacher_outputs = self.teacher_cache.side_outputs(inputs["teacher_cache"])
+        if teacher_outputs is not None:
+            teacher_outputs = teacher_outputs.to(**self._teacher_output_policy(unwrapped))
+        if model.training and torch.is_tensor(inputs.get("truncated")):
+            cut = inputs["truncated"].detach()
+            self._truncated = cut if self._truncated is None else self._truncated + cut
         denominators = num_items_in_batch if isinstance(num_items_in_batch, Denominators) else None
         out: LossOutput = model(inputs["student"], teacher_outputs, denominators)
         loss = out.loss
@@ -242,6 +269,20 @@ class EvlTrainer(Trainer):
         if model.training:
             self._record(out, inputs)
         return (loss, out) if return_outputs else loss
+
+    def _teacher_output_policy(self, module: nn.Module) -> dict[str, Any]:
+        """Where and in which dtype the objective receives the teacher's outputs: on the student's device; in the
+        student's weight dtype unless an autocast is on (which casts every matmul's inputs itself)."""
+        param = next(module.student.parameters())
+        autocast = torch.is_autocast_enabled(param.device.type)
+        return {"device": param.device, "dtype": None if autocast else param.dtype}
+
+    def truncated_counts(self) -> dict[str, int]:
+        """Training samples cut to ``max_length`` so far, per side, on this process (student, teacher)."""
+        if self._truncated is None:
+            return {"student": 0, "teacher": 0}
+        student, teacher = (int(x) for x in self._truncated.tolist())
+        return {"student": student, "teacher": teacher}
 
     def _record(self, out: LossOutput, inputs: dict[str, Any]) -> None:
         # Summed on the device: converting to Python numbers here would synchronise with the GPU at every
@@ -267,6 +308,9 @@ class EvlTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         logs.update(self._term_means())
+        if self._truncated is not None and "loss" in logs:  # cumulative counts of samples cut to max_length
+            cut = self.truncated_counts()
+            logs["data/truncated_student"], logs["data/truncated_teacher"] = cut["student"], cut["teacher"]
         self.check_finite(logs)
         super().log(logs, *args, **kwargs)
 
@@ -336,8 +380,13 @@ class EvlTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         module = self.accelerator.unwrap_model(self.model)
-        export_student(module, self.processing_class, Path(output_dir) / STUDENT_DIR)
-        objective_state = {k: v.detach().contiguous().cpu() for k, v in module.objective.state_dict().items()}
+        # under ZeRO-3 / FSDP the Trainer hands over the gathered weights (`state_dict`); the module's are shards
+        export_student(module, self.processing_class, Path(output_dir) / STUDENT_DIR, state_dict=state_dict)
+        if state_dict is not None:
+            objective_state = {k[len("objective.") :]: v for k, v in state_dict.items() if k.startswith("objective.")}
+        else:
+            objective_state = module.objective.state_dict()
+        objective_state = {k: v.detach().contiguous().cpu() for k, v in objective_state.items()}
         if objective_state:
             tmp = Path(output_dir) / (OBJECTIVE_FILE + ".tmp")
             save_file(objective_state, str(tmp))
@@ -352,12 +401,24 @@ class EvlTrainer(Trainer):
             module.objective.load_state_dict(load_file(str(objective_file)))
 
 
-def export_student(module: DistillModule, processor: Any, out_dir: str | Path) -> Path:
+def student_state(state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The student's entries of a :class:`DistillModule` state dict (``student.`` prefix removed), or ``None``."""
+    if state_dict is None:
+        return None
+    return {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
+
+
+def export_student(
+    module: DistillModule, processor: Any, out_dir: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write the student alone as a plain transformers checkpoint (safetensors), with its processor.
 
-    The objective's modules are not part of it. The directory is written to a temporary sibling and renamed into
-    place, so a crash never leaves half a checkpoint.
+    The objective's modules are not part of it. ``state_dict``: the whole :class:`DistillModule`'s gathered weights
+    (DeepSpeed ZeRO-3, FSDP: :meth:`accelerate.Accelerator.get_state_dict`), written instead of the module's own
+    parameters, which are then shards. The directory is written to a temporary sibling and renamed into place, so a
+    crash never leaves half a checkpoint.
     """
+    weights = student_state(state_dict)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -366,9 +427,9 @@ def export_student(module: DistillModule, processor: Any, out_dir: str | Path) -
         shutil.rmtree(tmp)
     adapter = getattr(module, "_adapter", None)
     if adapter is not None:
-        adapter.save_pretrained(tmp)  # model, tokenizer, image processor and adapter settings
+        adapter.save_pretrained(tmp, state_dict=weights)  # model, tokenizer, image processor and adapter settings
     else:
-        module.student.save_pretrained(tmp)
+        module.student.save_pretrained(tmp, state_dict=weights)
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(tmp)
     from evl_ecg.data.records import chmod_as_umask
