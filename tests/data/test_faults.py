@@ -104,13 +104,13 @@ def test_a_foreign_manifest_is_refused(tmp_path):
     assert (out / "manifest.json").read_text() == '{"name": "my dataset", "files": []}'
 
 
-def test_only_the_builds_own_temporary_files_are_deleted(tmp_path, monkeypatch, reference):
-    out = tmp_path / "out"
+def interrupted_build(out, monkeypatch, at: int = 5) -> None:
+    """A build of ``out`` interrupted (``KeyboardInterrupt``) inside its ``at``-th record, as a Ctrl-C leaves it."""
     real, calls = corpus.make_item, {"n": 0}
 
     def dying(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -118,6 +118,11 @@ def test_only_the_builds_own_temporary_files_are_deleted(tmp_path, monkeypatch, 
     with pytest.raises(KeyboardInterrupt):
         build(out)
     monkeypatch.setattr(corpus, "make_item", real)
+
+
+def test_only_the_builds_own_temporary_files_are_deleted(tmp_path, monkeypatch, reference):
+    out = tmp_path / "out"
+    interrupted_build(out, monkeypatch)
     # what a kill inside atomic_write_bytes leaves: ".<name>.<8 characters>.tmp" beside a file the build writes
     own = [out / ".train.json.ab12cd34.tmp", out / "images" / "train" / ".synth-train-000001.png.zz99_y88.tmp"]
     for path in own:
@@ -152,18 +157,7 @@ def test_a_corpus_copied_without_its_dotfiles_and_rerun_with_another_seed_is_ref
 
 def test_a_partial_corpus_copied_without_its_dotfiles_is_refused(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real, calls = corpus.make_item, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(corpus, "make_item", dying)
-    with pytest.raises(KeyboardInterrupt):
-        build(out)
-    monkeypatch.setattr(corpus, "make_item", real)
+    interrupted_build(out, monkeypatch)
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=lambda _d, names: [n for n in names if n.startswith(".")])
     assert list((copy / "images" / "train").iterdir())  # images, but no .build.json, no manifest.json

@@ -17,6 +17,7 @@ A synthetic ECG is not a clinical one: it has the criteria we put in and nothing
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -687,6 +688,52 @@ def _f_waves(p: _Params, n: int, fs: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+
+def _place_beat(
+    clean: np.ndarray,
+    leads: np.ndarray,
+    start: int,
+    r_idx: int,
+    kind: str,
+    n: int,
+    r_samples: list[int],
+    beat_kinds: list[str],
+) -> None:
+    """Add one beat's electrode leads to the padded record at ``start`` (a beat that does not fit is left out) and
+    record its R peak and kind when the peak lies inside the ``n`` samples."""
+    if start < 0 or start + leads.shape[1] > clean.shape[1]:
+        return
+    clean[:, start : start + leads.shape[1]] += leads
+    if 0 <= r_idx < n:
+        r_samples.append(r_idx)
+        beat_kinds.append(kind)
+
+
+def _twelve_leads(
+    clean: np.ndarray,
+    pad: int,
+    n: int,
+    p: _Params,
+    noise: NoiseSpec,
+    fs: int,
+    ss_noise: Any,
+    *,
+    f_waves: Callable[[_Params, int, int], np.ndarray] | None = None,
+    add_noise: Callable[[NoiseSpec, int, int, np.random.Generator], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The 12 x ``n`` float32 signal of a padded electrode-lead record: the padding cut off, AF's f waves and the
+    noise added (generator 2 passes its own ``f_waves`` and ``add_noise``), III, aVR, aVL, aVF derived from I, II."""
+    clean = clean[:, pad : pad + n]
+    if p.rhythm == "AF":
+        clean += (f_waves or _f_waves)(p, n, fs)
+    elec = clean
+    if not noise.is_clean:
+        elec = clean + (add_noise or _noise)(noise, n, fs, np.random.default_rng(ss_noise))
+    elec32 = elec.astype(np.float32)
+    derived = derived_limb_leads(elec32[_IDX["I"]], elec32[_IDX["II"]])
+    rows = {name: elec32[i] for i, name in enumerate(ELECTRODE_LEADS)} | derived
+    return np.stack([rows[name] for name in LEADS]).astype(np.float32, copy=False)
+
 def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0, generator: int = 1) -> Ecg:
     """Generate one labelled synthetic 12-lead ECG.
 
@@ -755,24 +802,8 @@ def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.
         tmpl = templates[kind]
         r_idx = int(round(t_r * fs))
         start = r_idx - tmpl.r_offset - tmpl.onset + pad
-        if start < 0 or start + tmpl.leads.shape[1] > clean.shape[1]:
-            continue
-        clean[:, start : start + tmpl.leads.shape[1]] += tmpl.leads
-        if 0 <= r_idx < n:
-            r_samples.append(r_idx)
-            beat_kinds.append(kind)
-    clean = clean[:, pad : pad + n]
-    if p.rhythm == "AF":
-        clean += _f_waves(p, n, fs)
-
-    elec = clean
-    if not spec.noise.is_clean:
-        elec = clean + _noise(spec.noise, n, fs, np.random.default_rng(ss_noise))
-    elec32 = elec.astype(np.float32)
-    lead_i, lead_ii = elec32[_IDX["I"]], elec32[_IDX["II"]]
-    derived = derived_limb_leads(lead_i, lead_ii)
-    rows = {name: elec32[i] for i, name in enumerate(ELECTRODE_LEADS)} | derived
-    sig = np.stack([rows[name] for name in LEADS]).astype(np.float32, copy=False)
+        _place_beat(clean, tmpl.leads, start, r_idx, kind, n, r_samples, beat_kinds)
+    sig = _twelve_leads(clean, pad, n, p, spec.noise, fs, ss_noise)
 
     r_times = [r / fs for r in r_samples]
     if len(r_times) >= 2:

@@ -27,7 +27,6 @@ import numpy as np
 from scipy import signal as sps
 
 from evl_ecg.ecg import synth as s1
-from evl_ecg.ecg.leads import LEADS, derived_limb_leads
 from evl_ecg.ecg.signal import Ecg
 
 __all__ = ["ELECTRODES", "NoiseSpecV2", "draw_noise", "electrode_to_leads", "generate"]
@@ -298,23 +297,8 @@ def generate(spec: s1.SynthSpec, *, seed: int, fs: int = 500, duration: float = 
         r_off = int(np.argmax(np.abs(leads[ii, b.onset : b.onset + b.qrs_samples + 1])))
         r_idx = int(round(t_r * fs))
         start = r_idx - r_off - b.onset + pad
-        if start < 0 or start + leads.shape[1] > clean.shape[1]:
-            continue
-        clean[:, start : start + leads.shape[1]] += leads
-        if 0 <= r_idx < n:
-            r_samples.append(r_idx)
-            beat_kinds.append(kind)
-    clean = clean[:, pad : pad + n]
-    if p.rhythm == "AF":
-        clean += _f_waves(p, n, fs)
-
-    elec = clean
-    if not spec.noise.is_clean:
-        elec = clean + _noise(spec.noise, n, fs, np.random.default_rng(ss_noise))
-    elec32 = elec.astype(np.float32)
-    derived = derived_limb_leads(elec32[s1._IDX["I"]], elec32[ii])
-    rows = {name: elec32[i] for i, name in enumerate(s1.ELECTRODE_LEADS)} | derived
-    sig = np.stack([rows[name] for name in LEADS]).astype(np.float32, copy=False)
+        s1._place_beat(clean, leads, start, r_idx, kind, n, r_samples, beat_kinds)
+    sig = s1._twelve_leads(clean, pad, n, p, spec.noise, fs, ss_noise, f_waves=_f_waves, add_noise=_noise)
 
     r_times = [r / fs for r in r_samples]
     heart_rate = 60.0 * (len(r_times) - 1) / (r_times[-1] - r_times[0]) if len(r_times) >= 2 else p.rate
