@@ -50,6 +50,9 @@ class SideOutputs:
         token_offsets: ``B x L x 2`` long, ``[start, end)`` UTF-8 byte offsets of each response token inside
             its turn's response text, ``-1`` outside responses (ULD byte alignment).
         vocab: token strings by id (cross-vocabulary maps).
+        findings: ``B x C`` float multi-hot of each record's canonical findings (``labels["findings"]`` in
+            :data:`evl_ecg.ecg.labels.FINDINGS` order), for losses over labels (``matryoshka``, ``mic``); ``None``
+            when a record of the batch does not carry them.
     """
 
     logits: Tensor
@@ -69,6 +72,7 @@ class SideOutputs:
     attention_kind: str = "probs"
     token_offsets: Tensor | None = None
     vocab: list[str] | None = None
+    findings: Tensor | None = None
 
     def __post_init__(self) -> None:
         b, length = self.hidden.shape[:2]

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from evl_ecg.ecg.labels import findings_multi_hot
 from evl_ecg.models.base import Adapter, record_id
 
 ImageLoader = Callable[[Any], Image.Image] | Mapping[str, Image.Image] | None
@@ -68,7 +69,17 @@ def encode_pair(
     t, t_cut = (None, False)
     if teacher is not None:
         t, t_cut = encode_truncated(teacher, record, image, max_length, train=train, side="teacher")
-    return {"id": rid, "student": s, "teacher": t, "truncated": [int(s_cut), int(t_cut)]}
+    out = {"id": rid, "student": s, "teacher": t, "truncated": [int(s_cut), int(t_cut)]}
+    out["findings"] = record_findings(record)
+    return out
+
+
+def record_findings(record: Any) -> list[str] | None:
+    """The record's canonical findings (``labels["findings"]``), or ``None`` when it does not carry them (real
+    ECGInstruct records; a loss over labels then says it needs them)."""
+    labels = record.get("labels") if isinstance(record, Mapping) else getattr(record, "labels", None)
+    found = (labels or {}).get("findings")
+    return None if found is None else [str(code) for code in found]
 
 
 def encode_truncated(
@@ -158,6 +169,9 @@ class PairedCollator:
             "ids": [s["id"] for s in samples],
             "student": self.student.collate([s["student"] for s in samples], padding_side=self.padding_side),
         }
+        findings = [s.get("findings") for s in samples]
+        if all(f is not None for f in findings):  # the label losses' targets (matryoshka, mic), student side
+            batch["student"]["findings"] = findings_multi_hot(findings)
         if any(any(s.get("truncated", ())) for s in samples):  # samples cut to max_length: [student, teacher]
             batch["truncated"] = torch.tensor([s.get("truncated", [0, 0]) for s in samples], dtype=torch.long).sum(0)
         if self.teacher is not None:

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from evl_ecg.data.records import atomic_write_bytes
 from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
-from evl_ecg.ecg.labels import FINDINGS
+from evl_ecg.ecg.labels import FINDINGS, findings_multi_hot  # noqa: F401  (re-exported)
 from evl_ecg.outputs import SideOutputs
 
 #: the head's files, written beside the student's (``embedding_head.safetensors`` + ``embedding_head.json``).
@@ -90,22 +90,6 @@ def check_prefixes(prefixes: Iterable[int]) -> tuple[int, ...]:
     out = tuple(int(p) for p in items) if ok else ()
     if not ok or out[0] < 1 or any(b <= a for a, b in zip(out, out[1:], strict=False)):
         raise ValueError(f"prefixes must be strictly increasing positive ints (the last is D), got {prefixes!r}")
-    return out
-
-
-def findings_multi_hot(label_sets: Sequence[Iterable[str]], vocabulary: Sequence[str] = FINDING_CODES) -> Tensor:
-    """``B x C`` float multi-hot: ``out[b, c] = 1`` where record ``b`` carries ``vocabulary[c]``.
-
-    ``label_sets``: one iterable of codes per record (a record's ``labels["findings"]``). A code outside
-    ``vocabulary`` raises ``ValueError`` (never skipped silently).
-    """
-    index = {code: i for i, code in enumerate(vocabulary)}
-    out = torch.zeros(len(label_sets), len(index), dtype=torch.float32)
-    for b, codes in enumerate(label_sets):
-        for code in codes:
-            if code not in index:
-                raise ValueError(f"record {b}: finding {code!r} is not in the vocabulary {list(vocabulary)}")
-            out[b, index[code]] = 1.0
     return out
 
 

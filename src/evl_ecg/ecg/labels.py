@@ -14,8 +14,12 @@ derived from them by :func:`labels_from_findings`. Real data come with dataset l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # --------------------------------------------------------------------------------------------------
 # Canonical findings (what the synthetic generator can encode)
@@ -336,3 +340,22 @@ def findings_from_code15(flags: dict[str, bool]) -> frozenset[str]:
     if not found & {"SB", "STACH", "AF"}:
         found.add("SR")
     return frozenset(found)
+
+
+def findings_multi_hot(label_sets: Sequence[Iterable[str]], vocabulary: Sequence[str] | None = None) -> torch.Tensor:
+    """``B x C`` float multi-hot: ``out[b, c] = 1`` where record ``b`` carries ``vocabulary[c]``.
+
+    ``label_sets``: one iterable of codes per record (a record's ``labels["findings"]``). A code outside
+    ``vocabulary`` raises ``ValueError`` (never skipped silently).
+    """
+    import torch
+
+    vocabulary = tuple(FINDINGS) if vocabulary is None else tuple(vocabulary)  # default: FINDINGS' order
+    index = {code: i for i, code in enumerate(vocabulary)}
+    out = torch.zeros(len(label_sets), len(index), dtype=torch.float32)
+    for b, codes in enumerate(label_sets):
+        for code in codes:
+            if code not in index:
+                raise ValueError(f"record {b}: finding {code!r} is not in the vocabulary {list(vocabulary)}")
+            out[b, index[code]] = 1.0
+    return out

@@ -408,6 +408,7 @@ class Adapter:
             attention_kind="probs",
             token_offsets=batch.get("token_offsets"),
             vocab=self.vocab,
+            findings=batch.get("findings"),
         )
 
     __call__ = forward

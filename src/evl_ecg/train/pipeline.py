@@ -36,6 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from evl_ecg.data.paired import PairedCollator, PairedDataset
 from evl_ecg.data.records import Record, atomic_write_bytes, load_records, open_image
+from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
 from evl_ecg.distill.registry import registered
@@ -428,6 +429,9 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     gathered = gathered_state_dict(trainer)
     if trainer.args.should_save:  # only the main process writes
         export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir, state_dict=gathered)
+        head = embedding_head_of(objective)
+        if head is not None:  # the elastic-embedding head is the user's, unlike the distiller's modules: kept
+            head.save(student_dir)
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
         atomic_write_bytes(out_dir / "log_history.json", json.dumps(history, indent=1).encode("utf-8"))
     trainer.accelerator.wait_for_everyone()
