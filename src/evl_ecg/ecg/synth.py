@@ -688,7 +688,6 @@ def _f_waves(p: _Params, n: int, fs: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-
 def _place_beat(
     clean: np.ndarray,
     leads: np.ndarray,
@@ -733,6 +732,7 @@ def _twelve_leads(
     derived = derived_limb_leads(elec32[_IDX["I"]], elec32[_IDX["II"]])
     rows = {name: elec32[i] for i, name in enumerate(ELECTRODE_LEADS)} | derived
     return np.stack([rows[name] for name in LEADS]).astype(np.float32, copy=False)
+
 
 def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0, generator: int = 1) -> Ecg:
     """Generate one labelled synthetic 12-lead ECG.
