@@ -16,6 +16,7 @@ Every run directory holds ``provenance.json`` (resolved config, package versions
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import json
@@ -435,4 +436,9 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
         atomic_write_bytes(out_dir / "log_history.json", json.dumps(history, indent=1).encode("utf-8"))
     trainer.accelerator.wait_for_everyone()
-    return RunResult(out_dir, student_dir, history, time.perf_counter() - t0, str(objective))
+    result = RunResult(out_dir, student_dir, history, time.perf_counter() - t0, str(objective))
+    # the Trainer, the models and the optimiser state sit in reference cycles: free them now, not at some later
+    # collection (a caller running several phases in one process would hold each run's gigabytes meanwhile)
+    del trainer, module, student, teacher, cache, objective, dataset, collator, callbacks
+    gc.collect()
+    return result
