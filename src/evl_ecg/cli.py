@@ -79,6 +79,7 @@ _COMMANDS = [
     ("evl_ecg.infer.commands", "predict", "predict"),
     ("evl_ecg.infer.commands", "export", "export"),
     ("evl_ecg.infer.commands", "serve", "serve"),
+    ("evl_ecg.infer.commands", "embed", "embed"),
 ]
 
 

@@ -35,6 +35,50 @@ def test_a_kd_run_with_mic_trains_and_keeps_the_embedding_head(tmp_path, tiny_co
     head = EmbeddingHead.load(student)
     assert json.loads((student / HEAD_CONFIG).read_text())["prefixes"][-1] == head.config.prefixes[-1]
     assert all(torch.isfinite(t).all() for t in head.state_dict().values())
+    _embed_command(student, head, tiny_corpus, tmp_path, tiny_checkpoints)
+    from evl_ecg.infer.export import export_model
+
+    exported = tmp_path / "bf16"
+    export_model(student, exported, "bf16", measure=False)
+    assert EmbeddingHead.load(exported).state_dict().keys() == head.state_dict().keys()  # the head goes along
+
+
+def _embed_command(student, head, corpus, tmp_path, checkpoints):
+    """``evl-ecg embed`` on the trained student: the vectors equal the head applied by hand to the mean of the
+    student's last hidden states over the image positions, cut and L2-normalised; bad calls are one line, exit 1."""
+    from typer.testing import CliRunner
+
+    from evl_ecg.cli import app
+    from evl_ecg.data.records import load_records, open_image
+    from evl_ecg.infer.embed import read_embeddings
+    from evl_ecg.models import load_adapter
+
+    bench = corpus / "bench" / "ptb-test.json"
+    out = tmp_path / "emb.safetensors"
+    runner = CliRunner()
+    args = ["embed", "--model", str(student), "--data", str(bench), "--dims", "16,8", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--image-root", str(corpus / "images"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    got = read_embeddings(out)
+    records = load_records(bench)
+    assert got.ids == [r.id for r in records] and sorted(got.by_dim) == [8, 16]
+    adapter = load_adapter(student)
+    weight = head.state_dict()["proj.weight"] if "proj.weight" in head.state_dict() else next(iter(head.parameters()))
+    for i, record in enumerate(records):
+        sample = adapter.prompt_inputs(record, open_image(record, corpus / "images"))
+        with torch.no_grad():
+            side = adapter.forward(adapter.collate([sample]))
+        image = side.attention_mask[0] & ~side.text_mask[0]
+        pooled = side.hidden[0][image].double().mean(0)
+        full = pooled @ weight.double().T
+        for d in (8, 16):
+            want = full[:d] / full[:d].norm()
+            assert torch.allclose(got.by_dim[d][i].double(), want, atol=1e-5), (record.id, d)
+    bad = runner.invoke(app, ["embed", "--model", str(checkpoints["student"]), "--data", str(bench), "--dims", "8",
+                              "--out", str(tmp_path / "x.safetensors")])  # fmt: skip
+    assert bad.exit_code == 1 and "no embedding head" in bad.output and "Traceback" not in bad.output
+    too_long = runner.invoke(app, [*args[:5], "--dims", "0,999", "--out", str(tmp_path / "y.safetensors")])
+    assert too_long.exit_code == 1 and "--dims" in too_long.output
 
 
 def test_the_collator_puts_the_findings_in_the_student_batch(tiny_corpus, tiny_checkpoints):

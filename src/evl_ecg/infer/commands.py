@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["export", "predict", "serve"]
+__all__ = ["embed", "export", "predict", "serve"]
 
 
 def _fail(message: str) -> None:
@@ -234,3 +234,41 @@ def serve(
         )
     except (MissingExtraError, FileNotFoundError, ModelLoadError, ValueError) as exc:
         _fail(_one_line(exc))
+
+
+def embed(
+    model: Path = typer.Option(..., "--model", help="A student folder with its embedding head (matryoshka / mic)."),
+    data: Path = typer.Option(..., "--data", help="Records to embed (ECGInstruct / ECGBench JSON or JSONL)."),
+    dims: str = typer.Option(..., "--dims", help="Comma-separated prefix lengths, e.g. 16,32,64."),
+    out: Path = typer.Option(..., "--out", help="The embeddings file (.safetensors: one d<N> tensor per length)."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Default: images/ beside --data."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Records per forward pass."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Elastic embeddings of every record: the student's pooled states through its head, cut to each length."""
+    _quiet_imports()
+    from evl_ecg.data.records import RecordError, load_records, open_image
+    from evl_ecg.infer.embed import embed_records, write_embeddings
+    from evl_ecg.infer.interpreter import DISCLAIMER
+    from evl_ecg.models.base import ModelLoadError
+
+    root = image_root
+    if root is None:
+        root = data.parent / "images" if (data.parent / "images").is_dir() else data.parent
+    try:
+        records = load_records(data)
+        result = embed_records(
+            model, records, lambda r: open_image(r, root), dims, batch_size=batch_size, progress=progress
+        )
+        if not result.ids:
+            _fail(f"--data {data}: no record could be embedded ({len(result.failed)} failed)")
+        path = write_embeddings(result, out)
+    except (FileNotFoundError, ModelLoadError, RecordError, ValueError, OSError) as exc:
+        _fail(_one_line(exc))
+    for rid, reason in result.failed:
+        typer.echo(f"warning: record {rid!r} not embedded: {reason}", err=True)
+    shapes = ", ".join(f"d{d}: {t.shape[0]} x {t.shape[1]}" for d, t in result.by_dim.items())
+    typer.echo(f"{path}: {shapes} (L2-normalised; ids in the file's metadata)")
+    typer.echo(DISCLAIMER)
+    if result.failed:
+        raise typer.Exit(1)

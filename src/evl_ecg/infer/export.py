@@ -279,6 +279,11 @@ def _export(
     out.mkdir(parents=True, exist_ok=True)
     adapter.save_pretrained(out)
     del adapter
+    from evl_ecg.distill.elastic import HEAD_CONFIG, HEAD_WEIGHTS
+
+    for name in (HEAD_WEIGHTS, HEAD_CONFIG):  # the elastic-embedding head, when trained: kept, in float32
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
     bench_dir = Path(bench) if bench is not None else default_bench(card)
     auc = source_auc = None
     n = None
