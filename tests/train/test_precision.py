@@ -228,3 +228,23 @@ def test_activation_checkpointing_reaches_the_student_without_the_deprecated_pat
         module.activation_checkpointing_enable()
     assert module.student.is_gradient_checkpointing
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("teacher_dtype", ["auto", "float32", "bfloat16", "float16"])
+def test_every_precision_combination_a_config_allows_takes_a_finite_step(
+    precision, teacher_dtype, tmp_path, tiny_corpus, tiny_checkpoints, tiny_config
+):
+    """bf16 or fp16 autocast (torch runs both on a CPU) or none, with each teacher dtype: one EVL-ECG step runs with a
+    finite loss and float32 student weights; an unknown teacher dtype is refused (above)."""
+    student = tiny_checkpoints["student"]
+    settings = {"bf16": precision == "bf16", "fp16": precision == "fp16", "teacher_dtype": teacher_dtype}
+    trainer, module, teacher, _spy = _kd_trainer(
+        _one_kd_step(tiny_config, tmp_path, tiny_corpus, student, tiny_checkpoints, **settings)
+    )
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
+    assert {p.dtype for p in module.student.parameters()} == {torch.float32}
+    auto = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    want = auto if teacher_dtype == "auto" else getattr(torch, teacher_dtype)
+    assert {p.dtype for p in teacher.model.parameters()} == {want}
