@@ -598,6 +598,35 @@ def _examples(keys: Sequence[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
 
 
+def load_hf_checkpoint(
+    path: str | Path,
+    what: str,
+    family: str,
+    model_cls: type,
+    processor_cls: type,
+    default_template: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    **model_kwargs: Any,
+) -> tuple[Path, nn.Module, Any, Any]:
+    """``(path, model, tokenizer, image processor)`` of a local checkpoint in the transformers layout: the files
+    checked first (:func:`require_files`), the model through :func:`load_checked` (``dtype`` default ``"auto"``), the
+    tokenizer with ``default_template`` when it carries no chat template; nothing is downloaded."""
+    root = require_files(path, what, "config.json", WEIGHT_FILES, "tokenizer.json", "preprocessor_config.json")
+    model = load_checked(
+        model_cls, root, family, dtype=dtype or "auto", local_files_only=True, trust_remote_code=False, **model_kwargs
+    )
+    from transformers import AutoTokenizer
+
+    with loading(root, "tokenizer (tokenizer.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, trust_remote_code=False)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = default_template
+    with loading(root, "image processor (preprocessor_config.json)"):
+        processor = processor_cls.from_pretrained(root, local_files_only=True)
+    return root, model, tokenizer, processor
+
+
 def load_checked(model_cls: type, root: str | Path, family: str, **kwargs: Any) -> nn.Module:
     """``model_cls.from_pretrained(root)``, refusing a folder whose files are not all of one such model.
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration
+from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration
 
-from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, load_checked, loading, require_files
+from evl_ecg.models.base import Adapter, Rendered, Turn, load_hf_checkpoint
 from evl_ecg.models.tokenizers import LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
 
 
@@ -77,21 +77,14 @@ class LlavaAdapter(Adapter):
         cls, path: str | Path, *, dtype: torch.dtype | str | None = None, **model_kwargs: Any
     ) -> LlavaAdapter:
         """Load a local LLaVA directory in the transformers layout."""
-        path = require_files(
-            path, "LLaVA checkpoint", "config.json", WEIGHT_FILES, "tokenizer.json", "preprocessor_config.json"
-        )
-        model = load_checked(
-            LlavaForConditionalGeneration,
+        _, model, tokenizer, processor = load_hf_checkpoint(
             path,
+            "LLaVA checkpoint",
             cls.family,
-            dtype=dtype or "auto",
-            local_files_only=True,
-            trust_remote_code=False,
+            LlavaForConditionalGeneration,
+            CLIPImageProcessorPil,
+            LLAVA_V1_TEMPLATE,
+            dtype=dtype,
             **model_kwargs,
         )
-        with loading(path, "tokenizer (tokenizer.json)"):
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        tokenizer.chat_template = tokenizer.chat_template or LLAVA_V1_TEMPLATE
-        with loading(path, "image processor (preprocessor_config.json)"):
-            processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
         return cls(model.eval(), tokenizer, processor)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
+from transformers import Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 
-from evl_ecg.models.base import WEIGHT_FILES, Adapter, Rendered, Turn, load_checked, loading, require_files
+from evl_ecg.models.base import Adapter, Rendered, Turn, load_hf_checkpoint
 from evl_ecg.models.tokenizers import CHATML_TEMPLATE
 
 #: Paper Table 2's student pixel limits (784 to 50,176 px: at most 224 x 224, i.e. about 49 visual tokens).
@@ -115,29 +115,16 @@ class Qwen3VLAdapter(Adapter):
         **model_kwargs: Any,
     ) -> Qwen3VLAdapter:
         """Load a local Qwen3-VL directory (HF layout). ``min_pixels``/``max_pixels`` override the processor's."""
-        path = require_files(
+        path, model, tokenizer, processor = load_hf_checkpoint(
             path,
             "Qwen3-VL checkpoint",
-            "config.json",
-            WEIGHT_FILES,
-            "tokenizer.json",
-            "preprocessor_config.json",
-        )
-        model = load_checked(
-            Qwen3VLForConditionalGeneration,
-            path,
             cls.family,
-            dtype=dtype or "auto",
-            local_files_only=True,
-            trust_remote_code=False,
+            Qwen3VLForConditionalGeneration,
+            Qwen2VLImageProcessorPil,
+            CHATML_TEMPLATE,
+            dtype=dtype,
             **model_kwargs,
         )
-        with loading(path, "tokenizer (tokenizer.json)"):
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = CHATML_TEMPLATE
-        with loading(path, "image processor (preprocessor_config.json)"):
-            processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
         if min_pixels is not None or max_pixels is not None:
             size = {"shortest_edge": processor.size["shortest_edge"], "longest_edge": processor.size["longest_edge"]}
             if min_pixels is not None:
