@@ -688,6 +688,16 @@ def _f_waves(p: _Params, n: int, fs: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def _record_streams(seed: int, fs: float, duration: float) -> tuple[int, int, np.random.Generator, Any]:
+    """``(fs, n samples, the signal's generator, the noise's seed sequence)`` of one record: the two independent
+    streams every generator draws from (``SeedSequence(seed).spawn(2)``)."""
+    if fs <= 0 or duration <= 0:
+        raise ValueError(f"fs and duration must be positive, got fs={fs}, duration={duration}")
+    fs = int(fs)
+    ss_signal, ss_noise = np.random.SeedSequence(seed).spawn(2)
+    return fs, int(round(fs * duration)), np.random.default_rng(ss_signal), ss_noise
+
+
 def _place_beat(
     clean: np.ndarray,
     leads: np.ndarray,
@@ -765,12 +775,7 @@ def generate(spec: SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.
         from evl_ecg.ecg.synth_v2 import generate as _generate_v2
 
         return _generate_v2(spec, seed=seed, fs=fs, duration=duration)
-    if fs <= 0 or duration <= 0:
-        raise ValueError(f"fs and duration must be positive, got fs={fs}, duration={duration}")
-    fs = int(fs)
-    n = int(round(fs * duration))
-    ss_signal, ss_noise = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(ss_signal)
+    fs, n, rng, ss_noise = _record_streams(seed, fs, duration)
     f = spec.findings
     p = _draw_params(spec, rng)
     rr = 60.0 / p.rate

@@ -254,12 +254,7 @@ def generate(spec: s1.SynthSpec, *, seed: int, fs: int = 500, duration: float = 
     ``spec.noise`` may be a generator-1 :class:`~evl_ecg.ecg.synth.NoiseSpec` (no motion or pops) or a
     :class:`NoiseSpecV2`; either is drawn per electrode.
     """
-    if fs <= 0 or duration <= 0:
-        raise ValueError(f"fs and duration must be positive, got fs={fs}, duration={duration}")
-    fs = int(fs)
-    n = int(round(fs * duration))
-    ss_signal, ss_noise = np.random.SeedSequence(seed).spawn(2)
-    rng = np.random.default_rng(ss_signal)
+    fs, n, rng, ss_noise = s1._record_streams(seed, fs, duration)
     f = spec.findings
     p = _draw_params(spec, rng)
     e = p.extras

@@ -340,11 +340,8 @@ def gathered_state_dict(trainer: EvlTrainer) -> dict[str, torch.Tensor] | None:
     from accelerate.utils import DistributedType
 
     acc = trainer.accelerator
-    if acc.distributed_type == DistributedType.FSDP:
-        pass
-    elif acc.distributed_type == DistributedType.DEEPSPEED and int(acc.state.deepspeed_plugin.zero_stage) == 3:
-        pass
-    else:
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and int(acc.state.deepspeed_plugin.zero_stage) == 3
+    if acc.distributed_type != DistributedType.FSDP and not zero3:
         return None
     return acc.get_state_dict(trainer.model_wrapped)
 
