@@ -1,11 +1,15 @@
 """Elastic embeddings on the tiny pair: no embedding loss, ``matryoshka``, ``mic`` and one ablation each of its parts.
 
     OMP_NUM_THREADS=2 python benchmarks/elastic.py --out runs/elastic [--seeds 0,1,2] [--steps 300] [--quick]
+    # or reuse a study's corpus, test corpus and phase-1 student (same settings as the defaults here):
+    python benchmarks/elastic.py --out runs/elastic --data STUDY/data --test STUDY/test --phase1 STUDY/phase1/seed-0
 
-One synthetic corpus (``--train`` records, and a validation split of ``--val`` records per subset, never used for
-training) and one phase-1 student (SFT, ``--sft-steps``) are made once; from that student every variant trains
-``--steps`` phase-2 steps with the same CE share (``alpha`` 0.3, method ``sft``: no teacher term) and its embedding
-term, per seed:
+One synthetic training corpus (``--train`` records, seed 0), one held-out test corpus (``--test-records`` PTB-XL-style
+records and the rest of ECGBench's subsets in its ratios, seed 1000, as ``evl-ecg study`` makes it) and one phase-1
+student (SFT, ``--sft-steps``) are made once (or reused: ``--data``, ``--test``, ``--phase1``); from that student every
+variant trains ``--steps`` phase-2 steps with the same CE share (``alpha`` 0.3, method ``sft``: no teacher term) and
+its embedding term, per seed. The losses' weights are the documented defaults, fixed before any run: nothing here is
+chosen on the records the table reports.
 
 * ``none``: no embedding loss; its embedding is an untrained head (the seeded random projection of the same pooled
   states), the baseline every trained head must beat;
@@ -13,11 +17,11 @@ term, per seed:
 * ``mic``: matryoshka + SCR + SIR + self-distillation (docs/distill.md, "Elastic embeddings");
 * ``mic-no-scr``, ``mic-no-sir``, ``mic-no-sd``: ``mic`` with one part's weight set to 0.
 
-Each finished student embeds the validation records (``evl_ecg.infer.embed.embed_records``, the image positions'
-pooled states through the head); at each prefix length the script prints, mean +- std over seeds:
+Each finished student embeds the test corpus's PTB-XL-style records (``evl_ecg.infer.embed.embed_records``, the
+image positions' pooled states through the head); at each prefix length the script prints, mean +- std over seeds:
 
 * the linear-probe macro ROC-AUC over the findings present in both halves (scikit-learn ``LogisticRegression`` per
-  finding, fitted on the first half of the validation records, scored on the second);
+  finding, fitted on the first half of the records, scored on the second);
 * retrieval precision@10: the share of each record's 10 nearest neighbours (cosine, the record itself excluded)
   whose finding set equals its own;
 * the effective rank ``exp(H(sigma / sum sigma))`` of the centred embeddings' singular values (Roy and Vetterli,
@@ -101,7 +105,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/elastic"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", type=int, default=2000)
-    ap.add_argument("--val", type=int, default=200, help="validation records per subset (PTB-XL style used)")
+    ap.add_argument("--test-records", type=int, default=500, help="PTB-XL-style test records (the ones scored)")
+    ap.add_argument("--data", type=Path, help="reuse this training corpus (a folder with train.json) instead")
+    ap.add_argument("--test", type=Path, help="reuse this test corpus (a folder with bench/ptb-test.json) instead")
+    ap.add_argument("--phase1", type=Path, help="reuse this phase-1 run (a folder with student/) instead")
     ap.add_argument("--sft-steps", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -109,7 +116,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke test: tiny corpus, few steps, one seed")
     args = ap.parse_args()
     if args.quick:
-        args.train, args.val, args.sft_steps, args.steps, args.seeds = 48, 24, 20, 8, "0"
+        args.train, args.test_records, args.sft_steps, args.steps, args.seeds = 48, 24, 20, 8, "0"
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -121,17 +128,25 @@ def main() -> None:
     from evl_ecg.ecg.labels import findings_multi_hot
 
     out = args.out
-    data = out / "data"
+    data = args.data or out / "data"
+    test = args.test or out / "test"
+    sft = args.phase1 or out / "sft"
+    for name, path, need in (("--data", args.data, "train.json"), ("--test", args.test, "bench/ptb-test.json"),
+                             ("--phase1", args.phase1, "student/config.json")):  # fmt: skip
+        if path is not None and not (path / need).is_file():
+            sys.exit(f"error: {name} {path}: no {need} there")
     if not (data / "manifest.json").exists():
-        build_corpus(data, n_train=args.train, n_bench=0, n_val=args.val, seed=0, workers=2, progress=False)
+        build_corpus(data, n_train=args.train, n_bench=0, seed=0, workers=2, progress=False)
+    if not (test / "manifest.json").exists():
+        build_corpus(test, n_train=0, n_bench=args.test_records, bench_proportions="ecgbench", seed=1000, workers=2,
+                     progress=False)  # fmt: skip
     cli = [sys.executable, "-m", "evl_ecg.cli"]
-    sft = out / "sft"
     if not (sft / "student" / "config.json").exists():
         sets = [f"max_steps={args.sft_steps}", "seed=0", "save_strategy=no"]
         _run([*cli, "train", "sft", "--data", str(data / "train.json"), "--out", str(sft)]
              + [x for s in sets for x in ("--set", s)], out / "sft.log")  # fmt: skip
-    val = load_records(data / "val" / "ptb-test.json")
-    labels = findings_multi_hot([r.labels["findings"] for r in val]).numpy().astype(int)
+    records = load_records(test / "bench" / "ptb-test.json")
+    labels = findings_multi_hot([r.labels["findings"] for r in records]).numpy().astype(int)
     rows: dict[tuple[str, int], list[dict]] = {}
     for variant in variants:
         for seed in seeds:
@@ -159,9 +174,9 @@ def main() -> None:
                 from evl_ecg.infer.embed import embed_records
 
                 dims = list(EmbeddingHead.load(student).prefixes)
-                emb = embed_records(student, val, lambda r: open_image(r, data / "images"), dims, progress=False)
+                emb = embed_records(student, records, lambda r: open_image(r, test / "images"), dims, progress=False)
                 if emb.failed:
-                    sys.exit(f"error: {variant} seed {seed}: {len(emb.failed)} validation records not embedded")
+                    sys.exit(f"error: {variant} seed {seed}: {len(emb.failed)} test records not embedded")
                 metrics = []
                 for d, z in emb.by_dim.items():
                     z = z.numpy().astype(np.float64)
@@ -170,7 +185,7 @@ def main() -> None:
                 done.write_text(json.dumps(metrics, indent=1))
             rows[(variant, seed)] = json.loads(done.read_text())
     dims = sorted({m["dim"] for ms in rows.values() for m in ms})
-    print(f"# elastic embeddings: {len(val)} validation records (PTB-XL style), seeds {seeds}, {args.steps} steps"
+    print(f"# elastic embeddings: {len(records)} held-out PTB-XL-style test records, seeds {seeds}, {args.steps} steps"
           f"{' (QUICK: a smoke test, not a measurement)' if args.quick else ''}")  # fmt: skip
     for key, name in (("probe_auc", "linear-probe macro AUC"), ("p_at_10", "precision@10"), ("eff_rank", "eff. rank")):
         print(f"\n{name} (mean +- std over seeds)\n")
