@@ -256,8 +256,8 @@ def inspect(
     index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
     start: float = typer.Option(0.0, "--start", min=0.0, help="Report the window `render --start` would draw."),
 ) -> None:
-    """Print a record's leads, sampling rate, duration, the window `render` draws (window_s, [start, end] s of
-    duration_s), labels in each vocabulary and findings as JSON."""
+    """Print a record's leads, sampling rate, duration, the window `render` draws (window_s: its start and end in s,
+    of duration_s), labels in each vocabulary and findings as JSON."""
     ecg = _read(record, index)
     try:
         info = describe(ecg, record, index, start=start)
