@@ -25,7 +25,9 @@ image positions' pooled states through the head); at each prefix length the scri
 * retrieval precision@10: the share of each record's 10 nearest neighbours (cosine, the record itself excluded)
   whose finding set equals its own;
 * the effective rank ``exp(H(sigma / sum sigma))`` of the centred embeddings' singular values (Roy and Vetterli,
-  2007), the spectral-collapse measure.
+  2007), the spectral-collapse measure;
+
+and, for the first two, each variant's paired difference to ``matryoshka`` of the same seed.
 
 Runs are resumable (a finished variant/seed keeps ``done.json``). ``--quick`` is a smoke test (tiny corpus, few
 steps, one seed), not a measurement.
@@ -187,17 +189,26 @@ def main() -> None:
     dims = sorted({m["dim"] for ms in rows.values() for m in ms})
     print(f"# elastic embeddings: {len(records)} held-out PTB-XL-style test records, seeds {seeds}, {args.steps} steps"
           f"{' (QUICK: a smoke test, not a measurement)' if args.quick else ''}")  # fmt: skip
-    for key, name in (("probe_auc", "linear-probe macro AUC"), ("p_at_10", "precision@10"), ("eff_rank", "eff. rank")):
-        print(f"\n{name} (mean +- std over seeds)\n")
-        print("| variant | " + " | ".join(f"d={d}" for d in dims) + " |")
-        print("|---|" + "---:|" * len(dims))
+
+    def value(variant: str, seed: int, key: str, d: int) -> float:
+        return next(m[key] for m in rows[(variant, seed)] if m["dim"] == d)
+
+    def cell(vals: list[float], sign: str = "") -> str:
+        mean, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        return f"{mean:{sign}.3f} +- {sd:.3f}"
+
+    measures = (("probe_auc", "linear-probe macro AUC"), ("p_at_10", "precision@10"), ("eff_rank", "eff. rank"))
+    header = "| variant | " + " | ".join(f"d={d}" for d in dims) + " |\n|---|" + "---:|" * len(dims)
+    for key, name in measures:
+        print(f"\n{name} (mean +- std over seeds)\n\n{header}")
         for variant in variants:
-            cells = []
-            for d in dims:
-                vals = [m[key] for s in seeds for m in rows[(variant, s)] if m["dim"] == d]
-                mean, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-                cells.append(f"{mean:.3f} +- {sd:.3f}")
-            print(f"| {variant} | " + " | ".join(cells) + " |")
+            print(f"| {variant} | " + " | ".join(cell([value(variant, s, key, d) for s in seeds]) for d in dims) + " |")
+    if "matryoshka" in variants:  # each variant minus matryoshka, seed by seed (same seed: same data order)
+        for key, name in measures[:2]:
+            print(f"\n{name}, minus matryoshka's of the same seed (mean +- std of the paired differences)\n\n{header}")
+            for variant in (v for v in variants if v != "matryoshka"):
+                diffs = [[value(variant, s, key, d) - value("matryoshka", s, key, d) for s in seeds] for d in dims]
+                print(f"| {variant} | " + " | ".join(cell(x, "+") for x in diffs) + " |")
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 
