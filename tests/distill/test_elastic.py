@@ -227,6 +227,27 @@ def test_head_save_load_round_trip(tmp_path) -> None:
     torch.testing.assert_close(loaded.embed(side), head.embed(side), rtol=0, atol=0)
 
 
+def test_head_save_writes_gathered_weights_in_place_of_its_own(tmp_path) -> None:
+    """Under ZeRO-3 / FSDP the module holds shards: the gathered tensors are what is written."""
+    from evl_ecg.train.pipeline import submodule_state
+
+    torch.manual_seed(2)
+    head = EmbeddingHead(D_S, prefixes=PREFIXES, bias=True)
+    outer = torch.nn.Module()
+    outer.objective = torch.nn.Module()
+    outer.objective.head = head
+    gathered = {f"objective.head.{k}": torch.full_like(v, 0.25) for k, v in head.state_dict().items()}
+    gathered["student.w"] = torch.zeros(3)
+    part = submodule_state(gathered, outer, head)
+    assert sorted(part) == ["proj.bias", "proj.weight"]
+    assert submodule_state(None, outer, head) is None
+    head.save(tmp_path, state_dict=part)
+    loaded = EmbeddingHead.load(tmp_path)
+    assert all(torch.equal(v, torch.full_like(v, 0.25)) for v in loaded.state_dict().values())
+    with pytest.raises(ValueError, match="not the head's"):
+        head.save(tmp_path, state_dict={"proj.weight": part["proj.weight"]})
+
+
 def test_head_load_refuses_missing_or_mismatched_files(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=HEAD_WEIGHTS):
         EmbeddingHead.load(tmp_path)

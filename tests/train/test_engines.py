@@ -69,6 +69,25 @@ def test_deepspeed_exports_the_full_student_equal_to_an_unsharded_run(stage, tmp
     _assert_same_weights(plain_weights, _loaded_weights(tmp_path / stage / "student"), atol=1e-5)
 
 
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero3_saves_the_gathered_embedding_head_equal_to_an_unsharded_run(tmp_path, tiny_corpus, tiny_checkpoints):
+    """The elastic head trained under ZeRO-3 is written from its gathered weights, not from the process's shard."""
+    from evl_ecg.distill.elastic import EmbeddingHead
+
+    objective = {"alpha": 0.3, "terms": {"mic": {"weight": 1.0}}}
+    kw = dict(max_steps=2, save_strategy="no", method="sft", objective=objective, per_device_train_batch_size=4)
+    plain = _run(_config(tmp_path / "plain", tiny_corpus, tiny_checkpoints, **kw))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    cfg = _config(tmp_path / "zero3", tiny_corpus, tiny_checkpoints, **kw)
+    del cfg["use_cpu"]
+    cfg["deepspeed"] = str(PAPER / "kd-deepspeed-zero3.json")
+    engine = _run(cfg, torchrun=1)
+    assert engine.returncode == 0, engine.stderr[-3000:]
+    heads = [EmbeddingHead.load(tmp_path / run / "student") for run in ("plain", "zero3")]
+    _assert_same_weights(dict(heads[0].named_parameters()), dict(heads[1].named_parameters()), atol=1e-5)
+
+
 def test_fsdp_on_a_cpu_is_refused_not_silently_ddp(tmp_path):
     from evl_ecg.train.config import ConfigError, load_config
 

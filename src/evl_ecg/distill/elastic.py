@@ -230,10 +230,20 @@ class EmbeddingHead(nn.Module):
         return F.normalize(prefix, dim=-1, eps=_TINY) if normalize else prefix
 
     # ---- files -----------------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Write :data:`HEAD_WEIGHTS` (float32 tensors) and :data:`HEAD_CONFIG` into ``directory``, atomically."""
+    def save(
+        self, directory: str | os.PathLike[str], *, state_dict: dict[str, Tensor] | None = None
+    ) -> tuple[Path, Path]:
+        """Write :data:`HEAD_WEIGHTS` (float32 tensors) and :data:`HEAD_CONFIG` into ``directory``, atomically.
+
+        ``state_dict``: this head's weights gathered from their shards (DeepSpeed ZeRO-3, FSDP), written instead of
+        the module's own parameters, which are then shards; its keys must be the module's.
+        """
         folder = Path(directory)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        own = self.state_dict()
+        if state_dict is not None and sorted(state_dict) != sorted(own):
+            raise ValueError(f"embedding head: gathered weights {sorted(state_dict)} are not the head's {sorted(own)}")
+        source = own if state_dict is None else state_dict
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in source.items()}
         weights, config = folder / HEAD_WEIGHTS, folder / HEAD_CONFIG
         atomic_write_bytes(weights, safetensors_bytes(tensors, metadata={"format": HEAD_FORMAT}))
         atomic_write_bytes(config, (json.dumps(self.config.to_dict(), indent=1) + "\n").encode("utf-8"))

@@ -346,6 +346,17 @@ def gathered_state_dict(trainer: EvlTrainer) -> dict[str, torch.Tensor] | None:
     return acc.get_state_dict(trainer.model_wrapped)
 
 
+def submodule_state(
+    gathered: dict[str, torch.Tensor] | None, module: torch.nn.Module, part: torch.nn.Module
+) -> dict[str, torch.Tensor] | None:
+    """``part``'s entries of ``gathered`` (:func:`gathered_state_dict` of ``module``), keyed as ``part`` keys its own
+    state dict; ``None`` when nothing was gathered."""
+    if gathered is None:
+        return None
+    prefix = next(name for name, m in module.named_modules() if m is part) + "."
+    return {k[len(prefix) :]: v for k, v in gathered.items() if k.startswith(prefix)}
+
+
 def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:
     """Train one phase as ``config`` says; resume from the last complete checkpoint in ``output_dir`` if any.
 
@@ -426,10 +437,11 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     # every process takes part in gathering the weights (ZeRO-3, FSDP: the full model from the shards); one writes
     gathered = gathered_state_dict(trainer)
     if trainer.args.should_save:  # only the main process writes
-        export_student(trainer.accelerator.unwrap_model(trainer.model), None, student_dir, state_dict=gathered)
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        export_student(unwrapped, None, student_dir, state_dict=gathered)
         head = embedding_head_of(objective)
         if head is not None:  # the elastic-embedding head is the user's, unlike the distiller's modules: kept
-            head.save(student_dir)
+            head.save(student_dir, state_dict=submodule_state(gathered, unwrapped, head))
         write_model_card(student_dir, provenance=json.loads((out_dir / "provenance.json").read_text()))
         atomic_write_bytes(out_dir / "log_history.json", json.dumps(history, indent=1).encode("utf-8"))
     trainer.accelerator.wait_for_everyone()
