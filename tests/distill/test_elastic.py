@@ -229,7 +229,7 @@ def test_head_save_load_round_trip(tmp_path) -> None:
 
 def test_head_save_writes_gathered_weights_in_place_of_its_own(tmp_path) -> None:
     """Under ZeRO-3 / FSDP the module holds shards: the gathered tensors are what is written."""
-    from evl_ecg.train.pipeline import submodule_state
+    from evl_ecg.train.trainer import submodule_state
 
     torch.manual_seed(2)
     head = EmbeddingHead(D_S, prefixes=PREFIXES, bias=True)

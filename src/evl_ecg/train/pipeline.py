@@ -49,7 +49,7 @@ from evl_ecg.models.tokenizers import corpus_from_records
 from evl_ecg.train import teacher_cache
 from evl_ecg.train.card import write_model_card
 from evl_ecg.train.config import EvlConfig
-from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student
+from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student, submodule_state
 
 PACKAGES = ("evl-ecg", "torch", "transformers", "tokenizers", "accelerate", "pot", "numpy", "pillow", "scikit-learn")
 
@@ -344,17 +344,6 @@ def gathered_state_dict(trainer: EvlTrainer) -> dict[str, torch.Tensor] | None:
     if acc.distributed_type != DistributedType.FSDP and not zero3:
         return None
     return acc.get_state_dict(trainer.model_wrapped)
-
-
-def submodule_state(
-    gathered: dict[str, torch.Tensor] | None, module: torch.nn.Module, part: torch.nn.Module
-) -> dict[str, torch.Tensor] | None:
-    """``part``'s entries of ``gathered`` (:func:`gathered_state_dict` of ``module``), keyed as ``part`` keys its own
-    state dict; ``None`` when nothing was gathered."""
-    if gathered is None:
-        return None
-    prefix = next(name for name, m in module.named_modules() if m is part) + "."
-    return {k[len(prefix) :]: v for k, v in gathered.items() if k.startswith(prefix)}
 
 
 def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | None = None) -> RunResult:

@@ -401,11 +401,17 @@ class EvlTrainer(Trainer):
             module.objective.load_state_dict(load_file(str(objective_file)))
 
 
-def student_state(state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    """The student's entries of a :class:`DistillModule` state dict (``student.`` prefix removed), or ``None``."""
+def submodule_state(
+    state_dict: dict[str, torch.Tensor] | None, module: nn.Module, part: nn.Module
+) -> dict[str, torch.Tensor] | None:
+    """``part``'s entries of ``module``'s (gathered) state dict, keyed as ``part`` keys its own; ``None`` for ``None``.
+
+    The student's, for :func:`export_student`; the elastic embedding head's, for its own file.
+    """
     if state_dict is None:
         return None
-    return {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
+    prefix = next(name for name, m in module.named_modules() if m is part) + "."
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def export_student(
@@ -418,7 +424,7 @@ def export_student(
     parameters, which are then shards. The directory is written to a temporary sibling and renamed into place, so a
     crash never leaves half a checkpoint.
     """
-    weights = student_state(state_dict)
+    weights = submodule_state(state_dict, module, module.student)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
