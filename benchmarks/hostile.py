@@ -2,9 +2,10 @@
 
 python benchmarks/hostile.py [--group G] [--quick] [--inprocess] [--case NAME] [--list] [--keep] [--json FILE]
 
-Every case is a row of :data:`CASES`: a name, a group (data, train, distill, eval, config, model, paths, resume), a
-setup that writes the hostile input into the case's own temporary folder, the ``evl-ecg`` command line, the outcomes
-it may have (``expect``), what its error must name, and, where a wrong result could come back with exit 0, a check.
+Every case is a row of :data:`CASES`: a name, a group (data, train, distill, eval, infer, config, model, paths, resume,
+noise), a setup that writes the hostile input into the case's own temporary folder, the ``evl-ecg`` command line, the
+outcomes it may have (``expect``), what its error must name, and, where a wrong result could come back with exit 0, a
+check.
 Each command runs in a subprocess (``python -m evl_ecg.cli``, a timeout, a 4 GiB address-space limit, umask 022) and
 is classified from its exit status, its stdout/stderr and the files it left:
 
@@ -62,7 +63,7 @@ EXACT = "exact"
 NOT_EXACT = "not exact"
 SKIPPED = "skipped"
 OUTCOMES = (CLEAR, HANDLED, UNCLEAR, FALSE, TRACEBACK, WRONG, HANG, EXACT, NOT_EXACT, SKIPPED)
-GROUPS = ("data", "train", "distill", "eval", "config", "model", "paths", "resume")
+GROUPS = ("data", "train", "distill", "eval", "infer", "config", "model", "paths", "resume", "noise")
 
 MEMORY_LIMIT = 4 << 30  # address space of each command (bytes): a runaway allocation fails instead of eating the host
 TRACEBACK_RE = re.compile(r"Traceback \(most recent call last\)")
@@ -92,7 +93,7 @@ class Case:
     setup: Callable[[Ctx], None] | None = None
     names: tuple[str | tuple[str, ...], ...] = ()  # each: a string, or alternatives; ``{d}``-style templates
     check: Callable[[Ctx, Run], str | None] | None = None
-    needs: tuple[str, ...] = ()  # fixtures built first: corpus, student, student2, teacher, record
+    needs: tuple[str, ...] = ()  # fixtures built first: corpus, student, student2, teacher, record, embedder
     timeout: float = 240.0
     quick: bool = True  # seconds: runs with --quick and in tests/test_hostile.py
     inprocess: bool = True  # safe to run inside the test process (no unbounded memory, no mount, no kill)
@@ -338,6 +339,19 @@ class Fixtures:
     def _build_record(self) -> Path:
         return write_wfdb(self.root / "record", "R0001")
 
+    def _build_embedder(self) -> Path:
+        """The 1-step student with an (untrained) embedding head of prefixes 8 and 16 beside it (``evl-ecg embed``)."""
+        import torch
+
+        from evl_ecg.distill.elastic import EmbeddingHead
+
+        out = self.root / "embedder"
+        shutil.copytree(self.get("student"), out)
+        hidden = _json(out / "config.json")["text_config"]["hidden_size"]
+        torch.manual_seed(0)
+        EmbeddingHead(hidden, prefixes=(8, 16)).save(out)
+        return out
+
     def _build_driver(self) -> Path:
         path = self.root / "_hostile_driver.py"
         path.write_text(DRIVER)
@@ -362,6 +376,7 @@ class _Vars(dict):
             "student2": lambda: base.get("student2"),
             "teacher": lambda: base.get("teacher"),
             "record": lambda: base.get("record"),
+            "embedder": lambda: base.get("embedder"),
         }[key]()
         self[key] = str(value)
         return self[key]
@@ -413,6 +428,8 @@ DRIVER = r'''"""evl-ecg ARGV, killed with SIGKILL at the point HOSTILE_KILL name
 
 step:N    after training step N          ckpt:N    inside the write of checkpoint-N (weights written, not the rest)
 image:N   after the N-th image written   part:P    after the synth chunk file .parts/P*.json is written
+row:N     after eval run's N-th row      batch:N   after predict's N-th batch of rows
+noise     (no kill) torchao's load lines logged once the command has set up its logging
 """
 import os
 import re
@@ -482,6 +499,47 @@ elif kind in ("image", "part"):
             return result
 
         corpus.atomic_write_bytes = atomic_write_bytes
+
+elif kind == "row":  # eval run: after N prediction rows are written (the (N+1)-th row's id is being made)
+    import evl_ecg.eval.generate as generate
+
+    n, count = int(arg), [0]
+    _answer_id = generate.answer_id
+
+    def answer_id(*a, **k):
+        count[0] += 1
+        if count[0] > n:
+            _die()
+        return _answer_id(*a, **k)
+
+    generate.answer_id = answer_id
+elif kind == "batch":  # predict --out: after N generation batches are written
+    from evl_ecg.infer.interpreter import Interpreter
+
+    n, count = int(arg), [0]
+    _predict_batch = Interpreter.predict_batch
+
+    def predict_batch(self, *a, **k):
+        count[0] += 1
+        if count[0] > n:
+            _die()
+        return _predict_batch(self, *a, **k)
+
+    Interpreter.predict_batch = predict_batch
+elif kind == "noise":  # no kill: torchao's load lines logged as the library logs them when imported mid-command
+    import logging
+
+    import evl_ecg.quiet as quiet
+
+    _quiet = quiet.quiet_library_noise
+
+    def quiet_library_noise(enabled=True):
+        _quiet(enabled)
+        log = logging.getLogger("torchao")
+        log.warning("Failed to load /site-packages/torchao/_C_mxfp8.abi3.so: libcudart.so.12: cannot open file")
+        log.warning("torchao: a warning that is not load noise")
+
+    quiet.quiet_library_noise = quiet_library_noise
 
 from evl_ecg.cli import main  # noqa: E402
 
@@ -779,6 +837,29 @@ def hea(name: str, **kw: Any) -> Callable[[Ctx], None]:
     return lambda ctx: write_wfdb(ctx.d, name, **kw) and None
 
 
+def removed(rel: str) -> Callable[[Ctx], None]:
+    return lambda ctx: (ctx.d / rel).unlink()
+
+
+def study_json(rel: str, *, legacy: bool = False, **changes: Any) -> Callable[[Ctx], None]:
+    """``rel/study.json`` as a study of ``evl-ecg study --quick`` (defaults otherwise) with ``changes`` wrote it: its
+    resume key, or (``legacy``) the settings as one object, as an evl-ecg before resume keys wrote them."""
+
+    def step(ctx: Ctx) -> None:
+        from evl_ecg.train.study import Study, StudySettings
+
+        out = ctx.d / rel
+        out.mkdir(parents=True, exist_ok=True)
+        settings = StudySettings(quick=True, **{"n_train": 48, "n_val": 4, "test_ptb": 8, **changes})  # as --quick
+        if legacy:
+            doc = {k: v for k, v in settings.to_json().items() if k != "generator"}
+            (out / "study.json").write_text(json.dumps(doc, indent=1))
+        else:
+            Study(out, settings).resume_key().write()
+
+    return step
+
+
 # ---- checks: ``(ctx, run) -> problem or None``
 
 
@@ -952,6 +1033,67 @@ def png_written(rel: str) -> Callable[[Ctx, Run], str | None]:
     return check
 
 
+def same_predictions(rel: str, ref: str) -> Callable[[Ctx, Run], str | None]:
+    """On exit 0: the prediction rows under ``rel`` are those of the uninterrupted run ``ref``, none twice."""
+
+    def check(ctx: Ctx, run: Run) -> str | None:
+        if run.rc != 0:
+            return None
+        got, dups = _predictions(ctx.path(rel))
+        want, _ = _predictions(ctx.path(ref))
+        if dups:
+            return f"rows written twice: {', '.join(dups[:3])}"
+        if got != want:
+            differ = sorted(s for s in set(got) | set(want) if got.get(s) != want.get(s))
+            return f"rows differ from one uninterrupted run in {', '.join(differ)} (rows of other settings kept?)"
+        return None
+
+    return check
+
+
+def jsonl_rows(rel: str, n: int, **settings: Any) -> Callable[[Ctx, Run], str | None]:
+    """On exit 0: ``rel`` holds ``n`` rows of distinct inputs, and its resume key the ``settings``."""
+
+    def check(ctx: Ctx, run: Run) -> str | None:
+        if run.rc != 0:
+            return None
+        path = ctx.path(rel)
+        ids = [json.loads(ln)["question_id"] for ln in path.read_text().splitlines() if ln.strip()]
+        if len(ids) != n or len(set(ids)) != n:
+            return f"{path.name} holds {len(ids)} rows ({len(set(ids))} inputs), expected {n}"
+        key = _json(Path(f"{path}.resume-key.json"))["settings"]
+        wrong = {k: key.get(k) for k, v in settings.items() if key.get(k) != v}
+        return f"its resume key records {wrong}, not {settings}" if wrong else None
+
+    return check
+
+
+def embeddings_dims(rel: str, dims: Sequence[int]) -> Callable[[Ctx, Run], str | None]:
+    """On exit 0: ``rel`` is an embeddings file of exactly ``dims``."""
+
+    def check(ctx: Ctx, run: Run) -> str | None:
+        if run.rc != 0:
+            return None
+        from evl_ecg.infer.embed import read_embeddings
+
+        got = sorted(read_embeddings(ctx.path(rel)).by_dim)
+        return None if got == sorted(dims) else f"{rel} holds dims {got}, not {sorted(dims)}"
+
+    return check
+
+
+def stdout_has(*words: str) -> Callable[[Ctx, Run], str | None]:
+    """On exit 0: stdout carries each of ``words`` (a bad row named in the score document)."""
+
+    def check(ctx: Ctx, run: Run) -> str | None:
+        if run.rc != 0:
+            return None
+        missing = [ctx.fmt(w) for w in words if ctx.fmt(w) not in run.out]
+        return f"exit 0, and stdout does not say {', '.join(missing)}" if missing else None
+
+    return check
+
+
 def all_of(*checks: Callable[[Ctx, Run], str | None]) -> Callable[[Ctx, Run], str | None]:
     def check(ctx: Ctx, run: Run) -> str | None:
         for c in checks:
@@ -1117,6 +1259,23 @@ def scenario_eval_kill(ctx: Ctx) -> tuple[str, str]:
     return EXACT, f"{n} rows equal to one run, none twice; {how}"
 
 
+def scenario_library_noise(ctx: Ctx) -> tuple[str, str]:
+    """torchao's load lines, logged mid-command as the library logs them on import, stay off a plain command's
+    screen; its other warnings show, and --debug shows everything."""
+    argv = ["data", "inspect", "{record}"]
+    plain, debug = ctx.driver(argv, "noise"), ctx.driver(["--debug", *argv], "noise")
+    for run, how in ((plain, ""), (debug, "--debug ")):
+        if run.rc != 0:
+            return FALSE, f"evl-ecg {how}data inspect failed (exit {run.rc}): {error_line(run.err)[:200]}"
+    if "Failed to load" in plain.err:
+        return WRONG, "torchao's 'Failed to load ...' line on the screen of a plain command"
+    if "not load noise" not in plain.err:
+        return WRONG, "a torchao warning that is not load noise was dropped as well"
+    if "Failed to load" not in debug.err:
+        return WRONG, "--debug does not show torchao's load lines"
+    return HANDLED, "load lines dropped, torchao's other warning shown, --debug shows both"
+
+
 # ----------------------------------------------------------------------------------------------------- the table
 
 SFT = ("train", "sft", "--data", "{train}", "--out", "{d}/run", *TRAIN_SET)
@@ -1128,6 +1287,14 @@ PAIR = ("--student", "{student}", "--teacher", "{teacher}")
 EVAL = ("eval", "run", "--max-new-tokens", "4", "--batch-size", "4", "--no-likelihood")
 EVAL_PTB = (*EVAL, "--subset", "ptb-test")
 SYNTH = ("data", "synth", *SYNTH_SMALL)
+EVK = ("eval", "run", "--no-likelihood", "--subset", "ptb-test", "--scorer", "strict", "--model", "{student}",
+       "--bench", "{bench}", "--batch-size", "1")  # fmt: skip
+PRED = ("predict", "{d}/A.hea", "{d}/B.hea", "--model", "{student}", "--out", "{d}/p.jsonl", "--no-progress",
+        "--max-new-tokens", "4")  # fmt: skip
+EMBED = ("embed", "--model", "{embedder}", "--data", "{bench}/ptb-test.json", "--image-root", "{corpus}/images",
+         "--batch-size", "2", "--no-progress")  # fmt: skip
+STUDY = ("study", "--out", "{d}/s", "--quick")
+ARRAYS = "".join(json.dumps([f"synth-ptb-test-0000{i}", "NORM"]) + "\n" for i in range(2))
 C, H = (CLEAR,), (HANDLED,)
 CH = (CLEAR, HANDLED)
 S, T, ST, R = ("student",), ("teacher",), ("student", "teacher"), ("record",)
@@ -1175,7 +1342,7 @@ CASES: list[Case] = [
     Case("synth-size-60000x60000", "data", C,
          ("data", "synth", "--out", "{d}/out", "--train", "1", "--bench", "0", "--workers", "1", "--no-progress",
           "--size", "60000x60000"),
-         names=(("--size", "60000"),), timeout=60, inprocess=False, note="MemoryError"),
+         names=("--size", "60000x60000"), timeout=60, inprocess=False, note="MemoryError; then no --size named"),
     Case("synth-dpi-100000", "data", C,
          ("data", "synth", "--out", "{d}/out", "--train", "1", "--bench", "0", "--workers", "1", "--no-progress",
           "--dpi", "100000"),
@@ -1193,7 +1360,7 @@ CASES: list[Case] = [
          check=untouched(), note="control: a rerun keeps the corpus byte for byte"),
     Case("render-size-60000x60000", "data", C,
          ("data", "render", "{record}", "--out", "{d}/a.png", "--size", "60000x60000"), needs=R,
-         names=(("--size", "60000"),), timeout=60, inprocess=False, note="MemoryError"),
+         names=("--size", "60000x60000"), timeout=60, inprocess=False, note="MemoryError; then no --size named"),
     Case("render-out-under-a-file", "data", C, ("data", "render", "{record}", "--out", "{d}/f.txt/a.png"),
          setup=write("f.txt", "x"), needs=R, names=("f.txt",)),
     Case("render-out-new-folder", "data", CH, ("data", "render", "{record}", "--out", "{d}/new/sub/a.png"),
@@ -1359,6 +1526,93 @@ CASES: list[Case] = [
          "--out", "{d}/m"), setup=do(copy("student", "m"), snapshot("{d}/m")), names=("{d}/m",), check=untouched()),
     Case("eval-files-readable-umask-022", "eval", H, (*EVAL_PTB, "--model", "{student}", "--bench", "{bench}",
          "--out", "{d}/ev"), needs=S, check=readable_by_others("{d}/ev")),
+    # ---- issue 30: one resume rule, keyed on every setting that changes an answer (docs/hostile.md)
+    Case("eval-resume-killed-other-max-new-tokens", "eval", C, (*EVK, "--out", "{d}/ev", "--max-new-tokens", "8"),
+         setup=do(killed((*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"), "row:1"), snapshot("{d}/ev")),
+         needs=S, names=("{d}/ev", "max_new_tokens=4, now 8"), check=untouched(),
+         note="the killed run's rows kept and mixed with rows of another length, exit 0"),
+    Case("eval-resume-killed-fresh", "eval", H, (*EVK, "--out", "{d}/ev", "--max-new-tokens", "8", "--fresh"),
+         setup=do(killed((*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"), "row:1"),
+                  evl(*EVK, "--out", "{d}/ref", "--max-new-tokens", "8")),
+         needs=S, check=same_predictions("{d}/ev", "{d}/ref")),
+    Case("eval-resume-killed-same-settings", "eval", H, (*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"),
+         setup=do(killed((*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"), "row:1"),
+                  evl(*EVK, "--out", "{d}/ref", "--max-new-tokens", "4")),
+         needs=S, check=same_predictions("{d}/ev", "{d}/ref"), note="control: the same settings resume"),
+    Case("eval-resume-other-batch-size", "eval", C, (*EVK[:-1], "4", "--out", "{d}/ev", "--max-new-tokens", "4"),
+         setup=do(evl(*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"), snapshot("{d}/ev")), needs=S,
+         names=("{d}/ev", "batch_size=1, now 4"), check=untouched()),
+    Case("eval-resume-bench-file-changed", "eval", C,
+         ("eval", "run", "--no-likelihood", "--subset", "ptb-test", "--model", "{student}", "--bench", "{d}/bench",
+          "--out", "{d}/ev", "--max-new-tokens", "4"),
+         setup=do(bench_dir(lambda r: None),
+                  evl("eval", "run", "--no-likelihood", "--subset", "ptb-test", "--model", "{student}", "--bench",
+                      "{d}/bench", "--out", "{d}/ev", "--max-new-tokens", "4"),
+                  records_file("bench/ptb-test.json", first(answer_value("NORM; MI")), source="ptb-test"),
+                  snapshot("{d}/ev")),
+         needs=S, names=("{d}/ev", "bench:ptb-test=sha256:"), check=untouched()),
+    Case("eval-resume-output-without-a-key", "eval", C, (*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"),
+         setup=do(evl(*EVK, "--out", "{d}/ev", "--max-new-tokens", "4"), removed("ev/resume-key.json"),
+                  snapshot("{d}/ev")),
+         needs=S, names=("{d}/ev", "resume key"), check=untouched(), note="an evaluation of an older evl-ecg"),
+    Case("eval-out-holds-foreign-files", "eval", C, (*EVK, "--out", "{d}/ev", "--fresh"),
+         setup=do(write("ev/notes.txt", "mine"), write("ev/ptb-test/mine.jsonl", "{}\n"), snapshot("{d}/ev")),
+         needs=S, names=("{d}/ev", "notes.txt"), check=untouched(), note="--fresh must not clear another's files"),
+    Case("score-jsonl-lines-hold-arrays", "eval", C,
+         ("eval", "score", "--bench", "{bench}/ptb-test.json", "--pred", "{d}/p/ptb-test.jsonl"),
+         setup=write("p/ptb-test.jsonl", ARRAYS), names=("ptb-test.jsonl:1", "holds an array"),
+         note="'invalid JSON at line 2 (Extra data)': parsed as one document"),
+    Case("score-jsonl-line-2-holds-an-array", "eval", H,
+         ("eval", "score", "--bench", "{bench}/ptb-test.json", "--pred", "{d}/p/ptb-test.jsonl"),
+         setup=write("p/ptb-test.jsonl", json.dumps({"question_id": "synth-ptb-test-00000", "text": "NORM"}) + "\n"
+                     + json.dumps(["synth-ptb-test-00001", "MI"]) + "\n"),
+         check=stdout_has("ptb-test.jsonl:2: holds an array")),
+    Case("score-bench-jsonl-line-2-holds-an-array", "eval", C,
+         ("eval", "score", "--bench", "{d}/bench/ptb-test.jsonl", "--pred", "{d}/p/ptb-test.jsonl"),
+         setup=do(write("bench/ptb-test.jsonl", json.dumps({"id": "a", "image": "x.png", "conversations": [
+                      {"from": "human", "value": "<image>\nWhich?"}, {"from": "gpt", "value": "NORM"}]}) + "\n"
+                        + json.dumps(["b"]) + "\n"),
+                  write("p/ptb-test.jsonl", json.dumps({"question_id": "a", "text": "NORM"}) + "\n")),
+         names=("ptb-test.jsonl", "line 2", "holds an array")),
+    Case("predict-jsonl-killed-other-batch-size", "infer", C, (*PRED, "--batch-size", "2"),
+         setup=do(hea("A"), hea("B"), killed((*PRED, "--batch-size", "1"), "batch:1"), snapshot("{d}/p.jsonl")),
+         needs=S, names=("{d}/p.jsonl", "batch_size=1, now 2"), check=untouched(),
+         note="rows of two batch sizes mixed in one file"),
+    Case("predict-jsonl-other-max-new-tokens", "infer", C, (*PRED[:-1], "9", "--batch-size", "1"),
+         setup=do(hea("A"), hea("B"), evl(*PRED, "--batch-size", "1"), snapshot("{d}/p.jsonl")),
+         needs=S, names=("{d}/p.jsonl", "max_new_tokens=4, now 9"), check=untouched()),
+    Case("predict-jsonl-killed-fresh", "infer", H, (*PRED, "--batch-size", "2", "--fresh"),
+         setup=do(hea("A"), hea("B"), killed((*PRED, "--batch-size", "1"), "batch:1")),
+         needs=S, check=jsonl_rows("{d}/p.jsonl", 2, batch_size=2, max_new_tokens=4)),
+    Case("predict-out-is-a-folder", "infer", C, (*PRED, "--batch-size", "1"), setup=do(hea("A"), hea("B"),
+         mkdir("p.jsonl")), needs=S, names=("--out", "p.jsonl"), note="'[Errno 21] Is a directory'"),
+    Case("embed-other-dims", "infer", C, (*EMBED, "--dims", "8", "--out", "{d}/e.safetensors"),
+         setup=do(evl(*EMBED, "--dims", "8,16", "--out", "{d}/e.safetensors"), snapshot("{d}/e.safetensors")),
+         needs=("embedder",), names=("{d}/e.safetensors", "dims=[8,16], now [8]"), check=untouched(),
+         note="overwritten with other dims, exit 0"),
+    Case("embed-other-dims-fresh", "infer", H, (*EMBED, "--dims", "8", "--out", "{d}/e.safetensors", "--fresh"),
+         setup=evl(*EMBED, "--dims", "8,16", "--out", "{d}/e.safetensors"), needs=("embedder",),
+         check=embeddings_dims("{d}/e.safetensors", (8,))),
+    Case("embed-rerun-same-bytes", "infer", H, (*EMBED, "--dims", "8,16", "--out", "{d}/e.safetensors"),
+         setup=do(evl(*EMBED, "--dims", "8,16", "--out", "{d}/e.safetensors"), snapshot("{d}/e.safetensors")),
+         needs=("embedder",), check=untouched(), note="control: the same settings write the same bytes"),
+    Case("embed-over-a-file-not-embeddings", "infer", C,
+         (*EMBED, "--dims", "8", "--out", "{d}/mine.safetensors", "--fresh"),
+         setup=do(write("mine.safetensors", b"\x00\x01 my own data" * 8), snapshot("{d}/mine.safetensors")),
+         needs=("embedder",), names=("mine.safetensors", "not an evl-ecg embeddings file"), check=untouched(),
+         note="a user's file overwritten"),
+    Case("study-other-settings", "train", C, (*STUDY, "--steps", "9"), setup=study_json("s", phase2_steps=7),
+         names=("{d}/s", "phase2_steps=7, now 9"), timeout=60, inprocess=False,
+         note="'other settings (phase2_steps differ)': no values"),
+    Case("study-legacy-study-json-other-settings", "train", C, (*STUDY, "--steps", "9", "--generator", "1"),
+         setup=study_json("s", legacy=True, phase2_steps=7), names=("{d}/s", "phase2_steps=7, now 9"), timeout=60,
+         inprocess=False),
+    Case("study-unreadable-study-json", "train", C, STUDY, setup=write("s/study.json", "{not json"),
+         names=("study.json",), timeout=60, inprocess=False, note="JSONDecodeError traceback"),
+    Case("synth-seed-negative", "data", C, (*SYNTH, "--out", "{d}/o", "--seed", "-1"), names=("--seed",),
+         note="'expected non-negative integer', naming no option"),
+    Case("library-noise-off-screen", "noise", H, scenario=scenario_library_noise, needs=R,
+         note="torchao's 'Failed to load ...' lines before every command's output"),
     # ------------------------------------------------------------------------------------------------ model folder
     Case("model-config-json-corrupt", "model", C, (*EVAL_PTB, "--model", "{d}/m", "--bench", "{bench}", "--out",
          "{d}/ev"), setup=model_copy("student", config__json=text_of("{not json")), names=("config.json",)),

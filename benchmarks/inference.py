@@ -1,6 +1,6 @@
 """The teacher against the student in fp32, bf16 and int8, on this CPU: latency, memory, size, and strict PTB-XL AUC.
 
-    OMP_NUM_THREADS=1 python benchmarks/inference.py [--teacher DIR] [--student DIR] [--bench DIR] [--runs N]
+    OMP_NUM_THREADS=1 python benchmarks/inference.py [--teacher DIR ...] [--student DIR] [--bench DIR] [--runs N]
 
 For each model (the shipped tiny teacher; a trained tiny student, exported to bf16 and int8 by
 :func:`evl_ecg.infer.export.export_model` into a temporary folder), measured side by side in one run, each in a fresh
@@ -15,9 +15,11 @@ subprocess so that peak memory is its own:
 * strict-scorer PTB-XL AUC (x 100) on the same benchmark records (``--bench``, default the student's training
   benchmark, ``bench/`` beside its card's training file).
 
-Then teacher/student ratios. For the paper's pair (PULSE-7B against Qwen3-VL-2B) parameter counts come from the real
-architectures built on the ``meta`` device (no weights), and memory and size are **estimates** (parameters x bytes
-per parameter); their latency is not measured here (no GPU on this machine, and no weights offline).
+Then teacher/student ratios (one row per teacher: ``--teacher`` may be given more than once, each measured the same
+way, e.g. the v1 and v2 tiny teachers side by side). For the paper's pair (PULSE-7B against Qwen3-VL-2B) parameter
+counts come from the real architectures built on the ``meta`` device (no weights), and memory and size are
+**estimates** (parameters x bytes per parameter); their latency is not measured here (no GPU on this
+machine, and no weights offline).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _fmt_bytes(n: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--teacher", default=str(TEACHER))
+    ap.add_argument("--teacher", action="append", help=f"teacher folder, repeatable (default {TEACHER})")
     ap.add_argument("--student", default=str(DEMO_STUDENTS[0]) if DEMO_STUDENTS else None)
     ap.add_argument("--bench", default=None, help="ECGBench-style folder with ptb-test.json")
     ap.add_argument("--runs", type=int, default=12)
@@ -182,9 +184,14 @@ def main() -> None:
     print(f"# evl-ecg inference benchmark: CPU only, torch {torch.__version__}, OMP_NUM_THREADS={threads}, "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores visible, load average "
           f"{os.getloadavg()[0]:.1f} at the start (a shared machine: latencies are upper bounds)")  # fmt: skip
-    print(f"# teacher {args.teacher}\n# student {args.student}\n# bench {bench}")
+    teachers = args.teacher or [str(TEACHER)]
+    tnames = ["teacher fp32"] if len(teachers) == 1 else [f"teacher {i + 1} fp32" for i in range(len(teachers))]
+    for name, path in zip(tnames, teachers, strict=True):
+        print(f"# {name.removesuffix(' fp32')} {path}")
+    print(f"# student {args.student}\n# bench {bench}")
     with tempfile.TemporaryDirectory(prefix="evl-ecg-bench-") as tmp:
-        models = {"teacher fp32": args.teacher, "student fp32": args.student}
+        models = dict(zip(tnames, teachers, strict=True))
+        models["student fp32"] = args.student
         for dtype in ("bf16", "int8"):
             out = Path(tmp) / dtype
             export_model(args.student, out, dtype, measure=False)
@@ -216,18 +223,20 @@ def main() -> None:
             f"{cell(r, 'b1_render')} | {cell(r, 'b1_image')} | {cell(r, 'b8_render')} | {cell(r, 'b8_image')} | "
             f"{'n/a' if auc is None else f'{auc:.1f}'} (n={r.get('n_bench', 0)}) |"
         )
-    t = results["teacher fp32"]
     print()
     print("| teacher / student | params | size on disk | peak mem | b1 p50 (render) | b8 p50 (render) |")
     print("|---|---|---|---|---|---|")
-    for name in ("student fp32", "student bf16", "student int8"):
-        s = results[name]
-        print(
-            f"| teacher fp32 / {name} | {t['parameters'] / s['parameters']:.2f}x | "
-            f"{t['size_bytes'] / s['size_bytes']:.2f}x | {t['peak_mem_bytes'] / max(1, s['peak_mem_bytes']):.2f}x | "
-            f"{t['b1_render']['p50_ms'] / s['b1_render']['p50_ms']:.2f}x | "
-            f"{t['b8_render']['p50_ms'] / s['b8_render']['p50_ms']:.2f}x |"
-        )
+    for tname in tnames:
+        t = results[tname]
+        for name in ("student fp32", "student bf16", "student int8"):
+            s = results[name]
+            print(
+                f"| {tname} / {name} | {t['parameters'] / s['parameters']:.2f}x | "
+                f"{t['size_bytes'] / s['size_bytes']:.2f}x | "
+                f"{t['peak_mem_bytes'] / max(1, s['peak_mem_bytes']):.2f}x | "
+                f"{t['b1_render']['p50_ms'] / s['b1_render']['p50_ms']:.2f}x | "
+                f"{t['b8_render']['p50_ms'] / s['b8_render']['p50_ms']:.2f}x |"
+            )
     pair = paper_pair()
     p, q = pair["PULSE-7B"], pair["Qwen3-VL-2B"]
     print()

@@ -15,10 +15,13 @@ modules and their optimiser group.
     python benchmarks/step_time.py --repeat 3              # on a shared machine: the fastest of 3 rounds
     python benchmarks/step_time.py --method evl-ecg --method vanilla-kl --method dskd
     python benchmarks/step_time.py --student DIR --teacher DIR --train-file FILE --gpu   # your checkpoints
+    python benchmarks/step_time.py --teacher A --teacher B  # two teachers side by side (live step, cache size)
 
 Printed: per run the median step time (wall ms and steps/s, and CPU ms: the CPU time of this process, which other
 processes on a shared machine do not inflate), the ratios KD / SFT for each method, live and cached, cache / live,
 and each cache's size and build time (one teacher pass over the records). A step is timed with its data loading.
+With ``--teacher`` given more than once, every KD run is made once per teacher (named by its folder), and the live
+step and the cache of each later teacher are also given as a ratio to the first's.
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ def main() -> None:
     ap.add_argument("--method", action="append", help="KD method(s) (registered presets); default evl-ecg")
     ap.add_argument("--train-file", help="ECGInstruct-format training file (default: a synthetic corpus)")
     ap.add_argument("--student", help="student checkpoint (default: a tiny student built on the corpus)")
-    ap.add_argument("--teacher", help="teacher checkpoint (default: a tiny teacher built on the corpus)")
+    ap.add_argument(
+        "--teacher",
+        action="append",
+        help="teacher checkpoint (default: a tiny teacher built on the corpus); repeat to compare teachers",
+    )
     ap.add_argument("--gpu", action="store_true", help="run on the GPU (bf16); default CPU fp32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,15 +103,18 @@ def main() -> None:
         n = max(64, args.batch_size * (args.steps + 1))
         build_corpus(tmp / "data", n_train=n, n_bench=1, seed=args.seed, workers=2, progress=False)
         train_file = str(tmp / "data" / "train.json")
-    student, teacher = args.student, args.teacher
-    if student is None or teacher is None:
+    student, teachers = args.student, list(args.teacher or [])
+    if student is None or not teachers:
         texts = corpus_from_records(load_records(train_file))
         if student is None:
             student = str(tmp / "student")
             build_tiny_student(texts, seed=args.seed).save_pretrained(student)
-        if teacher is None:
-            teacher = str(tmp / "teacher")
-            build_tiny_teacher(texts, seed=args.seed).save_pretrained(teacher)
+        if not teachers:
+            teachers = [str(tmp / "teacher")]
+            build_tiny_teacher(texts, seed=args.seed).save_pretrained(teachers[0])
+    names = {t: Path(t).name if len(teachers) > 1 else "" for t in teachers}
+    if len(set(names.values())) < len(teachers):  # two folders of one name: number them
+        names = {t: f"teacher{i + 1}" for i, t in enumerate(teachers)}
 
     common = dict(
         train_file=train_file,
@@ -137,8 +147,8 @@ def main() -> None:
             text += f"  KD/SFT = {t[0] / base[0]:.2f}x (CPU {t[1] / base[1]:.2f}x)"
         return text + extra
 
-    def build_cache(method: str) -> tuple[str, float, dict]:
-        cache_dir = str(tmp / f"cache-{method}")
+    def build_cache(method: str, teacher: str) -> tuple[str, float, dict]:
+        cache_dir = str(tmp / f"cache-{method}-{names[teacher]}")
         cfg = config("kd", f"{method}-build", method=method, teacher=teacher, teacher_cache=cache_dir)
         t0 = time.perf_counter()
         cache = open_or_build(cfg, load_training_records(cfg), image_loader(cfg), log=None)
@@ -153,32 +163,46 @@ def main() -> None:
     def fastest(runs: list[tuple[float, float]]) -> tuple[float, float]:
         return min(r[0] for r in runs), min(r[1] for r in runs)
 
-    caches: dict[str, tuple[str, float, dict]] = {}
+    runs = [(method, teacher) for method in methods for teacher in teachers]
+    caches: dict[tuple[str, str], tuple[str, float, dict]] = {}
     times: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeat):
         times.setdefault("sft", []).append(timed("sft"))
-        for method in methods:
-            times.setdefault(f"{method} live", []).append(timed("kd", f"{method}-live", method=method, teacher=teacher))
-            if method not in caches:  # built once, right before its first timed run
-                caches[method] = build_cache(method)
-            times.setdefault(f"{method} cache", []).append(
-                timed("kd", f"{method}-cache", method=method, teacher=teacher, teacher_cache=caches[method][0])
+        for method, teacher in runs:
+            tag = f"{method}-{names[teacher]}".rstrip("-")
+            times.setdefault(f"{tag} live", []).append(timed("kd", f"{tag}-live", method=method, teacher=teacher))
+            if (method, teacher) not in caches:  # built once, right before its first timed run
+                caches[method, teacher] = build_cache(method, teacher)
+            times.setdefault(f"{tag} cache", []).append(
+                timed("kd", f"{tag}-cache", method=method, teacher=teacher, teacher_cache=caches[method, teacher][0])
             )
     sft = fastest(times["sft"])
     print(line("sft", sft))
-    for method in methods:
-        live, cached = fastest(times[f"{method} live"]), fastest(times[f"{method} cache"])
-        _, build_s, info = caches[method]
-        print(line(f"kd {method} live", live, sft))
+    first: dict[str, tuple[tuple[float, float], dict, float]] = {}
+    for method, teacher in runs:
+        tag = f"{method}-{names[teacher]}".rstrip("-")
+        live, cached = fastest(times[f"{tag} live"]), fastest(times[f"{tag} cache"])
+        _, build_s, info = caches[method, teacher]
+        print(line(f"kd {tag} live", live, sft))
         ratio = f"  cache/live = {cached[0] / live[0]:.2f}x (CPU {cached[1] / live[1]:.2f}x)"
-        print(line(f"kd {method} cache", cached, sft, ratio))
+        print(line(f"kd {tag} cache", cached, sft, ratio))
         saved = live[0] - cached[0]
         pays = f"pays for its build after {build_s / saved:.0f} steps" if saved > 0 else "does not pay here"
+        per_record = info["bytes"] / info["records"]
         print(
             f"   cache of {', '.join(info['fields'])}: {human_bytes(info['bytes'])} for {info['records']} records "
-            f"({human_bytes(info['bytes'] / info['records'])}/record), built in {build_s:.1f} s "
+            f"({human_bytes(per_record)}/record), built in {build_s:.1f} s "
             f"({build_s / info['records'] * 1e3:.0f} ms/record); {pays}"
         )
+        if method in first:
+            (live0, bytes0, build0) = first[method]
+            print(
+                f"   against {names[teachers[0]]}: live step {live[0] / live0[0]:.2f}x "
+                f"(CPU {live[1] / live0[1]:.2f}x), cache {per_record / bytes0:.2f}x per record, "
+                f"build {build_s / build0:.2f}x"
+            )
+        else:
+            first[method] = (live, per_record, build_s)
 
 
 if __name__ == "__main__":

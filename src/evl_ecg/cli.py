@@ -6,6 +6,9 @@ that ``evl-ecg --help`` stays fast (stages import their heavy dependencies insid
 Errors: a command reports an expected failure itself (``error: <file or option>: <problem>``, exit 1). Any other
 exception, in any command, is one line here, ``evl-ecg: error: <type>: <message> (run with --debug for the
 traceback)``, exit 1; ``evl-ecg --debug ...`` or ``EVL_ECG_DEBUG=1`` shows the traceback instead.
+
+Libraries' load noise (torchao's kernel-library lines, which transformers triggers whenever the ``[edge]`` extra is
+installed) is kept off the screen, except under ``--debug`` / ``EVL_ECG_DEBUG=1`` (:mod:`evl_ecg.quiet`).
 """
 
 from __future__ import annotations
@@ -112,8 +115,11 @@ def _root(
     ] = False,
 ) -> None:
     """EVL-ECG: distil a large ECG vision-language model into a small one, offline."""
+    from evl_ecg.quiet import quiet_library_noise
+
     if debug:
         ctx.meta[_DEBUG_META] = True
+    quiet_library_noise(not debug_requested(ctx))  # libraries' load noise (torchao's) only when asked for
 
 
 _attach()

@@ -77,13 +77,14 @@ def test_predict_folder_into_a_resumable_jsonl(tmp_path, records, student_dir, t
     # a torn last line (a killed run) is cut off and that input is done again; the others are not redone
     text = out.read_text().splitlines(keepends=True)
     out.write_text("".join(text[:-1]) + text[-1][:20])
-    again = _run("predict", folder, "--model", student_dir, "--out", out, "--no-progress", "--json")
+    again = _run("predict", folder, "--model", student_dir, "--out", out, "--no-progress", "--json", "--batch-size", 2)
     summary = json.loads(again.stdout)
     assert (summary["written"], summary["resumed"], summary["failed"]) == (1, 2, 1)
     assert len(out.read_text().splitlines()) == 3
-    # another model's rows are refused
+    # another model's rows are refused, the model named first (its resume key: docs/hostile.md, "The resume rule")
     other = _run("predict", folder, "--model", teacher_dir, "--out", out, "--no-progress")
-    assert other.exit_code == 1 and "not" in _errors(other)[0] and "use another output file" in _errors(other)[0]
+    (line,) = _errors(other)
+    assert other.exit_code == 1 and line.startswith(f"error: {out}: was written with model=") and "--fresh" in line
 
 
 @pytest.fixture(scope="module")

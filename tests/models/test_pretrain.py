@@ -162,3 +162,66 @@ def test_fold_standardization_is_exact(side, texts):
             got = token_features(adapter, images)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_generator_two_draws_with_generator_two_spec_and_signal():
+    """The pool follows the corpus' generator: generator 2's findings draw and the signal of ``synth_v2.generate``
+    (called here directly, not through ``synth.generate``'s dispatch), so another example than generator 1's."""
+    import io
+
+    from PIL import Image
+
+    from evl_ecg.ecg import synth_v2
+    from evl_ecg.ecg.render import Augment, RenderSpec, render
+    from evl_ecg.ecg.synth import sample_spec
+    from evl_ecg.models.pretrain import PRETRAIN_KEY, _vocabularies
+
+    png1, target1 = make_example(0, PRETRAIN_KEY, 5)
+    png2, target2 = make_example(0, PRETRAIN_KEY, 5, generator=2)
+    assert png1 != png2
+    ss_spec, ss_signal, ss_render = np.random.SeedSequence(0, spawn_key=(PRETRAIN_KEY, 5)).spawn(3)
+    rng_spec = np.random.default_rng(ss_spec)
+    vocabularies, weights = _vocabularies()
+    vocabulary = vocabularies[int(rng_spec.choice(len(vocabularies), p=weights))]
+    spec = sample_spec(rng_spec, vocabulary=vocabulary, generator=2)
+    assert target2.tolist() == [float(code in spec.findings) for code in FINDING_CODES]
+    ecg = synth_v2.generate(spec, seed=int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    rng_render = np.random.default_rng(ss_render)
+    augmented, strength = rng_render.random() < 0.5, rng_render.uniform(0.2, 1.0)
+    seed = int(rng_render.integers(2**31))
+    image = render(ecg, RenderSpec(), augment=Augment.random(rng_render, strength) if augmented else None, seed=seed)
+    got = Image.open(io.BytesIO(png2)).convert("RGB")
+    assert np.array_equal(np.asarray(got), np.asarray(image.convert("RGB")))
+    assert make_pool(0, PRETRAIN_KEY, 6, workers=2, generator=2)[0][5] == png2
+
+
+def test_training_pipeline_pretrains_on_the_corpus_generator(tmp_path, monkeypatch):
+    import json
+
+    import evl_ecg.models.pretrain as pretrain
+    from evl_ecg.data.corpus import corpus_generator
+    from evl_ecg.train.config import EvlConfig
+    from evl_ecg.train.pipeline import pretrain_tiny_vision
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.json").write_text("[]")
+    manifest = {"format": "evl-ecg synthetic corpus v1", "settings": {"generator": 2, "seed": 3}}
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "train.json").write_text("[]")
+    assert corpus_generator(corpus / "train.json") == 2 and corpus_generator(bare / "train.json") is None
+    seen = []
+    monkeypatch.setattr(pretrain, "pretrain_vision", lambda adapter, **kw: seen.append(kw["generator"]) or {})
+    for folder, override, want in ((corpus, None, 2), (bare, None, 1), (corpus, 1, 1)):
+        config = EvlConfig(
+            phase="teacher",
+            train_file=str(folder / "train.json"),
+            output_dir=str(tmp_path / "out"),
+            pretrain_vision_steps=1,
+            pretrain_vision_generator=override,
+            use_cpu=True,
+        )
+        pretrain_tiny_vision(config, adapter=None)
+        assert seen[-1] == want

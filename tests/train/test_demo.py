@@ -41,6 +41,8 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     assert "77.2 +- 1.1" in lines["control-student"] and "73.9 +- 1.1" in lines["control-student"]
     assert "75.5 +- 0.4" in lines["evl-ecg-student"] and "81.0 (one model)" in lines["teacher"]
     assert "seeds [0, 1, 2]" in beside and "test benchmark seed 1000" in beside
+    # the hand-written study names no generator (a study made before the setting: generator 1); this run drew 2
+    assert "generator 2. Study:" in beside and "Not the same setting" in beside and "generator-1 corpora" in beside
     # the KD stage trains EVL-ECG with the tiny preset's settings (evl_ecg.train.study.TINY_METHOD_SETS)
     config = json.loads((out / "kd" / "provenance.json").read_text())["config"]
     assert config["hidden_positions"] == "response" and config["objective"]["alpha_warmup"] == 150
@@ -63,3 +65,24 @@ def test_demo_names_a_study_folder_without_results(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--study", str(tmp_path)])
     assert result.exit_code != 0 and "--study" in result.output and "results.json" in result.output
+
+
+def test_beside_study_says_when_the_study_ran_another_generator_or_teacher():
+    from evl_ecg.train.demo import beside_study
+
+    cell = {"mean": 70.0, "std": 1.0}
+    rows = {"rows": [{"method": "control-student", "scorer": "strict", "cells": {"ptb-test/AUC": {"mean": 71.0}}}]}
+    settings = {"seeds": [0], "phase2_steps": 300, "test_seed": 1000, "test_ptb": 500}
+    same = {"settings": {**settings, "generator": 2}, "table": {"control": {"ptb-test": cell}}}
+    assert "Not the same setting" not in beside_study(rows, same, 0, generator=2)
+    old = {"settings": {**settings, "teacher": "the v1 tiny teacher"}, "table": {"control": {"ptb-test": cell}}}
+    text = beside_study(rows, old, 0, generator=2)
+    assert "Not the same setting" in text and "generator-1 corpora with the v1 tiny teacher" in text
+
+
+def test_demo_teacher_option_refuses_a_folder_that_is_not_a_model(tmp_path):
+    from evl_ecg.cli import app
+
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--teacher", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "--teacher" in result.output and "not a model folder" in result.output

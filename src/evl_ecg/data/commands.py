@@ -29,22 +29,24 @@ def _fail(message: str) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"512x384"`` -> ``(512, 384)``; raises ``typer.BadParameter`` otherwise, and for a size outside 16 px to
-    :data:`evl_ecg.ecg.render.MAX_IMAGE_SIDE` a side and :data:`~evl_ecg.ecg.render.MAX_IMAGE_PIXELS` in all (a
-    60000x60000 page would end in a MemoryError)."""
+    """``"512x384"`` -> ``(512, 384)``; raises ``typer.BadParameter`` naming ``--size`` otherwise, and for a size
+    outside 16 px to :data:`evl_ecg.ecg.render.MAX_IMAGE_SIDE` a side and :data:`~evl_ecg.ecg.render.MAX_IMAGE_PIXELS`
+    in all (a 60000x60000 page would end in a MemoryError)."""
     from evl_ecg.ecg.render import check_image_size
 
     parts = text.lower().replace("×", "x").split("x")
     try:
         w, h = (int(p) for p in parts)
     except ValueError:
-        raise typer.BadParameter(f"size must be WIDTHxHEIGHT in pixels (e.g. {DEFAULT_SIZE}), got {text!r}") from None
+        raise typer.BadParameter(
+            f"size must be WIDTHxHEIGHT in pixels (e.g. {DEFAULT_SIZE}), got {text!r}", param_hint="'--size'"
+        ) from None
     if w < 16 or h < 16:
-        raise typer.BadParameter(f"size must be at least 16x16 px, got {text!r}")
+        raise typer.BadParameter(f"size must be at least 16x16 px, got {text!r}", param_hint="'--size'")
     try:
         check_image_size(w, h)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="'--size'") from None
     return w, h
 
 
@@ -122,14 +124,14 @@ def synth(
         help="'equal' (--bench records per subset) or 'ecgbench' (--bench PTB-XL records, the other subsets in "
         "ECGBench's proportions).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Run seed; the same arguments give the same bytes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Run seed (>= 0); the same arguments give the same bytes."),
     generator: int = typer.Option(
-        1,
+        2,
         "--generator",
         min=1,
         max=2,
-        help="Synthetic-ECG generator: 1 (default, frozen: earlier corpora and the shipped teacher's rebuild "
-        "identically) or 2 (closer to real ECGs, docs/signals.md 2.1). Recorded in manifest.json.",
+        help="Synthetic-ECG generator: 2 (default, closer to real ECGs, docs/signals.md 2.1) or 1 (frozen: "
+        "corpora made before generator 2 and the v1 teacher's rebuild identically). Recorded in manifest.json.",
     ),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."

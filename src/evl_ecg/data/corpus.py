@@ -117,8 +117,9 @@ class CorpusSettings:
         n_val: records per validation subset (``val/<subset>.json``; 0: none).
         bench_proportions: ``"equal"`` (``n_bench`` per subset) or ``"ecgbench"`` (``n_bench`` PTB-XL records and
             the other subsets in ECGBench's proportions to it).
-        generator: synthetic-ECG generator version (``evl_ecg.ecg.synth.GENERATORS``; 1, the default, is frozen so
-            earlier corpora rebuild byte for byte; a manifest without the field was made with 1).
+        generator: synthetic-ECG generator version (``evl_ecg.ecg.synth.GENERATORS``): 2, the default, closer to
+            real ECGs; 1 is frozen so earlier corpora rebuild byte for byte (a manifest without the field was made
+            with 1).
     """
 
     n_train: int
@@ -133,7 +134,7 @@ class CorpusSettings:
     augment_fraction: float = 0.5
     n_val: int = 0
     bench_proportions: str = "equal"
-    generator: int = 1
+    generator: int = 2
 
     def __post_init__(self) -> None:
         from evl_ecg.ecg.render import check_image_size
@@ -412,6 +413,20 @@ def _read_settings(path: Path, *, manifest: bool) -> dict[str, Any]:
     return {"n_val": 0, "bench_proportions": "equal", "generator": 1, **found}  # written before these settings existed
 
 
+def corpus_generator(train_file: str | os.PathLike[str] | None) -> int | None:
+    """The synthetic-ECG generator that made the corpus holding ``train_file`` (its ``manifest.json``), ``None``
+    when the file has no evl-ecg corpus manifest beside it (a real or hand-made corpus)."""
+    if not train_file:
+        return None
+    manifest = Path(train_file).parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return int(_read_settings(manifest, manifest=True)["generator"])
+    except (CorpusError, TypeError, ValueError):
+        return None
+
+
 def _check_settings(out_dir: Path, settings: CorpusSettings, scan: _Scan) -> bool:
     """Refuse a corpus made with other settings, or corpus files whose settings are unknown; return whether the
     build marker ``.build.json`` is still to be written."""
@@ -532,7 +547,7 @@ def build_corpus(
     log: Callable[[str], None] | None = None,
     n_val: int = 0,
     bench_proportions: str = "equal",
-    generator: int = 1,
+    generator: int = 2,
 ) -> CorpusResult:
     """Build (or resume) a synthetic corpus in ``out_dir``; see the module docstring for layout and guarantees.
 
@@ -549,7 +564,7 @@ def build_corpus(
         log: where to report skipped items as they happen (``None``: silent; they are in the result and manifest).
         n_val: records per validation subset (``val/<subset>.json``, the benchmark's format, own seed streams).
         bench_proportions: ``"equal"`` or ``"ecgbench"`` (``n_bench`` PTB-XL records, the rest in ECGBench's ratios).
-        generator: synthetic-ECG generator version, 1 (default) or 2 (recorded in the manifest's settings).
+        generator: synthetic-ECG generator version, 2 (default) or 1 (frozen; recorded in the manifest's settings).
     """
     t0 = time.perf_counter()
     settings = CorpusSettings(

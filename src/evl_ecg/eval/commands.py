@@ -231,8 +231,8 @@ def run_model(
     bench: Path = typer.Option(..., "--bench", help="Folder of <subset>.json bench files (images in bench/images)."),
     out: Path = typer.Option(..., "--out", help="Folder for predictions, likelihoods and scores.json."),
     scorer: str = typer.Option("both", "--scorer", help="pulse | strict | both."),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Greedy decoding length (PULSE: 1024)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Generation batch size."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Greedy decoding length (PULSE: 1024)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generation batch size."),
     likelihood: bool = typer.Option(True, "--likelihood/--no-likelihood", help="Label-probability AUC and ECE."),
     subset: list[str] | None = typer.Option(None, "--subset", help="Only these subsets (repeat)."),
     likelihood_normalization: str = typer.Option(
@@ -243,12 +243,20 @@ def run_model(
     update_card: bool = typer.Option(
         False, "--update-card", help="Also add the scores to the model card in --model (default: --model is only read)."
     ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Remove the evaluation --out holds and start again (default: resume it if it was written with the same "
+        "model and settings, refuse it otherwise).",
+    ),
 ) -> None:
     """Generate answers with a model on the benchmark (resumable), then score them with both scorers.
 
     Everything is written under --out; the model folder is only read, unless --update-card is given. A resume is
-    keyed on the model's fingerprint: an --out written for another model is refused. Prints a JSON summary (in
-    full); exits 1 with one line per problem when a bench file cannot be scored (also recorded in scores.json).
+    keyed on the model's fingerprint and on every setting that changes an answer (--max-new-tokens, --batch-size,
+    the bench files' content): an --out written otherwise is refused in one line, or started again with --fresh.
+    Prints a JSON summary (in full); exits 1 with one line per problem when a bench file cannot be scored (also
+    recorded in scores.json).
     """
     from evl_ecg.eval.likelihood import NORMALIZATIONS, likelihood_table
     from evl_ecg.eval.run import CardUpdateError, evaluate_model
@@ -271,6 +279,7 @@ def run_model(
             likelihood=likelihood,
             update_card=update_card,
             likelihood_normalization=likelihood_normalization,
+            fresh=fresh,
         )
     except (EvalInputError, FileNotFoundError, ValueError, CardUpdateError) as exc:
         _fail(str(exc))

@@ -226,30 +226,44 @@ def jsonl_lines(text: str) -> list[str]:
     return lines
 
 
-def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
-    """(line or item number, parsed object or None, error) for a JSON list or a JSONL file (lines as
-    :func:`jsonl_lines` splits them).
+def json_kind(value: Any) -> str:
+    """What a JSON value is, for messages: ``an object``, ``an array``, ``a string``, ``a number``, ``true``, ..."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__
 
-    A file that cannot be read (missing, a folder, no permission, not UTF-8) and a file holding one JSON object over
-    several lines (an object, not a list of records nor JSON lines) raise :class:`EvalInputError` naming it.
+
+def read_json_rows(
+    path: Path, error: type[Exception] = EvalInputError
+) -> tuple[list[tuple[int, Any, str | None]], bool]:
+    """(item or line number, parsed value or None, error) for a JSON list or a JSONL file, and whether it is JSON lines.
+
+    A ``.jsonl`` file is JSON lines, each line one record, whatever its first character (a line may hold an array: it
+    is that line's record, reported as such, not the start of one document). Another file is one JSON list when its
+    text starts with ``[`` and parses as one document; text that holds one JSON value per line ("Extra data" after the
+    first line) is JSON lines too. Lines are split as :func:`jsonl_lines` does. A file that cannot be read, or a JSON
+    list that is not valid JSON, raises ``error`` naming it (and the line).
     """
     from evl_ecg.data.records import read_text_file
 
-    text = read_text_file(path, EvalInputError)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    text = read_text_file(path, error)
+    if path.suffix.lower() != ".jsonl" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-        return [(i + 1, row, None) for i, row in enumerate(data)]
-    if stripped.startswith("{") and len(jsonl_lines(stripped.rstrip())) > 1:
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, dict):
-            raise EvalInputError(f"{path}: is one JSON object, expected a JSON list of records or JSON lines")
+            if not (exc.msg == "Extra data" and _first_line_parses(text)):
+                raise error(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+        else:
+            if isinstance(data, list):
+                return [(i + 1, row, None) for i, row in enumerate(data)], False
     rows: list[tuple[int, Any, str | None]] = []
     for n, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
@@ -258,7 +272,35 @@ def _read_rows(path: Path) -> list[tuple[int, Any, str | None]]:
             rows.append((n, json.loads(line), None))
         except json.JSONDecodeError as exc:
             rows.append((n, None, f"invalid JSON ({exc.msg})"))
-    return rows
+    return rows, True
+
+
+def _first_line_parses(text: str) -> bool:
+    lines = [ln for ln in jsonl_lines(text) if ln.strip()]
+    try:
+        json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def _read_rows(path: Path) -> tuple[list[tuple[int, Any, str | None]], bool]:
+    """:func:`read_json_rows`, refusing a file that holds one JSON object over several lines (an object, not a list
+    of records nor JSON lines) with :class:`EvalInputError` naming it."""
+    rows, json_lines = read_json_rows(path)
+    stripped = ""
+    if json_lines and len(rows) > 1 and any(error for _, _, error in rows):
+        from evl_ecg.data.records import read_text_file
+
+        stripped = read_text_file(path, EvalInputError).strip()
+    if stripped.startswith("{"):
+        try:
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            raise EvalInputError(f"{path}: is one JSON object, expected a JSON list of records or JSON lines")
+    return rows, json_lines
 
 
 def load_bench(path: str | os.PathLike[str]) -> list[BenchItem]:
@@ -271,11 +313,14 @@ def load_bench(path: str | os.PathLike[str]) -> list[BenchItem]:
     path = Path(path)
     items: list[BenchItem] = []
     seen: set[str] = set()
-    for n, row, error in _read_rows(path):
-        where = f"{path}: item {n}"
+    rows, json_lines = _read_rows(path)
+    for n, row, error in rows:
+        where = f"{path}: line {n}" if json_lines else f"{path}: item {n}"
         if error is not None:
             raise EvalInputError(f"{where}: {error}")
         if not isinstance(row, dict):
+            if json_lines:
+                raise EvalInputError(f"{where}: holds {json_kind(row)}, expected an object (one record per line)")
             raise EvalInputError(f"{where}: expected an object, got {type(row).__name__}")
         rid = row.get("id")
         if not isinstance(rid, str) or not rid:
@@ -313,9 +358,14 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[PredRow], list[
     path = Path(path)
     rows: list[PredRow] = []
     issues: list[Issue] = []
-    for n, raw, error in _read_rows(path):
+    read, json_lines = _read_rows(path)
+    for n, raw, error in read:
         if error is not None or not isinstance(raw, dict):
-            why = error or f"expected a JSON object, got {type(raw).__name__}"
+            why = error or (
+                f"holds {json_kind(raw)}, expected an object (one prediction per line)"
+                if json_lines
+                else f"expected a JSON object, got {type(raw).__name__}"
+            )
             issues.append(Issue("malformed", f"{path}:{n}: {why}", line=n))
             continue
         rid = raw.get("question_id", raw.get("id"))
@@ -342,6 +392,8 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[PredRow], list[
         rows.append(
             PredRow(line=n, id=rid, text=text, prompt=prompt if isinstance(prompt, str) else None, has_text=has_text)
         )
+    if read and not rows:  # not one row could be read: nothing to score; the first bad line says why
+        raise EvalInputError(f"{issues[0].message}; none of its {len(read)} line(s) is a prediction row")
     return rows, issues
 
 

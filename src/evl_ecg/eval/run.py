@@ -3,6 +3,7 @@
 Layout written under ``out_dir``::
 
     model_fingerprint.json        the evaluated model's :func:`evl_ecg.models.fingerprint.model_fingerprint`
+    resume-key.json               the settings the predictions were generated with (:mod:`evl_ecg.resume`)
     <subset>/predictions.jsonl    PULSE-format generations (:func:`evl_ecg.eval.generate.generate_predictions`)
     <subset>/likelihood.json      label probabilities of a multi-label subset (:mod:`evl_ecg.eval.likelihood`)
     scores.json                   the score document of ``evl-ecg eval score`` plus ``model``, ``generation``
@@ -11,9 +12,13 @@ Layout written under ``out_dir``::
 Bench files are ``bench_dir/<subset>.json`` (or ``.jsonl``), named as ECGBench's configs; images are looked up under
 ``image_root`` (default: ``bench_dir/images`` if it exists, else ``bench_dir/../images``: the layouts of ECGBench's
 ``data/ECGBench`` and of ``evl-ecg data corpus``). Everything resumes: generation skips ids already written, and
-a subset's ``likelihood.json`` is reused when it covers the same ids and classes. A resume is keyed on the model's
-fingerprint, not on its folder's name: an ``out_dir`` written for one model is refused to another (a folder of the same
-name holding other weights would otherwise mix the rows of two models).
+a subset's ``likelihood.json`` is reused when it covers the same ids, classes and normalization (and is redone whole
+otherwise). A resume is keyed on the model's fingerprint, not on its folder's name: an ``out_dir`` written for one
+model is refused to another (a folder of the same name holding other weights would otherwise mix the rows of two
+models). It is keyed as well on every other setting that changes an answer (:mod:`evl_ecg.resume`, ``resume-key.json``):
+the decoding mode, ``max_new_tokens``, ``batch_size`` and each bench file's content; a rerun with another value is
+refused in one line naming the setting and both values, unless ``fresh`` (``--fresh``) removes the earlier output
+first. A folder holding files an evaluation does not write (a model, a corpus) is refused too.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from evl_ecg.eval.likelihood import (
     roc_auc_macro,
     roc_auc_per_class,
 )
-from evl_ecg.eval.predictions import EvalInputError, load_bench
+from evl_ecg.eval.predictions import TASKS, EvalInputError, load_bench, read_json_rows
+from evl_ecg.resume import FOLDER_KEY, ResumeKey, file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 LIKELIHOOD_FILE = "likelihood.json"
 SCORES_FILE = "scores.json"
 FINGERPRINT_FILE = "model_fingerprint.json"
+#: What an evaluation writes at the top of ``out_dir`` and in each ``<subset>/`` folder; anything else is not its own.
+TOP_FILES = (FINGERPRINT_FILE, SCORES_FILE, FOLDER_KEY)
+SUBSET_FILES = (PREDICTIONS_FILE, LIKELIHOOD_FILE)
 
 
 def check_model_fingerprint(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -83,8 +92,60 @@ def check_model_fingerprint(model_dir: str | os.PathLike[str], out_dir: str | os
     return fingerprint
 
 
+def foreign_files(out_dir: Path) -> list[str]:
+    """Files under ``out_dir`` that an evaluation does not write (dotfiles aside: temporary files), sorted."""
+    if not out_dir.is_dir():
+        return []
+    found: list[str] = []
+    for path in sorted(out_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir() and path.name in TASKS:
+            found += [f"{path.name}/{p.name}" for p in sorted(path.iterdir()) if not _own(p, SUBSET_FILES)]
+        elif not _own(path, TOP_FILES):
+            found.append(path.name + ("/" if path.is_dir() else ""))
+    return found
+
+
+def _own(path: Path, names: Sequence[str]) -> bool:
+    return path.name.startswith(".") or (path.name in names and path.is_file())
+
+
+def _has_output(out_dir: Path) -> bool:
+    return (out_dir / SCORES_FILE).is_file() or any((out_dir / s / f).is_file() for s in TASKS for f in SUBSET_FILES)
+
+
+def _clear_output(out_dir: Path) -> None:
+    """Remove what an evaluation wrote into ``out_dir`` (``--fresh``); nothing else is there (:func:`foreign_files`)."""
+    for subset in TASKS:
+        for name in SUBSET_FILES:
+            (out_dir / subset / name).unlink(missing_ok=True)
+        if (out_dir / subset).is_dir() and not any((out_dir / subset).iterdir()):
+            (out_dir / subset).rmdir()
+    for name in TOP_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def resume_key(
+    out_dir: Path, files: dict[str, Path], *, max_new_tokens: int, batch_size: int, model_id: str | None
+) -> ResumeKey:
+    """The settings an evaluation's predictions depend on (the model itself: :func:`check_model_fingerprint`).
+
+    ``batch_size`` is in: left padding changes a batch's numerics, so a greedy answer may differ at another size.
+    Each bench file's content is a part (one per subset: a subset added later is not a mismatch). The scorer and the
+    likelihood normalization are not: ``scores.json`` is scored again whole on every run, and ``likelihood.json``
+    carries its own normalization and is redone whole when it differs.
+    """
+    settings: dict[str, Any] = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if model_id is not None:  # an adapter object: no folder to fingerprint, its id stands for it
+        settings["model_id"] = model_id
+    parts = {f"bench:{name}": file_digest(path) for name, path in files.items()}
+    return ResumeKey(out_dir, "eval run", settings, parts, folder=True)
+
+
 def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list[tuple[str, str]]]:
-    """Records of a bench file (JSON list or JSONL), each validated on its own: ``(records, [(id, reason)])``.
+    """Records of a bench file (JSON list or JSONL, as :func:`~evl_ecg.eval.predictions.read_json_rows` tells them
+    apart), each validated on its own: ``(records, [(id, reason)])``.
 
     LLaVA's image-token treatment is applied (``<image>`` moved to the start of the first human turn as PULSE's
     inference does); a bad or duplicate record is reported and left out, never dropped silently. Items of a JSON
@@ -92,33 +153,23 @@ def read_bench_records(path: str | os.PathLike[str]) -> tuple[list[Record], list
     or is not JSON raises :class:`~evl_ecg.eval.predictions.EvalInputError` naming it.
     """
     path = Path(path)
-    text = read_text_file(path, EvalInputError)
-    json_lines = not text.lstrip().startswith("[")
-    if json_lines:
-        rows: list[tuple[int, Any]] = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    else:
-        try:
-            rows = list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    rows, json_lines = read_json_rows(path)
     records: list[Record] = []
     failed: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for n, row in rows:
-        if json_lines:
-            try:
-                row = json.loads(row)
-            except json.JSONDecodeError as exc:
-                failed.append((f"{path.name}:{n}", f"invalid JSON ({exc.msg})"))
-                continue
+    for n, row, error in rows:
+        where = f"{path}: line {n}" if json_lines else f"{path}: item {n}"
+        if error is not None:
+            failed.append((f"{path.name}:{n}", error))
+            continue
         rid = str(row.get("id")) if isinstance(row, dict) else f"{path.name}:{n}"
         try:
-            record = Record.from_dict(row, source=f"{path}: item {n}", normalize_image_token=True)
+            record = Record.from_dict(row, source=where, normalize_image_token=True)
         except (RecordError, TypeError, AttributeError) as exc:
             failed.append((rid, str(exc)))
             continue
         if record.id in seen:
-            failed.append((rid, f"{path}: item {n}: duplicate id"))
+            failed.append((rid, f"{where}: duplicate id"))
             continue
         seen.add(record.id)
         records.append(record)
@@ -243,6 +294,7 @@ def evaluate_model(
     seed: int | None = None,
     update_card: bool = False,
     likelihood_normalization: str = "null",
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Generate, score and (multi-label subsets) likelihood-score one model; write ``out_dir/scores.json``.
 
@@ -268,6 +320,8 @@ def evaluate_model(
             ``scores.json`` is written; the folder must hold a card evl-ecg wrote (otherwise a warning). A folder that
             cannot be written raises :class:`CardUpdateError`. Default: the model folder is only read.
         likelihood_normalization: ``"null"`` or ``"softmax"`` (:func:`evl_ecg.eval.likelihood.label_probabilities`).
+        fresh: remove the evaluation ``out_dir`` holds before starting (default: resume it when its resume key
+            matches these settings, refuse it otherwise: :func:`resume_key`).
 
     Returns:
         The document written to ``scores.json``: the scorer's ``format``/``method``/``results``/``errors``, plus
@@ -285,14 +339,33 @@ def evaluate_model(
     files, skipped = _bench_files(bench_dir, subsets)
     for path in files.values():  # what the scorer reads, checked before the model is loaded: a file it cannot
         load_bench(path)  # score (duplicate ids, items that are not objects, no items, gpt turn first) is refused
-    if isinstance(model_dir_or_adapter, (str, os.PathLike)):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: is a file, not a folder; --out takes a folder")
+    foreign = foreign_files(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{out_dir}: holds files `evl-ecg eval run` does not write ({shown}); use another --out")
+    is_folder = isinstance(model_dir_or_adapter, (str, os.PathLike))
+    key = resume_key(
+        out_dir,
+        files,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        model_id=None
+        if is_folder
+        else (model_id or model_dir_or_adapter.family or type(model_dir_or_adapter).__name__),
+    )
+    key.check(has_output=_has_output(out_dir), fresh=fresh, clear=lambda: _clear_output(out_dir))
+    if is_folder:
         from evl_ecg.models import load_adapter
 
         check_model_fingerprint(model_dir_or_adapter, out_dir)  # before anything is appended to out_dir
+        key.write()
         adapter = load_adapter(model_dir_or_adapter)
         model_id = model_id or Path(model_dir_or_adapter).resolve().name
         model_desc = str(model_dir_or_adapter)
     else:
+        key.write()
         adapter = model_dir_or_adapter
         model_id = model_id or adapter.family or type(adapter).__name__
         model_desc = model_id

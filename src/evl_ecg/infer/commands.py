@@ -26,13 +26,6 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _quiet_imports() -> None:
-    """Import torchao (when installed) before transformers does, with its CPU-build warnings silenced."""
-    from evl_ecg.infer.export import preimport_torchao_quietly
-
-    preimport_torchao_quietly()
-
-
 def _load_interpreter(model: Path, render_spec: str | None) -> Any:
     from evl_ecg.infer.interpreter import Interpreter
     from evl_ecg.models.base import ModelLoadError
@@ -59,9 +52,20 @@ def predict(
     probabilities: bool = typer.Option(True, "--probabilities/--no-probabilities", help="Label likelihoods."),
     save_image: Path | None = typer.Option(None, "--save-image", help="Write the page the model read (one input)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar for several inputs."),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Start --out again (its rows are removed; default: resume it if it was written with the same model and "
+        "settings, refuse it otherwise).",
+    ),
 ) -> None:
-    """Read ECGs with a model and print the answer, its labels and their probabilities."""
-    _quiet_imports()
+    """Read ECGs with a model and print the answer, its labels and their probabilities.
+
+    --out FILE.jsonl resumes: a rerun writes only the inputs not in it yet. The resume is keyed on the model's
+    fingerprint and every setting that changes an answer (--max-new-tokens, --batch-size, --render-spec,
+    --probabilities), recorded in FILE.jsonl.resume-key.json; a rerun with another value is refused, or starts again
+    with --fresh.
+    """
     from evl_ecg.infer.inputs import expand_inputs, is_input_error, read_input
     from evl_ecg.infer.interpreter import DISCLAIMER
     from evl_ecg.infer.questions import QUESTIONS
@@ -90,7 +94,7 @@ def predict(
             pred.image.save(save_image)
         typer.echo(json.dumps(pred.to_dict(), indent=1, ensure_ascii=False) if as_json else pred.text())
         return
-    summary = _predict_many(interp, specs, question, out, batch_size, max_new_tokens, probabilities, progress)
+    summary = _predict_many(interp, specs, question, out, batch_size, max_new_tokens, probabilities, progress, fresh)
     summary.update(model_card=interp.card.path, disclaimer=DISCLAIMER)
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
@@ -114,16 +118,25 @@ def _predict_many(
     max_new_tokens: int | None,
     probabilities: bool,
     progress: bool,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Batches of inputs into a resumable JSONL (keyed on ``input::question``; rows of another model are refused)."""
+    """Batches of inputs into a resumable JSONL (keyed on ``input::question``; rows of another model, or of other
+    settings (:func:`predict_key`), are refused)."""
     from tqdm.auto import tqdm
 
     from evl_ecg.eval.generate import read_done
     from evl_ecg.infer.inputs import is_input_error, read_input
 
     model_id = f"{interp.model_dir.resolve()}@{interp.dtype}"
+    if out.is_dir():
+        _fail(f"--out {out}: is a folder; give a file (FILE.jsonl, one JSON line per ECG)")
     try:
+        key = predict_key(interp, out, batch_size, max_new_tokens, probabilities)
+        key.check(
+            has_output=out.is_file() and out.stat().st_size > 0, fresh=fresh, clear=lambda: out.unlink(missing_ok=True)
+        )
         done = read_done(out, model_id)
+        key.write()
     except (ValueError, OSError) as exc:
         _fail(_one_line(exc))
     keys = [f"{spec}::{question}" for spec in specs]
@@ -170,6 +183,27 @@ def _predict_many(
     }
 
 
+def predict_key(interp: Any, out: Path, batch_size: int, max_new_tokens: int | None, probabilities: bool) -> Any:
+    """The :class:`~evl_ecg.resume.ResumeKey` of ``predict --out``: the model's fingerprint and dtype, the render
+    settings signals are drawn with, the generation length, the batch size (left padding changes a batch's numerics)
+    and whether probabilities are computed. The question is not: it is part of each row's key."""
+    import dataclasses
+
+    from evl_ecg.models.fingerprint import model_fingerprint
+    from evl_ecg.resume import ResumeKey
+
+    settings = {
+        "model": model_fingerprint(interp.model_dir)["digest"][:16],
+        "dtype": interp.dtype,
+        "render": dataclasses.asdict(interp.render_spec),  # every setting the pages are drawn with
+        "max_new_tokens": max_new_tokens if max_new_tokens is not None else "the question's",
+        "batch_size": batch_size,
+        "probabilities": probabilities,
+        "decoding": "greedy",
+    }
+    return ResumeKey(out, "predict", settings, info={"model_dir": str(interp.model_dir)}, folder=False)
+
+
 def export(
     model: Path = typer.Option(..., "--model", help="Model folder to export (read only)."),
     out: Path = typer.Option(..., "--out", help="New folder for the exported model."),
@@ -182,7 +216,6 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a model in bf16 or with int8 language-model weights; the card records the dtype and the AUC after it."""
-    _quiet_imports()
     from evl_ecg.infer.export import ExportError, MissingExtraError, export_model
     from evl_ecg.infer.interpreter import DISCLAIMER
     from evl_ecg.models.base import ModelLoadError
@@ -218,7 +251,6 @@ def serve(
     render_spec: str | None = typer.Option(None, "--render-spec", help="Override the card's render settings."),
 ) -> None:
     """Serve a local page and HTTP API (POST /predict, GET /health) for one model."""
-    _quiet_imports()
     from evl_ecg.infer.export import MissingExtraError
     from evl_ecg.infer.serve import serve as run_server
     from evl_ecg.models.base import ModelLoadError
@@ -244,11 +276,18 @@ def embed(
     image_root: Path | None = typer.Option(None, "--image-root", help="Default: images/ beside --data."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Records per forward pass."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Replace an embeddings file --out holds that was written with other settings."
+    ),
 ) -> None:
-    """Elastic embeddings of every record: the student's pooled states through its head, cut to each length."""
-    _quiet_imports()
+    """Elastic embeddings of every record: the student's pooled states through its head, cut to each length.
+
+    The file records the model's fingerprint, the records file's content, --dims and --batch-size; an existing --out
+    written with other values is refused (or replaced with --fresh), and a file that is not an embeddings file is
+    never overwritten.
+    """
     from evl_ecg.data.records import RecordError, load_records, open_image
-    from evl_ecg.infer.embed import embed_records, write_embeddings
+    from evl_ecg.infer.embed import check_existing, embed_records, embeddings_key, write_embeddings
     from evl_ecg.infer.interpreter import DISCLAIMER
     from evl_ecg.models.base import ModelLoadError
 
@@ -257,12 +296,14 @@ def embed(
         root = data.parent / "images" if (data.parent / "images").is_dir() else data.parent
     try:
         records = load_records(data)
+        key = embeddings_key(model, data, dims, batch_size, out)
+        check_existing(key, fresh=fresh)  # before the model is loaded
         result = embed_records(
             model, records, lambda r: open_image(r, root), dims, batch_size=batch_size, progress=progress
         )
         if not result.ids:
             _fail(f"--data {data}: no record could be embedded ({len(result.failed)} failed)")
-        path = write_embeddings(result, out)
+        path = write_embeddings(result, out, key)
     except (FileNotFoundError, ModelLoadError, RecordError, ValueError, OSError) as exc:
         _fail(_one_line(exc))
     for rid, reason in result.failed:

@@ -6,6 +6,12 @@ the :class:`~evl_ecg.distill.elastic.EmbeddingHead` saved beside it, and keeps t
 requested prefix length, L2-normalised. :func:`write_embeddings` stores them as one safetensors file: a tensor
 ``d<d>`` (``N x d`` float32) per length, and in its metadata the record ids (JSON), the model folder and the format
 (:data:`EMBEDDINGS_FORMAT`). ``evl-ecg embed`` is the thin command over both.
+
+The file is written whole and atomically (a killed run leaves no file, and a rerun writes the same bytes), and its
+metadata holds its resume key (:func:`embeddings_key`: the model's fingerprint, the records file's content, the
+prefix lengths and the batch size). A rerun into an existing file of other settings is refused in one line naming the
+setting and both values (:func:`check_existing`), unless ``--fresh``; a file that is not an evl-ecg embeddings file is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -113,8 +119,58 @@ def embed_records(
     return Embeddings(ids, by_dim, str(model_dir), failed)
 
 
-def write_embeddings(result: Embeddings, out: str | os.PathLike[str]) -> Path:
-    """``out`` (``.safetensors``): one ``d<d>`` tensor per length; ids, model and format in the metadata; atomic."""
+def embeddings_key(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    dims: Sequence[int] | str,
+    batch_size: int,
+    out: str | os.PathLike[str],
+) -> Any:
+    """The :class:`~evl_ecg.resume.ResumeKey` of an embeddings file: the model's fingerprint (its embedding head's
+    weights included), the records file's content, the prefix lengths and the batch size (padding changes a batch's
+    numerics). A model folder that cannot be fingerprinted raises ``FileNotFoundError`` / ``ValueError``."""
+    from evl_ecg.models.fingerprint import model_fingerprint
+    from evl_ecg.resume import ResumeKey, file_digest
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model folder")
+    settings = {
+        "model": model_fingerprint(model_dir)["digest"][:16],
+        "data": file_digest(data),
+        "dims": parse_dims(dims, 1 << 30),
+        "batch_size": batch_size,
+    }
+    info = {"model_dir": str(model_dir), "data": str(data)}
+    return ResumeKey(Path(out), "embed", settings, info=info, folder=False, path=Path(out))  # kept in its metadata
+
+
+def check_existing(key: Any, *, fresh: bool = False) -> None:
+    """Apply the resume rule to an existing ``key.out``: a file of other settings (or of an older evl-ecg, without a
+    key) is refused unless ``fresh``; a file that is not an evl-ecg embeddings file is refused always."""
+    from safetensors import safe_open
+
+    out = Path(key.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: the embeddings are written as safetensors; name a .safetensors file")
+    if not out.exists():
+        return
+    if not out.is_file():
+        raise ValueError(f"--out {out}: is not a file; name a .safetensors file")
+    try:
+        with safe_open(str(out), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a file that is not one
+        meta = {}
+    if meta.get("format") != EMBEDDINGS_FORMAT:
+        raise ValueError(f"{out}: exists and is not an evl-ecg embeddings file; not overwritten, use another --out")
+    stored = json.loads(meta["resume_key"]) if meta.get("resume_key") else None
+    key.check(has_output=True, fresh=fresh, stored=stored)
+
+
+def write_embeddings(result: Embeddings, out: str | os.PathLike[str], key: Any = None) -> Path:
+    """``out`` (``.safetensors``): one ``d<d>`` tensor per length; ids, model, format and the resume ``key``
+    (:func:`embeddings_key`) in the metadata; atomic."""
     from safetensors.torch import save
 
     from evl_ecg.data.records import atomic_write_bytes
@@ -124,8 +180,24 @@ def write_embeddings(result: Embeddings, out: str | os.PathLike[str]) -> Path:
         raise ValueError(f"--out {out}: the embeddings are written as safetensors; name a .safetensors file")
     tensors = {f"d{d}": t for d, t in result.by_dim.items()}
     meta = {"format": EMBEDDINGS_FORMAT, "ids": json.dumps(result.ids), "model": result.model}
-    atomic_write_bytes(out, save(tensors, metadata=meta))
+    if key is not None:
+        meta["resume_key"] = json.dumps(key.document(), sort_keys=True)
+    atomic_write_bytes(out, _sorted_header(save(tensors, metadata=meta)))
     return out
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with the metadata's keys in sorted order: safetensors writes them in hash order, which
+    changes from one call to the next, so the same embeddings would not give the same bytes. The tensors' entries
+    and offsets (relative to the data after the header) are kept; the header is padded to 8 bytes as safetensors
+    pads it."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:

@@ -69,7 +69,8 @@ def _quiet_torchao():
 def preimport_torchao_quietly() -> None:
     """transformers imports torchao (the ``[edge]`` extra) whenever it is installed, and torchao then logs a warning per
     CUDA kernel library it cannot load on a CPU build of torch (and torch one per enum it registers); import both first
-    with those warnings silenced. Nothing happens when torchao is not installed."""
+    with those warnings silenced. Nothing happens when torchao is not installed. The commands do not call it (the
+    ``evl-ecg`` process drops that noise: :mod:`evl_ecg.quiet`); a script that will quantise may."""
     import importlib.util
 
     if "torchao" in sys.modules or importlib.util.find_spec("torchao") is None:
@@ -231,13 +232,16 @@ def export_model(
         max_new_tokens: generation length of the measurement.
     """
     t0 = time.perf_counter()
-    preimport_torchao_quietly()
-    from transformers.utils import logging as hf_logging
+    from evl_ecg.quiet import library_noise_quieted
+
+    with library_noise_quieted():
+        from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    try:
-        return _export(model_dir, out_dir, dtype, bench, measure, overwrite, max_new_tokens, progress, t0)
+    try:  # torchao is imported for int8 only; transformers imports it on any load when it is installed: quietly
+        with library_noise_quieted():
+            return _export(model_dir, out_dir, dtype, bench, measure, overwrite, max_new_tokens, progress, t0)
     finally:
         if bar:
             hf_logging.enable_progress_bar()

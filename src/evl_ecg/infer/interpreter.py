@@ -339,12 +339,12 @@ class Interpreter:
 
         ``render_spec`` overrides the card's render settings (:func:`parse_render_spec`).
         """
-        from transformers.utils import logging as hf_logging
+        from evl_ecg.quiet import library_noise_quieted
 
-        from evl_ecg.infer.export import preimport_torchao_quietly
+        with library_noise_quieted():  # torchao's load lines: transformers imports it whenever it is installed
+            from transformers.utils import logging as hf_logging
 
-        preimport_torchao_quietly()
-        from evl_ecg.models import load_adapter
+            from evl_ecg.models import load_adapter
 
         root = Path(model_dir)
         if not root.is_dir():
@@ -355,7 +355,7 @@ class Interpreter:
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: one model, nothing to follow
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), library_noise_quieted():
                 warnings.simplefilter("ignore")
                 adapter = load_adapter(root, **kwargs)
         finally:

@@ -19,10 +19,11 @@ Features are the ones the multimodal model hands on:
   ``vision_feature_select_strategy == "default"`` (exactly what the projector reads);
 * Qwen3-VL (tiny student): the output of the visual merger (``pooler_output``, what replaces the image tokens).
 
-Data: a fresh stream of synthetic records, never a corpus split. Record ``i`` of the training pool (and of the
-held-out set) draws everything from ``numpy.random.SeedSequence(seed, spawn_key=(PRETRAIN_KEY[+1], i))``: findings
-by ``sample_spec`` with a vocabulary drawn like the corpus' training mix, the signal by ``generate``, the image by
-``render`` with the default :class:`~evl_ecg.ecg.render.RenderSpec` and the corpus' augmentation habits (half the
+Data: a fresh stream of synthetic records, never a corpus split, drawn by the generator of the corpus the model will
+learn (``generator``; the training pipeline reads it from the corpus manifest). Record ``i`` of the training pool
+(and of the held-out set) draws everything from ``numpy.random.SeedSequence(seed, spawn_key=(PRETRAIN_KEY[+1], i))``:
+findings by ``sample_spec`` with a vocabulary drawn like the corpus' training mix, the signal by ``generate``, the image
+by ``render`` with the default :class:`~evl_ecg.ecg.render.RenderSpec` and the corpus' augmentation habits (half the
 images augmented, strength ``U(0.2, 1)``). Images are rendered once into memory (PNG bytes, lossless) and reused
 over the steps; batches are drawn by a seeded generator, so a seed gives the same weights whatever the worker count.
 """
@@ -56,8 +57,11 @@ def _vocabularies() -> tuple[list[str | None], np.ndarray]:
     return [TRAIN_MIX[t][1] for t in tasks], weights / weights.sum()
 
 
-def make_example(seed: int, key: int, index: int, augment_fraction: float = 0.5) -> tuple[bytes, np.ndarray]:
-    """Render record ``index`` of stream ``key``: ``(PNG bytes, float32 multi-hot over FINDING_CODES)``."""
+def make_example(
+    seed: int, key: int, index: int, augment_fraction: float = 0.5, generator: int = 1
+) -> tuple[bytes, np.ndarray]:
+    """Render record ``index`` of stream ``key`` with synthetic-ECG ``generator`` (1 or 2, as the corpus it serves):
+    ``(PNG bytes, float32 multi-hot over FINDING_CODES)``."""
     from evl_ecg.ecg.render import Augment, RenderSpec, render
     from evl_ecg.ecg.synth import generate, sample_spec
 
@@ -65,8 +69,9 @@ def make_example(seed: int, key: int, index: int, augment_fraction: float = 0.5)
     rng_spec = np.random.default_rng(ss_spec)
     vocabularies, weights = _vocabularies()
     vocabulary = vocabularies[int(rng_spec.choice(len(vocabularies), p=weights))]
-    spec = sample_spec(rng_spec, vocabulary=vocabulary)
-    ecg = generate(spec, seed=int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    spec = sample_spec(rng_spec, vocabulary=vocabulary, generator=generator)
+    signal_seed = int(ss_signal.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    ecg = generate(spec, seed=signal_seed, generator=generator)
     rng_render = np.random.default_rng(ss_render)
     augmented = bool(rng_render.random() < augment_fraction)
     strength = float(rng_render.uniform(0.2, 1.0))
@@ -79,13 +84,14 @@ def make_example(seed: int, key: int, index: int, augment_fraction: float = 0.5)
     return buf.getvalue(), target
 
 
-def _make_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray]:
-    return make_example(*args)
+def _make_one(args: tuple[int, int, int, int]) -> tuple[bytes, np.ndarray]:
+    seed, key, index, generator = args
+    return make_example(seed, key, index, generator=generator)
 
 
-def make_pool(seed: int, key: int, n: int, workers: int = 1) -> tuple[list[bytes], np.ndarray]:
-    """``n`` records of stream ``key`` (same bytes whatever ``workers``)."""
-    jobs = [(seed, key, i) for i in range(n)]
+def make_pool(seed: int, key: int, n: int, workers: int = 1, generator: int = 1) -> tuple[list[bytes], np.ndarray]:
+    """``n`` records of stream ``key`` drawn by ``generator`` (same bytes whatever ``workers``)."""
+    jobs = [(seed, key, i, generator) for i in range(n)]
     if workers > 1 and n > 1:
         with ProcessPoolExecutor(workers) as pool:
             out = list(pool.map(_make_one, jobs, chunksize=8))
@@ -209,6 +215,7 @@ def pretrain_vision(
     log_every: int = 50,
     log: Callable[[str], None] | None = print,
     fold: bool = True,
+    generator: int = 1,
 ) -> dict[str, Any]:
     """Pretrain ``adapter``'s vision tower as a multi-label findings classifier; returns metrics.
 
@@ -225,6 +232,7 @@ def pretrain_vision(
         n_eval: held-out records for the metric (0: no evaluation).
         workers: processes that render the images (does not change the result).
         log_every: log the running BCE every this many steps (``log`` ``None``: silent).
+        generator: the synthetic-ECG generator that draws the images (the one of the corpus the model will learn).
         fold: fold the head's token standardisation (its running mean and variance) into the model's projector
             (LLaVA) or merger (Qwen3-VL): :func:`fold_standardization`.
 
@@ -234,8 +242,8 @@ def pretrain_vision(
     """
     t0 = time.perf_counter()
     tower = vision_module(adapter)
-    images, targets = make_pool(seed, PRETRAIN_KEY, n_records, workers)
-    eval_images, eval_targets = make_pool(seed, PRETRAIN_KEY + 1, n_eval, workers)
+    images, targets = make_pool(seed, PRETRAIN_KEY, n_records, workers, generator)
+    eval_images, eval_targets = make_pool(seed, PRETRAIN_KEY + 1, n_eval, workers, generator)
     render_s = time.perf_counter() - t0
     if log:
         log(f"[pretrain] rendered {len(images)} + {len(eval_images)} images in {render_s:.1f} s")
@@ -332,6 +340,7 @@ def pretrain_vision(
         "render_seconds": round(render_s, 1),
         "features": int(dim),
         "folded": bool(fold and images),
+        "generator": int(generator),
     }
 
 

@@ -4,7 +4,9 @@ On the default 512 x 384 px ECG images:
 
 * tiny teacher (``LlavaForConditionalGeneration``): CLIP-like tower, 448 x 448 input (the image is resized, not
   cropped), patch 32, layer -2 patch features: **196 visual tokens**; Llama text model with D_t = 256;
-  SentencePiece-like tokenizer (~1,000 tokens), llava_v1 template.
+  SentencePiece-like tokenizer (~1,000 tokens), llava_v1 template. Two sizes (:data:`TEACHER_PRESETS`): ``v2`` (the
+  shipped teacher: a 6-layer, 192-wide tower and a 3-layer language model, about 9x the student) and ``v1`` (the first
+  shipped teacher: a 3-layer, 64-wide tower and a 2-layer language model, about 2.5x the student).
 * tiny student (``Qwen3VLForConditionalGeneration``): patch 16, spatial merge 2, the paper's pixel limits
   (784 to 50,176 px): 512 x 384 -> 256 x 192 -> **48 visual tokens**; D_s = 128; byte-level BPE (~1,500 tokens),
   ChatML.
@@ -52,14 +54,29 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def tiny_teacher_text_config(vocab_size: int, tokenizer) -> LlamaConfig:
+#: Tiny teacher sizes: vision tower (hidden, MLP, layers, heads) and language model (hidden, MLP, layers, heads).
+TEACHER_PRESETS: dict[str, dict[str, tuple[int, int, int, int]]] = {
+    "v1": {"vision": (64, 128, 3, 4), "text": (256, 512, 2, 4)},
+    "v2": {"vision": (192, 768, 6, 6), "text": (256, 768, 3, 4)},
+}
+
+
+def check_teacher_preset(preset: str) -> str:
+    """Return ``preset`` if it names a :data:`TEACHER_PRESETS` entry, else raise ``ValueError``."""
+    if preset not in TEACHER_PRESETS:
+        raise ValueError(f"unknown tiny teacher preset {preset!r}; known: {', '.join(TEACHER_PRESETS)}")
+    return preset
+
+
+def tiny_teacher_text_config(vocab_size: int, tokenizer, preset: str = "v1") -> LlamaConfig:
+    hidden, mlp, layers, heads = TEACHER_PRESETS[check_teacher_preset(preset)]["text"]
     return LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         bos_token_id=tokenizer.bos_token_id,
@@ -69,12 +86,13 @@ def tiny_teacher_text_config(vocab_size: int, tokenizer) -> LlamaConfig:
     )
 
 
-def tiny_clip_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
+def tiny_clip_config(image_size: int, patch_size: int, preset: str = "v1") -> CLIPVisionConfig:
+    hidden, mlp, layers, heads = TEACHER_PRESETS[check_teacher_preset(preset)]["vision"]
     return CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         image_size=image_size,
         patch_size=patch_size,
         hidden_act="quick_gelu",
@@ -82,13 +100,15 @@ def tiny_clip_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
     )
 
 
-def build_tiny_teacher(texts: Iterable[str], seed: int = 0, vocab_size: int = 1000) -> LlavaAdapter:
-    """A single-tile LLaVA teacher (196 visual tokens on any image, D = 256) with its own tokenizer."""
+def build_tiny_teacher(texts: Iterable[str], seed: int = 0, vocab_size: int = 1000, preset: str = "v1") -> LlavaAdapter:
+    """A single-tile LLaVA teacher (196 visual tokens on any image, D = 256) with its own tokenizer; ``preset`` is
+    its size (:data:`TEACHER_PRESETS`)."""
+    check_teacher_preset(preset)
     tokenizer = train_tokenizer(texts, "teacher", vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     config = LlavaConfig(
-        vision_config=tiny_clip_config(TEACHER_IMAGE_SIZE, TEACHER_PATCH),
-        text_config=tiny_teacher_text_config(len(tokenizer), tokenizer),
+        vision_config=tiny_clip_config(TEACHER_IMAGE_SIZE, TEACHER_PATCH, preset),
+        text_config=tiny_teacher_text_config(len(tokenizer), tokenizer, preset),
         image_token_id=image_token_id,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",

@@ -66,16 +66,19 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     manifest = Path(cfg["train_file"]).parent / "manifest.json" if cfg.get("train_file") else None
     data_format = None
     render = None
+    generator = None
     if manifest is not None and manifest.is_file():
         try:
             manifest_doc = json.loads(manifest.read_text())
             data_format = manifest_doc.get("format")
             render = render_settings(manifest_doc.get("settings"))
+            generator = (manifest_doc.get("settings") or {}).get("generator", 1)  # absent: made by generator 1
         except (OSError, ValueError, AttributeError):
             data_format = None
     return {
         "architecture": architectures[0] if architectures else None,
         "data_format": data_format,
+        "generator": generator,
         "render": render,
         "parameters": _count_parameters(model_dir),
         "phase": provenance.get("phase", cfg.get("phase")),
@@ -164,8 +167,9 @@ def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None)
         "## How it was trained",
         "",
         f"- Initialised from: {facts.get('initialised_from')}",
-        f"- Training data: `{facts.get('train_file')}` ({facts.get('train_records')} conversations; data manifest "
-        f"sha256 `{facts.get('data_manifest_sha256')}`)",
+        f"- Training data: `{facts.get('train_file')}` ({facts.get('train_records')} conversations"
+        + (f", synthetic-ECG generator {facts['generator']}" if facts.get("generator") is not None else "")
+        + f"; data manifest sha256 `{facts.get('data_manifest_sha256')}`)",
         f"- Steps: {facts.get('max_steps')}; batch {facts.get('batch_size')} x accumulation "
         f"{facts.get('gradient_accumulation_steps')}; learning rate {facts.get('learning_rate')}; seed "
         f"{facts.get('seed')}",
@@ -175,6 +179,7 @@ def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None)
             f"- Vision tower pretrained on synthetic ECG findings first (held-out macro AUC "
             f"{facts['vision_pretraining']:.3f})"
         )
+    lines += [f"- {note}" for note in facts.get("notes") or []]
     lines += [
         f"- Code: evl-ecg, git commit `{facts.get('git_commit')}`; the run folder's `provenance.json` has the resolved "
         "configuration and package versions.",
@@ -208,16 +213,23 @@ def write_model_card(
     provenance: dict[str, Any] | None = None,
     scores: dict[str, Any] | None = None,
     name: str | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write (or refresh) ``model_dir/README.md``.
 
     ``provenance``: a run's ``provenance.json`` content (stored as ``card.json``; a later call without it reuses the
-    stored facts). ``scores``: an evaluation's ``scores.json`` content (kept in ``card.json`` too).
+    stored facts). ``scores``: an evaluation's ``scores.json`` content (kept in ``card.json`` too). ``notes``: lines
+    added to "How it was trained" (how the checkpoint was chosen, how long it took, the command that made it); they
+    replace earlier notes and are kept by a later call without them.
     """
     model_dir = Path(model_dir)
     facts_path = model_dir / FACTS_FILE
     stored = json.loads(facts_path.read_text()) if facts_path.exists() else {}
     facts = training_facts(provenance, model_dir) if provenance is not None else stored.get("facts", {})
+    if notes is not None:
+        facts["notes"] = list(notes)
+    elif provenance is not None and stored.get("facts", {}).get("notes"):
+        facts["notes"] = stored["facts"]["notes"]
     scores = scores if scores is not None else stored.get("scores")
     name = name or stored.get("name") or model_dir.parent.name or model_dir.name
     facts_doc = {"name": name, "facts": facts, "scores": scores}

@@ -205,13 +205,27 @@ def demo(
             "the shipped study)."
         ),
     ] = None,
+    generator: Annotated[
+        int, typer.Option(min=1, max=2, help="synthetic-ECG generator of the corpus: 2 (closer to real ECGs) or 1.")
+    ] = 2,
+    teacher: Annotated[
+        Path | None, typer.Option(help="teacher checkpoint in place of the shipped tiny one (e.g. the v1 teacher).")
+    ] = None,
 ) -> None:
     """synth -> teacher -> student SFT -> control (CE) and KD (EVL-ECG), same budget -> evaluation, results table."""
     from evl_ecg.train.demo import run_demo
 
     t0 = time.perf_counter()
     try:
-        summary = run_demo(out, seed=seed, quick=quick, paper_objective=paper_objective, study=study)
+        summary = run_demo(
+            out,
+            seed=seed,
+            quick=quick,
+            paper_objective=paper_objective,
+            study=study,
+            generator=generator,
+            teacher=teacher,
+        )
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(summary["table_markdown"])
@@ -251,6 +265,9 @@ def study(
         ),
     ] = False,
     threads: Annotated[int, typer.Option(help="torch threads of each run (runs go one at a time).")] = 2,
+    generator: Annotated[
+        int, typer.Option(min=1, max=2, help="synthetic-ECG generator of both corpora: 2 (closer to real ECGs) or 1.")
+    ] = 2,
     quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
         False
     ),
@@ -279,6 +296,7 @@ def study(
             teacher=str(teacher) if teacher else None,
             quick=quick,
             threads=threads,
+            generator=generator,
         )
         res = run_study(out, settings, log=lambda m: typer.echo(m, err=True))
     except (StudyError, ValueError, OSError) as exc:

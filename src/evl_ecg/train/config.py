@@ -122,6 +122,17 @@ class EvlConfig(TrainingArguments):
     )
     pretrain_vision_batch_size: int = field(default=16, metadata={"help": "images per vision pretraining step."})
     pretrain_vision_lr: float = field(default=2e-3, metadata={"help": "peak learning rate of vision pretraining."})
+    pretrain_vision_generator: int | None = field(
+        default=None,
+        metadata={
+            "help": "synthetic-ECG generator (1 or 2) of the vision pretraining images; default: the training "
+            "corpus' own (its manifest), 1 for a corpus without one."
+        },
+    )
+    tiny_teacher: str = field(
+        default="v2",
+        metadata={"help": "phase 'teacher': size of the tiny teacher built from scratch, 'v2' (shipped) or 'v1'."},
+    )
     curve_every: int = field(
         default=0,
         metadata={
@@ -173,6 +184,10 @@ class EvlConfig(TrainingArguments):
         check_types(self)  # before anything compares a value: `max_steps: "two"` is an error naming the option
         if self.phase not in PHASES:
             raise ConfigError("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        if self.tiny_teacher not in ("v1", "v2"):
+            raise ConfigError("tiny_teacher", f"must be 'v1' or 'v2', got {self.tiny_teacher!r}")
+        if self.pretrain_vision_generator is not None and self.pretrain_vision_generator not in (1, 2):
+            raise ConfigError("pretrain_vision_generator", f"must be 1 or 2, got {self.pretrain_vision_generator!r}")
         if self.hidden_positions not in ("all", "response", "text"):
             raise ConfigError("hidden_positions", f"must be 'all', 'response' or 'text', got {self.hidden_positions!r}")
         if self.teacher_family not in TEACHER_FAMILIES:

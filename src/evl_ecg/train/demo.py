@@ -135,8 +135,10 @@ def load_study_summary(path: str | os.PathLike[str] | None = None) -> dict[str, 
     return doc if "summary_of" in doc else study_summary(doc)
 
 
-def beside_study(rows: dict[str, Any], study: dict[str, Any], seed: int) -> str:
-    """Markdown: this run's strict AUC of each model beside the study's mean +- std over seeds."""
+def beside_study(rows: dict[str, Any], study: dict[str, Any], seed: int, generator: int | None = None) -> str:
+    """Markdown: this run's strict AUC of each model beside the study's mean +- std over seeds; ``generator`` (this
+    run's) is compared with the study's (absent from its settings: generator 1), and a study of another generator or
+    of a labelled other teacher (``settings.teacher``) is said to be so."""
     head = "| model | " + " | ".join(f"{x} (this run) | {x} (study)" for x in STUDY_SUBSETS) + " |"
     lines = [head, "|---|" + "---:|" * (2 * len(STUDY_SUBSETS))]
     for row in rows["rows"]:
@@ -156,13 +158,38 @@ def beside_study(rows: dict[str, Any], study: dict[str, Any], seed: int) -> str:
                 cells.append(f"{theirs['mean']:.1f} +- {theirs['std']:.1f}")
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     s = study["settings"]
+    theirs = s.get("generator", 1)
     lines += [
         "",
-        f"This run: seed {seed}, {rows.get('records', 'the demo’s')} records per subset. Study: seeds {s['seeds']}, "
-        f"{s['phase2_steps']} phase-2 steps, test benchmark seed {s['test_seed']} ({s['test_ptb']} PTB-XL records, "
-        "the others in ECGBench's proportions); mean +- std over the seeds. One seed is never the evidence.",
+        f"This run: seed {seed}, {rows.get('records', 'the demo’s')} records per subset"
+        + (f", generator {generator}" if generator is not None else "")
+        + f". Study: seeds {s['seeds']}, {s['phase2_steps']} phase-2 steps, test benchmark seed {s['test_seed']} "
+        f"({s['test_ptb']} PTB-XL records, the others in ECGBench's proportions), generator {theirs}"
+        + (f", {s['teacher']}" if s.get("teacher") else "")
+        + "; mean +- std over the seeds. One seed is never the evidence.",
     ]
+    if generator is not None and generator != theirs:
+        lines += [
+            "",
+            f"**Not the same setting:** the study drew generator-{theirs} corpora"
+            + (f" with {s['teacher']}" if s.get("teacher") else "")
+            + f", this run generator {generator}: its columns are the earlier setting's numbers, not this run's "
+            "expectation (`evl-ecg study --out DIR` gives a study of this setting; `--study DIR` puts it here).",
+        ]
     return "\n".join(lines)
+
+
+def _check_teacher(given: Path, teacher_dir: Path) -> None:
+    """``--teacher`` must be a model folder, and the one a demo folder already holds (same weights), if any."""
+    from evl_ecg.models.fingerprint import model_fingerprint
+
+    if not (given / "config.json").is_file():
+        raise FileNotFoundError(f"--teacher {given}: not a model folder (no config.json)")
+    if (teacher_dir / "config.json").exists():
+        if model_fingerprint(given)["digest"] != model_fingerprint(teacher_dir)["digest"]:
+            raise ValueError(
+                f"--teacher {given}: {teacher_dir.parent.parent} holds a demo with another teacher; use another --out"
+            )
 
 
 def run_demo(
@@ -172,12 +199,16 @@ def run_demo(
     quick: bool = False,
     paper_objective: bool = False,
     study: str | os.PathLike[str] | None = None,
+    generator: int = 2,
+    teacher: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary written to ``results.json``.
 
     The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.train.study.TINY_METHOD_SETS``), or with
     the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table puts
-    beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``).
+    beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``). ``generator``: the synthetic-ECG
+    generator of the corpus (2, closer to real ECGs; 1, the frozen first one). ``teacher``: a teacher folder to use
+    in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another teacher is refused).
     """
     from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
 
@@ -189,21 +220,35 @@ def run_demo(
     from evl_ecg.eval.tables import build_table, load_score_doc, to_json, to_markdown
 
     out = Path(out)
+    teacher_dir = out / "teacher" / "student"
+    if teacher is not None:  # before anything is built
+        _check_teacher(Path(teacher), teacher_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     n_train, n_bench = (48, 4) if quick else (2000, 50)
     data = out / "data"
-    _stage("synth", timings, build_corpus, data, n_train=n_train, n_bench=n_bench, seed=seed, workers=2, progress=True)
+    _stage(
+        "synth",
+        timings,
+        build_corpus,
+        data,
+        n_train=n_train,
+        n_bench=n_bench,
+        seed=seed,
+        workers=2,
+        progress=True,
+        generator=generator,
+    )
     train_file = str(data / "train.json")
 
-    teacher_dir = out / "teacher" / "student"
     if not (teacher_dir / "config.json").exists():
-        shipped = shipped_teacher()
-        if shipped is not None and not quick:
+        shipped = Path(teacher) if teacher is not None else shipped_teacher()
+        if shipped is not None and (not quick or teacher is not None):
             teacher_dir.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(shipped, teacher_dir)
             timings["teacher"] = 0.0
-            print(f"[demo] teacher: using the shipped tiny teacher ({shipped})", flush=True)
+            which = "the given" if teacher is not None else "the shipped tiny"
+            print(f"[demo] teacher: using {which} teacher ({shipped})", flush=True)
         else:
             _stage(
                 "teacher", timings, _train, "teacher", out / "teacher", {"train_file": train_file, "seed": seed}, quick
@@ -263,7 +308,7 @@ def run_demo(
     study_md = ""
     if summary_of_study is not None:
         study_md = "\n\n## This seed beside the study (strict macro AUC)\n\n" + beside_study(
-            {**rows_json, "records": n_bench}, summary_of_study, seed
+            {**rows_json, "records": n_bench}, summary_of_study, seed, generator
         )
     markdown = (
         "# evl-ecg demo results (synthetic ECGs; not a clinical evaluation)\n\n"

@@ -140,7 +140,7 @@ def _student_adapter(config: EvlConfig, records: list[Record]) -> Adapter:
         return load_adapter(config.student, dtype=torch.float32, **kwargs)
     texts = corpus_from_records(records)
     if config.phase == "teacher":
-        return build_tiny_teacher(texts, seed=config.seed)
+        return build_tiny_teacher(texts, seed=config.seed, preset=config.tiny_teacher)
     if config.phase == "sft":
         return build_tiny_student(texts, seed=config.seed)
     raise ValueError("phase 'kd' needs a student checkpoint (the SFT run's student/ directory)")
@@ -267,8 +267,12 @@ def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] 
     """Vision pretraining of a freshly built tiny model (``pretrain_vision_steps``; see evl_ecg.models.pretrain)."""
     if config.student or config.phase not in ("teacher", "sft") or config.pretrain_vision_steps <= 0:
         return None
+    from evl_ecg.data.corpus import corpus_generator
     from evl_ecg.models.pretrain import pretrain_vision
 
+    generator = config.pretrain_vision_generator
+    if generator is None:
+        generator = corpus_generator(config.train_file) or 1
     return pretrain_vision(
         adapter,
         n_records=config.pretrain_vision_records,
@@ -276,6 +280,7 @@ def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] 
         steps=config.pretrain_vision_steps,
         batch_size=config.pretrain_vision_batch_size,
         lr=config.pretrain_vision_lr,
+        generator=generator,
         workers=max(1, min(2, config.dataloader_num_workers)),
         log=print if config.process_index == 0 else None,
     )

@@ -2,7 +2,8 @@
 
 Layout of ``out``::
 
-    study.json                 the settings (a rerun with other settings into the same folder is refused)
+    study.json                 its resume key (:mod:`evl_ecg.resume`): the settings and the teacher's fingerprint; a
+                               rerun with others into the same folder is refused, naming the setting and both values
     data/                      the training corpus (train.json, val/<subset>.json for choosing settings)
     test/                      the reported benchmark: its own seed, ``test_ptb`` PTB-XL records, the other
                                subsets in ECGBench's proportions (bench/<subset>.json)
@@ -94,6 +95,7 @@ class StudySettings:
     test_ptb: int = 500
     data_seed: int = 0
     test_seed: int = 1000
+    generator: int = 2
     phase2_steps: int = 300
     phase1_overrides: tuple[str, ...] = ()
     phase2_overrides: tuple[str, ...] = ()
@@ -134,6 +136,19 @@ class StudySettings:
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+
+#: Study settings that may change between runs of one study folder (recorded in its key, not compared).
+STUDY_FREE = ("methods", "method_overrides")
+
+
+def _legacy_study_key(doc: dict[str, Any]) -> dict[str, Any]:
+    """A ``study.json`` of an older evl-ecg (the settings as one object) read as a resume key."""
+    from evl_ecg.resume import KEY_FORMAT
+
+    settings = {k: v for k, v in doc.items() if k not in STUDY_FREE}
+    settings.setdefault("generator", 1)  # studies made before the setting drew generator 1's corpora
+    return {"format": KEY_FORMAT, "command": "study", "settings": settings, "parts": {}, "info": {}}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -214,22 +229,32 @@ class Study:
         return None
 
     # ---- stages ------------------------------------------------------------------------------------------------
-    def _check_settings(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        marker = self.out / "study.json"
+    def resume_key(self) -> Any:
+        """The study's :class:`~evl_ecg.resume.ResumeKey`, kept in ``study.json``: every setting, and the teacher's
+        fingerprint (a teacher folder of the same name holding other weights would mix two teachers' runs). Methods
+        may grow, and a method's own overrides rerun that method only (:meth:`_fresh_run`): recorded, not compared."""
+        from evl_ecg.models.fingerprint import model_fingerprint
+        from evl_ecg.resume import ResumeKey
+
         wanted = self.settings.to_json()
-        if marker.exists():
-            found = json.loads(marker.read_text())
-            # methods may grow, and a method's own overrides rerun that method only (Study._fresh_run)
-            free = ("methods", "method_overrides")
-            diff = sorted(
-                k for k in set(found) | set(wanted) if found.get(k, ()) != wanted.get(k, ()) and k not in free
-            )
-            if diff:
-                raise StudyError(
-                    f"{self.out}: holds a study with other settings ({', '.join(diff)} differ); use another --out"
-                )
-        _write_json(marker, wanted)
+        info = {k: wanted.pop(k) for k in STUDY_FREE}
+        teacher = self._teacher()
+        if not teacher.is_dir():
+            raise StudyError(f"--teacher {teacher}: no such model folder")
+        wanted["teacher_fingerprint"] = model_fingerprint(teacher)["digest"][:16]
+        return ResumeKey(self.out, "study", wanted, info=info, fresh_option=None, path=self.out / "study.json")
+
+    def _check_settings(self) -> None:
+        from evl_ecg.resume import ResumeKeyError
+
+        key = self.resume_key()
+        has_output = self.out.is_dir() and any(not p.name.startswith(".") for p in self.out.iterdir())
+        try:
+            key.check(has_output=has_output, legacy=_legacy_study_key)
+        except ResumeKeyError as exc:
+            raise StudyError(str(exc)) from None
+        self.out.mkdir(parents=True, exist_ok=True)
+        key.write()
 
     def _data(self) -> tuple[Path, Path]:
         from evl_ecg.data.corpus import build_corpus
@@ -238,7 +263,16 @@ class Study:
         data, test = self.out / "data", self.out / "test"
         if not (data / "manifest.json").exists():
             self.log(f"[study] training corpus: {s.n_train} records + validation {s.n_val} per subset")
-            build_corpus(data, n_train=s.n_train, n_bench=0, n_val=s.n_val, seed=s.data_seed, workers=2, progress=False)
+            build_corpus(
+                data,
+                n_train=s.n_train,
+                n_bench=0,
+                n_val=s.n_val,
+                seed=s.data_seed,
+                workers=2,
+                progress=False,
+                generator=s.generator,
+            )
         if not (test / "manifest.json").exists():
             self.log(f"[study] test benchmark: seed {s.test_seed}, {s.test_ptb} PTB-XL records, ECGBench proportions")
             build_corpus(
@@ -249,6 +283,7 @@ class Study:
                 workers=2,
                 progress=False,
                 bench_proportions="ecgbench",
+                generator=s.generator,
             )
         return data, test
 

@@ -460,6 +460,12 @@ def load_student_weights(student: nn.Module, directory: Path) -> None:
     for f in files:
         state.update(load_state_dict(str(f)))
     missing, unexpected = student.load_state_dict(state, strict=False)
+    if (missing or unexpected) and hasattr(type(student), "from_pretrained"):
+        # save_pretrained writes some architectures' keys in their checkpoint layout (LLaVA: language_model.model.*),
+        # which from_pretrained maps back; the model class reads its own checkpoint
+        saved = type(student).from_pretrained(str(directory), dtype=next(student.parameters()).dtype)
+        missing, unexpected = student.load_state_dict(saved.state_dict(), strict=False)
+        del saved
     tied = set(getattr(student, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:
