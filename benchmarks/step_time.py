@@ -112,7 +112,12 @@ def main() -> None:
         if not teachers:
             teachers = [str(tmp / "teacher")]
             build_tiny_teacher(texts, seed=args.seed).save_pretrained(teachers[0])
-    names = {t: Path(t).name if len(teachers) > 1 else "" for t in teachers}
+
+    def label(folder: str) -> str:  # a run's exported model is <run>/student: name it by the run
+        path = Path(folder)
+        return path.parent.name if path.name == "student" else path.name
+
+    names = {t: label(t) if len(teachers) > 1 else "" for t in teachers}
     if len(set(names.values())) < len(teachers):  # two folders of one name: number them
         names = {t: f"teacher{i + 1}" for i, t in enumerate(teachers)}
 

@@ -1,9 +1,9 @@
-"""The shipped tiny teacher, from nothing, in one command: corpus -> training with a validation curve -> the step the
+"""A tiny teacher from nothing in one command: corpus -> training with a validation curve -> the step the
 curve chooses -> the test set scored once -> a compact checkpoint with its model card.
 
-    python scripts/tiny_teacher.py --out runs/teacher-v2                    # the shipped v2 teacher (about 1.5 h)
-    python scripts/tiny_teacher.py --out runs/teacher-v1 --generator 1 --records 4000 \\
-        --config src/evl_ecg/configs/tiny/teacher-v1.yaml --no-curve           # the first (v1) teacher
+    python scripts/tiny_teacher.py --out runs/teacher-v1 --generator 1 --records 4000 --no-curve  # v1 settings
+    python scripts/tiny_teacher.py --out runs/teacher-v2 --config src/evl_ecg/configs/tiny/teacher-v2.yaml
+                                                      # the larger v2 attempt on generator 2 (not shipped yet)
 
 Stages, each kept when it is finished (a rerun into the same ``--out`` resumes; the training resumes from its last
 checkpoint):
@@ -17,8 +17,8 @@ checkpoint):
 4. ``OUT/test``: a test set of its own seed (``--test-seed``: not 1000 nor a study or demo seed), ``--test-ptb``
    PTB-XL records and the other subsets in ECGBench's proportions, scored once by ``evl-ecg eval run`` into
    ``OUT/test-eval`` (both scorers, label-likelihood AUC), the scores written into the chosen model's card;
-5. ``OUT/teacher``: the chosen model with its weights stored in float16 (loaded as float32) and its card: what the
-   package ships as ``src/evl_ecg/assets/tiny-teacher``.
+5. ``OUT/teacher``: the chosen model with its weights stored in float16 (loaded as float32) and its card, in the
+   form the package ships its teacher (``src/evl_ecg/assets/tiny-teacher``).
 
 Prints a JSON summary (the chosen step, the curve, the test scores, the wall time of each stage).
 """

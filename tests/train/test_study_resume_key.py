@@ -113,7 +113,7 @@ def test_a_legacy_study_json_of_other_settings_is_refused_naming_both_values(tmp
         run_study(out, _settings(teacher, generator=1), log=_quiet)
     assert str(err.value) == f"{out}: was written with test_seed=5, now 1000; use another --out"
     with pytest.raises(StudyError, match=r"was written with test_seed=5, now 1000 \(1 more differs: generator\)"):
-        run_study(out, _settings(teacher), log=_quiet)  # generator 2 now: the legacy corpora were drawn with 1
+        run_study(out, _settings(teacher, generator=2), log=_quiet)  # the legacy corpora were drawn with 1
 
 
 def test_an_unreadable_study_json_is_one_line_naming_it(tmp_path, teacher):

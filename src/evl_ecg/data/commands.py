@@ -126,12 +126,12 @@ def synth(
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Run seed (>= 0); the same arguments give the same bytes."),
     generator: int = typer.Option(
-        2,
+        1,
         "--generator",
         min=1,
         max=2,
-        help="Synthetic-ECG generator: 2 (default, closer to real ECGs, docs/signals.md 2.1) or 1 (frozen: "
-        "corpora made before generator 2 and the v1 teacher's rebuild identically). Recorded in manifest.json.",
+        help="Synthetic-ECG generator: 1 (default, frozen: earlier corpora and the shipped teacher's rebuild "
+        "identically) or 2 (closer to real ECGs, docs/signals.md 2.1). Recorded in manifest.json.",
     ),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."

@@ -206,8 +206,11 @@ def demo(
         ),
     ] = None,
     generator: Annotated[
-        int, typer.Option(min=1, max=2, help="synthetic-ECG generator of the corpus: 2 (closer to real ECGs) or 1.")
-    ] = 2,
+        int,
+        typer.Option(
+            min=1, max=2, help="synthetic-ECG generator of the corpus: 1 (frozen) or 2 (closer to real ECGs)."
+        ),
+    ] = 1,
     teacher: Annotated[
         Path | None, typer.Option(help="teacher checkpoint in place of the shipped tiny one (e.g. the v1 teacher).")
     ] = None,
@@ -266,8 +269,11 @@ def study(
     ] = False,
     threads: Annotated[int, typer.Option(help="torch threads of each run (runs go one at a time).")] = 2,
     generator: Annotated[
-        int, typer.Option(min=1, max=2, help="synthetic-ECG generator of both corpora: 2 (closer to real ECGs) or 1.")
-    ] = 2,
+        int,
+        typer.Option(
+            min=1, max=2, help="synthetic-ECG generator of both corpora: 1 (frozen) or 2 (closer to real ECGs)."
+        ),
+    ] = 1,
     quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
         False
     ),

@@ -199,7 +199,7 @@ def run_demo(
     quick: bool = False,
     paper_objective: bool = False,
     study: str | os.PathLike[str] | None = None,
-    generator: int = 2,
+    generator: int = 1,
     teacher: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary written to ``results.json``.
@@ -207,7 +207,7 @@ def run_demo(
     The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.train.study.TINY_METHOD_SETS``), or with
     the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table puts
     beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``). ``generator``: the synthetic-ECG
-    generator of the corpus (2, closer to real ECGs; 1, the frozen first one). ``teacher``: a teacher folder to use
+    generator of the corpus (1, the frozen first one; 2, closer to real ECGs). ``teacher``: a teacher folder to use
     in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another teacher is refused).
     """
     from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
