@@ -205,6 +205,8 @@ def test_score_names_line_2_of_a_jsonl_that_holds_an_array(tmp_path):
     (strict,) = doc["results"]
     assert strict["input"]["counts"]["malformed"] == 1 and strict["n_scored"] == 3
     assert f"{pred}:2: holds an array, expected an object (one prediction per line)" in json.dumps(doc)
+    # and the warning on the screen names the line and what it holds, not only a count
+    assert f"1 rows: malformed (not scored): {pred}:2: holds an array" in result.stderr
 
 
 @pytest.mark.parametrize("first", ["array", "object"])

@@ -583,7 +583,11 @@ def score_file(
         warnings.append(f"{counts['missing_prediction']} gold items have no prediction ({effect})")
     for kind in ("malformed", "unknown_id", "duplicate_id", "empty_text", "prompt_mismatch"):
         if counts[kind]:
-            warnings.append(f"{counts[kind]} rows: {kind} ({_EFFECT[kind]})")
+            text = f"{counts[kind]} rows: {kind} ({_EFFECT[kind]})"
+            if kind == "malformed":  # name the lines and what they hold: a row that cannot be read is not scored
+                shown = [i.message for i in al.issues if i.kind == kind][:2]
+                text += ": " + "; ".join(shown) + ("; ..." if counts[kind] > len(shown) else "")
+            warnings.append(text)
     warnings.extend(body.pop("warnings", []))
     return {
         "subset": subset,
