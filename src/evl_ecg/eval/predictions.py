@@ -254,7 +254,11 @@ def read_json_rows(
     """
     from evl_ecg.data.records import read_text_file
 
-    text = read_text_file(path, error)
+    return _json_rows(path, read_text_file(path, error), error)
+
+
+def _json_rows(path: Path, text: str, error: type[Exception]) -> tuple[list[tuple[int, Any, str | None]], bool]:
+    """:func:`read_json_rows` on the text already read from ``path``."""
     if path.suffix.lower() != ".jsonl" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -287,12 +291,11 @@ def _first_line_parses(text: str) -> bool:
 def _read_rows(path: Path) -> tuple[list[tuple[int, Any, str | None]], bool]:
     """:func:`read_json_rows`, refusing a file that holds one JSON object over several lines (an object, not a list
     of records nor JSON lines) with :class:`EvalInputError` naming it."""
-    rows, json_lines = read_json_rows(path)
-    stripped = ""
-    if json_lines and len(rows) > 1 and any(error for _, _, error in rows):
-        from evl_ecg.data.records import read_text_file
+    from evl_ecg.data.records import read_text_file
 
-        stripped = read_text_file(path, EvalInputError).strip()
+    text = read_text_file(path, EvalInputError)
+    rows, json_lines = _json_rows(path, text, EvalInputError)
+    stripped = text.strip() if json_lines and len(rows) > 1 and any(error for _, _, error in rows) else ""
     if stripped.startswith("{"):
         try:
             whole = json.loads(stripped)

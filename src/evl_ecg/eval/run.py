@@ -346,15 +346,10 @@ def evaluate_model(
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ValueError(f"{out_dir}: holds files `evl-ecg eval run` does not write ({shown}); use another --out")
     is_folder = isinstance(model_dir_or_adapter, (str, os.PathLike))
-    key = resume_key(
-        out_dir,
-        files,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        model_id=None
-        if is_folder
-        else (model_id or model_dir_or_adapter.family or type(model_dir_or_adapter).__name__),
+    adapter_id = (  # an adapter object has no folder to fingerprint: its id stands for it
+        None if is_folder else model_id or model_dir_or_adapter.family or type(model_dir_or_adapter).__name__
     )
+    key = resume_key(out_dir, files, max_new_tokens=max_new_tokens, batch_size=batch_size, model_id=adapter_id)
     key.check(has_output=_has_output(out_dir), fresh=fresh, clear=lambda: _clear_output(out_dir))
     if is_folder:
         from evl_ecg.models import load_adapter
@@ -367,8 +362,7 @@ def evaluate_model(
     else:
         key.write()
         adapter = model_dir_or_adapter
-        model_id = model_id or adapter.family or type(adapter).__name__
-        model_desc = model_id
+        model_id = model_desc = adapter_id
     if device is not None:
         adapter.model.to(device)
     root = Path(image_root) if image_root is not None else _default_image_root(bench_dir)

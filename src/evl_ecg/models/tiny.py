@@ -4,9 +4,9 @@ On the default 512 x 384 px ECG images:
 
 * tiny teacher (``LlavaForConditionalGeneration``): CLIP-like tower, 448 x 448 input (the image is resized, not
   cropped), patch 32, layer -2 patch features: **196 visual tokens**; Llama text model with D_t = 256;
-  SentencePiece-like tokenizer (~1,000 tokens), llava_v1 template. Two sizes (:data:`TEACHER_PRESETS`): ``v2`` (the
-  shipped teacher: a 6-layer, 192-wide tower and a 3-layer language model, about 9x the student) and ``v1`` (the first
-  shipped teacher: a 3-layer, 64-wide tower and a 2-layer language model, about 2.5x the student).
+  SentencePiece-like tokenizer (~1,000 tokens), llava_v1 template. Two sizes (:data:`TEACHER_PRESETS`): ``v1`` (the
+  shipped teacher: a 3-layer, 64-wide tower and a 2-layer language model, about 2.5x the student) and ``v2`` (a
+  6-layer, 192-wide tower and a 3-layer language model, 8.6x the student; not shipped: docs/train.md section 3).
 * tiny student (``Qwen3VLForConditionalGeneration``): patch 16, spatial merge 2, the paper's pixel limits
   (784 to 50,176 px): 512 x 384 -> 256 x 192 -> **48 visual tokens**; D_s = 128; byte-level BPE (~1,500 tokens),
   ChatML.

@@ -66,15 +66,16 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     manifest = Path(cfg["train_file"]).parent / "manifest.json" if cfg.get("train_file") else None
     data_format = None
     render = None
-    generator = None
     if manifest is not None and manifest.is_file():
         try:
             manifest_doc = json.loads(manifest.read_text())
             data_format = manifest_doc.get("format")
             render = render_settings(manifest_doc.get("settings"))
-            generator = (manifest_doc.get("settings") or {}).get("generator", 1)  # absent: made by generator 1
         except (OSError, ValueError, AttributeError):
             data_format = None
+    from evl_ecg.data.corpus import corpus_generator
+
+    generator = corpus_generator(cfg.get("train_file"))  # None without a manifest; one without the field: 1
     return {
         "architecture": architectures[0] if architectures else None,
         "data_format": data_format,

@@ -189,8 +189,12 @@ class EvlConfig(TrainingArguments):
             raise ConfigError("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if self.tiny_teacher not in ("v1", "v2"):
             raise ConfigError("tiny_teacher", f"must be 'v1' or 'v2', got {self.tiny_teacher!r}")
-        if self.pretrain_vision_generator is not None and self.pretrain_vision_generator not in (1, 2):
-            raise ConfigError("pretrain_vision_generator", f"must be 1 or 2, got {self.pretrain_vision_generator!r}")
+        if self.pretrain_vision_generator is not None:
+            from evl_ecg.ecg.synth import GENERATORS
+
+            if self.pretrain_vision_generator not in GENERATORS:
+                known, got = " or ".join(map(str, GENERATORS)), self.pretrain_vision_generator
+                raise ConfigError("pretrain_vision_generator", f"must be {known}, got {got!r}")
         if self.hidden_positions not in ("all", "response", "text"):
             raise ConfigError("hidden_positions", f"must be 'all', 'response' or 'text', got {self.hidden_positions!r}")
         if self.teacher_family not in TEACHER_FAMILIES:
