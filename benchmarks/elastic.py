@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="a smoke test: tiny corpus, few steps, one seed")
+    ap.add_argument(
+        "--generator", type=int, choices=(1, 2), default=1, help="generator of both corpora (1: the documented run's)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.train, args.test_records, args.sft_steps, args.steps, args.seeds = 48, 24, 20, 8, "0"
@@ -138,10 +141,10 @@ def main() -> None:
         if path is not None and not (path / need).is_file():
             sys.exit(f"error: {name} {path}: no {need} there")
     if not (data / "manifest.json").exists():
-        build_corpus(data, n_train=args.train, n_bench=0, seed=0, workers=2, progress=False)
+        build_corpus(data, n_train=args.train, n_bench=0, seed=0, workers=2, progress=False, generator=args.generator)
     if not (test / "manifest.json").exists():
         build_corpus(test, n_train=0, n_bench=args.test_records, bench_proportions="ecgbench", seed=1000, workers=2,
-                     progress=False)  # fmt: skip
+                     progress=False, generator=args.generator)  # fmt: skip
     cli = [sys.executable, "-m", "evl_ecg.cli"]
     if not (sft / "student" / "config.json").exists():
         sets = [f"max_steps={args.sft_steps}", "seed=0", "save_strategy=no"]

@@ -1,9 +1,9 @@
 """A tiny teacher from nothing in one command: corpus -> training with a validation curve -> the step the
 curve chooses -> the test set scored once -> a compact checkpoint with its model card.
 
-    python scripts/tiny_teacher.py --out runs/teacher-v1 --generator 1 --records 4000 --no-curve  # v1 settings
-    python scripts/tiny_teacher.py --out runs/teacher-v2 --config src/evl_ecg/configs/tiny/teacher-v2.yaml
-                                                      # the larger v2 attempt on generator 2 (not shipped yet)
+    python scripts/tiny_teacher.py --out runs/teacher-v2      # the shipped v2 teacher (generator 2, 20,000 records)
+    python scripts/tiny_teacher.py --out runs/teacher-v1 --config src/evl_ecg/configs/tiny/teacher-v1.yaml \
+        --generator 1 --records 4000 --no-curve               # the v1 teacher's settings
 
 Stages, each kept when it is finished (a rerun into the same ``--out`` resumes; the training resumes from its last
 checkpoint):
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--no-test", action="store_true", help="skip the test set")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the model card's notes (repeat)")
     args = ap.parse_args()
 
     from evl_ecg.data.corpus import build_corpus
@@ -121,6 +122,7 @@ def main() -> None:
         f"Made by `python scripts/tiny_teacher.py --out OUT --records {args.records} --seed {args.seed} --generator "
         f"{args.generator}` (corpus {timings['corpus_s'] / 60:.0f} min, training {timings['train_s'] / 60:.0f} min "
         "on the machine that ran it).",
+        *args.note,
     ]
     write_model_card(chosen, provenance=provenance, notes=notes, name=f"evl-ecg tiny teacher ({cfg.tiny_teacher})")
 

@@ -69,14 +69,15 @@ def test_generator_2_keeps_lead_identities_meta_and_determinism():
         assert len(a.meta["r_peaks_s"]) == len(a.meta["beats"]) >= 5
 
 
-def test_unknown_generator_is_refused_and_corpus_defaults_to_1(tmp_path):
+def test_unknown_generator_is_refused_and_corpus_defaults_to_2(tmp_path):
     from evl_ecg.data.corpus import CorpusSettings, _read_settings
 
     with pytest.raises(ValueError, match="unknown generator"):
         generate(SynthSpec(frozenset({"SR"})), seed=0, generator=3)
     with pytest.raises(ValueError, match="unknown generator"):
         CorpusSettings(n_train=1, n_bench=0, seed=0, generator=0)
-    assert CorpusSettings(n_train=1, n_bench=0, seed=0).to_dict()["generator"] == 1
+    assert CorpusSettings(n_train=1, n_bench=0, seed=0).to_dict()["generator"] == 2  # the default since the v2 teacher
+    assert generate(SynthSpec(frozenset({"SR"})), seed=0).meta.get("generator", 1) == 1  # the signal API keeps 1
     old = tmp_path / "manifest.json"  # a manifest written before the field existed means generator 1
     old.write_text(json.dumps({"format": "evl-ecg synthetic corpus v1", "settings": {"seed": 0}}))
     assert _read_settings(old, manifest=True)["generator"] == 1

@@ -21,6 +21,16 @@ def teacher_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def teacher_without_render_dir(tmp_path_factory) -> Path:
+    """A copy of the shipped teacher whose card records no render settings (as cards written before they were)."""
+    out = Path(shutil.copytree(TEACHER, tmp_path_factory.mktemp("no-render") / "teacher"))
+    card = json.loads((out / "card.json").read_text())
+    card.get("facts", {}).pop("render", None)
+    (out / "card.json").write_text(json.dumps(card))
+    return out
+
+
+@pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     from evl_ecg.data.corpus import build_corpus
 

@@ -82,7 +82,8 @@ def test_signals_are_rendered_as_the_card_records(student, student_dir, records)
     assert pred.model_card == str(student_dir / "README.md") and pred.model_card in pred.text()
 
 
-def test_a_card_without_render_settings_warns_and_an_override_wins(teacher_dir, records):
+def test_a_card_without_render_settings_warns_and_an_override_wins(teacher_without_render_dir, records):
+    teacher_dir = teacher_without_render_dir
     default = Interpreter.from_pretrained(teacher_dir)
     pred = default.predict(records["wfdb"], probabilities=False)
     assert pred.image_size == (512, 384)

@@ -84,10 +84,11 @@ def test_fingerprint_changes_with_the_config_tokenizer_or_processor_files(model_
 def test_fingerprint_changes_with_the_training_facts_of_the_card(model_dir):
     before = model_fingerprint(model_dir)
     card = json.loads((model_dir / "card.json").read_text())
-    card["facts"]["max_steps"] = 1000
+    trained = card["facts"]["max_steps"]
+    card["facts"]["max_steps"] = trained + 1
     (model_dir / "card.json").write_text(json.dumps(card))
     differences = describe_differences(before, model_fingerprint(model_dir))
-    assert differences == ["card fact max_steps: 2000 vs 1000"]
+    assert differences == [f"card fact max_steps: {trained} vs {trained + 1}"]
 
 
 def test_fingerprint_reads_the_safetensors_header_not_the_weights(model_dir):

@@ -225,3 +225,57 @@ def test_training_pipeline_pretrains_on_the_corpus_generator(tmp_path, monkeypat
         )
         pretrain_tiny_vision(config, adapter=None)
         assert seen[-1] == want
+
+
+def test_exact_fold_standardises_the_final_towers_tokens(texts):
+    """``fold="exact"``: after pretraining, the first linear layer of the projector reads the final tower's tokens
+    standardised by their own mean and variance over the first training images (computed here independently, in
+    numpy, from the trained tower): standardised tokens of those images have mean 0 and variance 1 per dimension."""
+    from evl_ecg.models.pretrain import PRETRAIN_KEY, _open, token_features
+
+    adapter = build_tiny_teacher(texts, seed=0)
+    fresh = build_tiny_teacher(texts, seed=0).model.model.multi_modal_projector.linear_1
+    pretrain_vision(adapter, n_records=6, seed=0, steps=2, batch_size=3, lr=1e-2, n_eval=0, log=None, fold="exact")
+    images, _ = make_pool(0, PRETRAIN_KEY, 6)
+    with torch.no_grad():
+        tokens = torch.cat(token_features(adapter, [_open(b) for b in images])).double().numpy()
+    mean, std = tokens.mean(0), np.sqrt(tokens.var(0) + 1e-5)
+    linear = adapter.model.model.multi_modal_projector.linear_1
+    # W' = W / s, b' = b - W' m with the freshly built W, b: recover them and compare with numpy's m and s
+    w0, b0 = fresh.weight.detach().double().numpy(), fresh.bias.detach().double().numpy()
+    w1, b1 = linear.weight.detach().double().numpy(), linear.bias.detach().double().numpy()
+    np.testing.assert_allclose(w0 / std[None, :], w1, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(b0 - (w0 / std[None, :]) @ mean, b1, rtol=2e-4, atol=2e-4)
+
+
+def test_records_pool_uses_only_records_with_findings(texts, tmp_path):
+    """``pool_from_records``: labelled records give their image and findings; pool records (no labels) give
+    nothing, so changing them changes no weight."""
+    from PIL import Image
+
+    from evl_ecg.models.pretrain import pool_from_records
+
+    images = {f"r{i}": img for i, img in enumerate(_images(4, seed=3))}
+    labelled = [
+        {"id": "r0", "labels": {"findings": ["SR", "AF"]}},
+        {"id": "r1", "labels": {"findings": ["MI"]}},
+    ]
+    pool_a = [{"id": "r2"}, {"id": "r3", "labels": {}}]
+    pool_b = [{"id": "r2", "labels": {}}, {"id": "r3"}]
+    pngs, targets = pool_from_records(labelled + pool_a, lambda r: images[r["id"]])
+    assert len(pngs) == 2 and targets.shape == (2, len(FINDING_CODES))
+    assert {FINDING_CODES[k] for k in np.flatnonzero(targets[0])} == {"SR", "AF"}
+    assert {FINDING_CODES[k] for k in np.flatnonzero(targets[1])} == {"MI"}
+    import io
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(pngs[0])).convert("RGB")), np.asarray(images["r0"]))
+    states = []
+    for pool in (pool_a, pool_b):
+        adapter = build_tiny_student(texts, seed=0)
+        pool_data = pool_from_records(labelled + pool, lambda r: images[r["id"]])
+        metrics = pretrain_vision(
+            adapter, n_records=10, seed=0, steps=2, batch_size=2, lr=1e-2, n_eval=0, log=None, pool=pool_data
+        )
+        assert metrics["records"] == 2 and metrics["data"] == "records"
+        states.append(_state(adapter))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

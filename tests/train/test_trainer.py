@@ -219,6 +219,31 @@ def test_frozen_vision_tower_stays_fixed_and_in_eval_mode(tmp_path, tiny_corpus,
     assert module.training and module.student.training and not tower.training
 
 
+def test_frozen_projector_is_left_out_of_training(tmp_path, tiny_corpus, tiny_config):
+    """``freeze_projector``: a teacher run trains its language model only; the projector's weights after two steps
+    are the ones it started with, bit for bit, and the language model's moved."""
+    from evl_ecg.data.records import load_records
+    from evl_ecg.models import load_adapter
+    from evl_ecg.models.tiny import build_tiny_student
+    from evl_ecg.models.tokenizers import corpus_from_records
+    from evl_ecg.train import pipeline
+    from evl_ecg.train.pipeline import freeze_projector
+
+    student = build_tiny_student(corpus_from_records(load_records(tiny_corpus / "train.json")), seed=0)
+    merger = student.model.model.visual.merger
+    assert freeze_projector(student) == [merger] and not any(p.requires_grad for p in merger.parameters())
+    settings = dict(phase="teacher", max_steps=2, freeze_vision=True, freeze_projector=True)
+    cfg = tiny_config(tmp_path / "run", tiny_corpus, **settings)
+    start = tmp_path / "start"
+    pipeline._student_adapter(cfg, pipeline.load_training_records(cfg)).save_pretrained(start)
+    result = pipeline.run(tiny_config(tmp_path / "run", tiny_corpus, student=str(start), **settings))
+    before, after = load_adapter(start).model.state_dict(), load_adapter(result.student_dir).model.state_dict()
+    projector = [k for k in before if "multi_modal_projector" in k]
+    language = [k for k in before if "language_model" in k]
+    assert projector and all(torch.equal(before[k], after[k]) for k in projector)
+    assert any(not torch.equal(before[k], after[k]) for k in language)
+
+
 def test_train_command_defaults_to_the_tiny_config(tmp_path, tiny_corpus, tiny_checkpoints):
     """`evl-ecg train sft` without --config runs configs/tiny/sft.yaml (its projector_lr, schedule, seed)."""
     import yaml

@@ -126,12 +126,12 @@ def synth(
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Run seed (>= 0); the same arguments give the same bytes."),
     generator: int = typer.Option(
-        1,
+        2,
         "--generator",
         min=1,
         max=2,
-        help="Synthetic-ECG generator: 1 (default, frozen: earlier corpora and the shipped teacher's rebuild "
-        "identically) or 2 (closer to real ECGs, docs/signals.md 2.1). Recorded in manifest.json.",
+        help="Synthetic-ECG generator: 2 (default: closer to real ECGs, docs/signals.md 2.1) or 1 (frozen: the "
+        "corpora of earlier releases and of the v1 teacher rebuild identically). Recorded in manifest.json.",
     ),
     workers: int = typer.Option(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
@@ -265,4 +265,43 @@ def inspect(
         info = describe(ecg, record, index, start=start)
     except ValueError as exc:
         _fail(f"{record}: {str(exc).splitlines()[0]}")
+    typer.echo(json.dumps(info, indent=2))
+
+
+@app.command()
+def budget(
+    data: Path = typer.Option(..., "--data", help="Training records (ECGInstruct JSON, e.g. a corpus' train.json)."),
+    labels: str = typer.Option(..., "--labels", help="Label budget: a share ('10%', '0.1'), a count ('200') or 'all'."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seeds the draw of the labelled records."),
+    out: Path = typer.Option(..., "--out", help="Folder for labelled.json, pool.json and budget.json."),
+    answers: Path | None = typer.Option(
+        None,
+        "--answers",
+        help="A model's answers to the pool questions (`evl-ecg eval answers`): also write train.json, the labelled "
+        "records then the pool with those answers as targets.",
+    ),
+) -> None:
+    """Split training records under a label budget: the labelled records keep their answers, the others (the pool)
+    keep their image and a label-set question only. Budgets nest under one seed (5 % within 10 % within 25 %), and
+    each task keeps its share. Prints budget.json."""
+    from evl_ecg.data.budget import LABELLED_FILE, POOL_FILE, BudgetError, compose, load_pool, write_split
+    from evl_ecg.data.records import RecordError, load_records, save_records
+
+    try:
+        info = write_split(data, out, labels, seed)
+        if answers is not None:
+            from evl_ecg.eval.answers import AnswersError, read_answers
+
+            try:
+                records, empty = compose(
+                    load_records(out / LABELLED_FILE), load_pool(out / POOL_FILE), read_answers(answers)
+                )
+            except AnswersError as exc:
+                _fail(str(exc))
+            if empty:
+                typer.echo(f"warning: {len(empty)} pool record(s) have an empty answer and are left out", err=True)
+            save_records(out / "train.json", records)
+            info = {**info, "answers": str(answers), "train": len(records), "empty_answers": len(empty)}
+    except (BudgetError, RecordError, FileNotFoundError) as exc:
+        _fail(str(exc))
     typer.echo(json.dumps(info, indent=2))

@@ -117,9 +117,9 @@ class CorpusSettings:
         n_val: records per validation subset (``val/<subset>.json``; 0: none).
         bench_proportions: ``"equal"`` (``n_bench`` per subset) or ``"ecgbench"`` (``n_bench`` PTB-XL records and
             the other subsets in ECGBench's proportions to it).
-        generator: synthetic-ECG generator version (``evl_ecg.ecg.synth.GENERATORS``): 1, the default, is frozen so
-            earlier corpora rebuild byte for byte (a manifest without the field was made with 1); 2 is closer to real
-            ECGs (the default once a shipped teacher reads it: docs/signals.md 2.1).
+        generator: synthetic-ECG generator version (``evl_ecg.ecg.synth.GENERATORS``): 2, the default, is closer to
+            real ECGs (docs/signals.md 2.1); 1 is frozen so that earlier corpora rebuild byte for byte (a manifest
+            without the field was made with 1).
     """
 
     n_train: int
@@ -134,7 +134,7 @@ class CorpusSettings:
     augment_fraction: float = 0.5
     n_val: int = 0
     bench_proportions: str = "equal"
-    generator: int = 1
+    generator: int = 2
 
     def __post_init__(self) -> None:
         from evl_ecg.ecg.render import check_image_size
@@ -547,7 +547,7 @@ def build_corpus(
     log: Callable[[str], None] | None = None,
     n_val: int = 0,
     bench_proportions: str = "equal",
-    generator: int = 1,
+    generator: int = 2,
 ) -> CorpusResult:
     """Build (or resume) a synthetic corpus in ``out_dir``; see the module docstring for layout and guarantees.
 
@@ -564,7 +564,7 @@ def build_corpus(
         log: where to report skipped items as they happen (``None``: silent; they are in the result and manifest).
         n_val: records per validation subset (``val/<subset>.json``, the benchmark's format, own seed streams).
         bench_proportions: ``"equal"`` or ``"ecgbench"`` (``n_bench`` PTB-XL records, the rest in ECGBench's ratios).
-        generator: synthetic-ECG generator version, 1 (default, frozen) or 2 (recorded in the manifest's settings).
+        generator: synthetic-ECG generator version, 2 (default) or 1 (frozen) (recorded in the manifest's settings).
     """
     t0 = time.perf_counter()
     settings = CorpusSettings(

@@ -183,11 +183,14 @@ def code15_gold(ecg: Ecg) -> str:
     return "NORM"
 
 
+def code15_prompt(rng: np.random.Generator) -> str:
+    """The CODE-15% question (hand-written template, as in ECGInstruct); it reads no label."""
+    return f"{_choice(rng, _MULTI_LEADINS)}{', '.join(_coded('code15', CODE15_LABELS))}. {ONLY_OPTIONS}"
+
+
 def build_code15(ecg: Ecg, image: str, record_id: str, rng: np.random.Generator) -> Record:
-    """Close-ended multi-label question with CODE-15%'s options (hand-written template, as in ECGInstruct)."""
-    options = ", ".join(_coded("code15", CODE15_LABELS))
-    prompt = f"{_choice(rng, _MULTI_LEADINS)}{options}. {ONLY_OPTIONS}"
-    return _record(ecg, image, record_id, prompt, code15_gold(ecg), {"task": "code15"})
+    """Close-ended multi-label question with CODE-15%'s options (:func:`code15_prompt`)."""
+    return _record(ecg, image, record_id, code15_prompt(rng), code15_gold(ecg), {"task": "code15"})
 
 
 def ptbxl_gold(ecg: Ecg) -> str:
@@ -196,15 +199,19 @@ def ptbxl_gold(ecg: Ecg) -> str:
     return "; ".join(_coded("ptbxl", labels)) if labels else "None of the listed superclasses apply."
 
 
-def build_ptbxl(ecg: Ecg, image: str, record_id: str, rng: np.random.Generator) -> Record:
-    """Close-ended multi-label question over the five PTB-XL diagnostic superclasses."""
+def ptbxl_prompt(rng: np.random.Generator) -> str:
+    """The question over the five PTB-XL diagnostic superclasses; it reads no label."""
     options = ", ".join(_coded("ptbxl", PTBXL_SUPERCLASSES))
     if rng.random() < 0.5:
         lead = _choice(rng, _MULTI_LEADINS)
     else:
         lead = f"{_choice(rng, _PTB_QUESTIONS)}{_PTB_IDENTIFY}"
-    prompt = f"{lead}{options}. {ONLY_OPTIONS}"
-    return _record(ecg, image, record_id, prompt, ptbxl_gold(ecg), {"task": "ptbxl"})
+    return f"{lead}{options}. {ONLY_OPTIONS}"
+
+
+def build_ptbxl(ecg: Ecg, image: str, record_id: str, rng: np.random.Generator) -> Record:
+    """Close-ended multi-label question over the five PTB-XL diagnostic superclasses (:func:`ptbxl_prompt`)."""
+    return _record(ecg, image, record_id, ptbxl_prompt(rng), ptbxl_gold(ecg), {"task": "ptbxl"})
 
 
 def cpsc_gold(ecg: Ecg) -> str:
@@ -213,12 +220,24 @@ def cpsc_gold(ecg: Ecg) -> str:
     return "; ".join(labels) if labels else "None of the listed diagnoses apply."
 
 
-def build_cpsc(ecg: Ecg, image: str, record_id: str, rng: np.random.Generator) -> Record:
-    """CPSC-2018 query with the nine long names in a shuffled order (paper Fig. 3)."""
+def cpsc_prompt(rng: np.random.Generator) -> str:
+    """The CPSC-2018 query with the nine long names in a shuffled order (paper Fig. 3); it reads no label."""
     names = [LONG_NAMES["cpsc"][c] for c in CPSC_LABELS]
     order = rng.permutation(len(names))
-    prompt = f"{_choice(rng, _CPSC_LEADINS)}{', '.join(names[i] for i in order)}."
-    return _record(ecg, image, record_id, prompt, cpsc_gold(ecg), {"task": "cpsc"})
+    return f"{_choice(rng, _CPSC_LEADINS)}{', '.join(names[i] for i in order)}."
+
+
+def build_cpsc(ecg: Ecg, image: str, record_id: str, rng: np.random.Generator) -> Record:
+    """CPSC-2018 query (:func:`cpsc_prompt`)."""
+    return _record(ecg, image, record_id, cpsc_prompt(rng), cpsc_gold(ecg), {"task": "cpsc"})
+
+
+#: The label-set questions: the prompts whose answer is a subset of a fixed label set, drawn without any label.
+LABEL_SET_PROMPTS: dict[str, Callable[[np.random.Generator], str]] = {
+    "ptbxl": ptbxl_prompt,
+    "code15": code15_prompt,
+    "cpsc": cpsc_prompt,
+}
 
 
 # --------------------------------------------------------------------------------------------------

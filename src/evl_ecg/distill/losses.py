@@ -138,6 +138,7 @@ class MHCALoss(DistillLoss):
     """
 
     unit = "student_positions"
+    teacher_fields = frozenset({"hidden"})
     produces = frozenset({"aligned_teacher"})
 
     def __init__(
@@ -260,6 +261,7 @@ class OTLoss(DistillLoss):
     """
 
     unit = "samples"
+    teacher_fields = frozenset({"visual"})
     requires = frozenset({"visual"})
     produces = frozenset({"ot_plan"})
 
@@ -381,6 +383,7 @@ class RelationLoss(DistillLoss):
     """
 
     unit = "student_pairs"
+    teacher_fields = frozenset()  # reads MHCA's output only
     consumes = frozenset({"aligned_teacher"})
     accepts = frozenset({"aligned_student"})  # optional: MHCA's normalised H_s (``normalize: true``)
 

@@ -12,6 +12,7 @@ so the trainer passes :class:`Denominators`; a loss that gets ``None`` uses its 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -98,22 +99,56 @@ class LossOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class DistillLoss(nn.Module):
-    """Base class of every registered loss.
+#: The units a loss may average over (the fields of :class:`Denominators`), each counted by the trainer over the
+#: accumulated batch; those of :data:`POSITION_UNITS` are counted over the hidden-state positions
+#: (``hidden_positions``), so a loss of such a unit averages over the same positions.
+UNITS: tuple[str, ...] = ("response_tokens", "teacher_response_tokens", "student_positions", "student_pairs", "samples")
+POSITION_UNITS: tuple[str, ...] = ("student_positions", "student_pairs")
 
-    Subclasses set ``name`` (by ``@register``) and ``requires`` (the optional :class:`SideOutputs` fields they
-    read, e.g. ``{"visual"}``, ``{"all_hidden", "attentions"}``), so that adapters compute only what is needed.
+
+class DistillLoss(nn.Module):
+    """Base class of every registered loss. A loss declares what the rest of the toolkit needs to know of it:
+
+    * ``requires``: the optional :class:`SideOutputs` fields it reads of either side (e.g. ``{"visual"}``), so that
+      adapters compute only what is needed (an instance may narrow it from its options);
+    * ``unit``: what its mean divides by, one of :data:`UNITS`;
+    * ``needs_teacher``: whether it reads the teacher side at all (False for CE);
+    * ``teacher_fields``: the teacher's output fields a teacher-output cache must hold for it
+      (``hidden``, ``logits``, ``visual``, ``all_hidden``, ``attentions``, ``embedding_weight``, ``lm_head_weight``),
+      or :meth:`teacher_reads` where they depend on the options; ``None`` (undeclared): the loss runs with the live
+      teacher only, and a cache refuses it, naming it;
+    * :meth:`option_names`: the options it takes (its constructor's keyword arguments but ``context``).
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
-    #: the unit of the loss's mean: a field name of :class:`Denominators`.
+    #: the unit of the loss's mean: one of :data:`UNITS`.
     unit: ClassVar[str] = "response_tokens"
     #: whether the loss reads the teacher side (False for CE: an objective of such terms needs no teacher).
     needs_teacher: ClassVar[bool] = True
+    #: the teacher output fields a cache stores for this loss (``None``: undeclared, live teacher only).
+    teacher_fields: ClassVar[frozenset[str] | None] = None
     #: names of :attr:`LossOutput.extras` this loss produces / reads (as keyword arguments of ``forward``).
     produces: ClassVar[frozenset[str]] = frozenset()
     consumes: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The options this loss takes: its constructor's keyword arguments but ``context``."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return frozenset(p.name for p in params if p.name not in ("self", "context") and p.kind is not p.VAR_KEYWORD)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default value of each option that has one."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params if p.name in cls.option_names() and p.default is not p.empty}
+
+    @classmethod
+    def teacher_reads(cls, options: dict[str, Any]) -> frozenset[str] | None:
+        """The teacher fields a cache must hold for this loss with ``options`` (its defaults merged with the
+        config's): :attr:`teacher_fields` unless a loss's options change them. ``None``: undeclared."""
+        return cls.teacher_fields
 
     def forward(
         self,
@@ -137,10 +172,17 @@ def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         cls.name = name
+        if cls.unit not in UNITS:
+            raise ValueError(f"loss {name!r}: unit {cls.unit!r} is not one of {', '.join(UNITS)}")
         _REGISTRY[name] = cls
         return cls
 
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove the loss registered as ``name`` (a plugin's or a test's; a name not registered is ignored)."""
+    _REGISTRY.pop(name, None)
 
 
 def registered() -> dict[str, type[DistillLoss]]:

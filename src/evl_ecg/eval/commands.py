@@ -301,3 +301,26 @@ def run_model(
         typer.echo(f"error: {e}", err=True)
     if doc.get("errors"):
         raise typer.Exit(1)
+
+
+@app.command("answers")
+def answers(
+    model: Path = typer.Option(..., "--model", help="Local model checkpoint folder (the teacher, or a student)."),
+    data: Path = typer.Option(..., "--data", help="Training records whose pool questions the model answers."),
+    out: Path = typer.Option(..., "--out", help="Folder for answers-<model digest>.jsonl."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Greedy decoding length."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generation batch size."),
+    fresh: bool = typer.Option(False, "--fresh", help="Remove this model's earlier answers in --out and start again."),
+) -> None:
+    """Answer the pool question of every training record once (greedy, the model's own template): one file serves
+    every label budget and seed (`evl-ecg data budget --answers`). Resumable; keyed on the model's fingerprint, the
+    training file and the settings. Prints the file's path."""
+    from evl_ecg.data.records import RecordError
+    from evl_ecg.eval.answers import answer_pool
+
+    try:
+        path = answer_pool(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens, fresh=fresh)
+    except (RecordError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(str(path))

@@ -102,6 +102,25 @@ def make_pool(seed: int, key: int, n: int, workers: int = 1, generator: int = 1)
     return [o[0] for o in out], np.stack([o[1] for o in out])
 
 
+def pool_from_records(records: Sequence[Any], image_loader: Callable[[Any], Any]) -> tuple[list[bytes], np.ndarray]:
+    """A pretraining pool from labelled records instead of a fresh stream: each record that carries findings
+    (``labels["findings"]``) gives its image (``image_loader(record)``, PIL) and its multi-hot findings; the others
+    (a label budget's pool records, which carry no labels) are left out."""
+    images, targets = [], []
+    for record in records:
+        labels = record.get("labels") if isinstance(record, dict) else getattr(record, "labels", None)
+        findings = (labels or {}).get("findings")
+        if findings is None:
+            continue
+        buf = io.BytesIO()
+        image_loader(record).convert("RGB").save(buf, format="PNG")
+        images.append(buf.getvalue())
+        targets.append(np.array([code in findings for code in FINDING_CODES], dtype=np.float32))
+    if not images:
+        return [], np.zeros((0, len(FINDING_CODES)), dtype=np.float32)
+    return images, np.stack(targets)
+
+
 def _open(png: bytes) -> Any:
     from PIL import Image
 
@@ -189,6 +208,31 @@ def fold_standardization(adapter: Any, mean: Tensor, var: Tensor, eps: float = 1
             raise TypeError(f"{type(adapter.model).__name__}: no projector or merger to fold the standardisation into")
 
 
+#: images whose tokens give the exact statistics of ``fold="exact"``
+EXACT_STAT_IMAGES = 512
+
+
+def token_statistics(adapter: Any, images: Sequence[bytes], batch_size: int = 32) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and (population) variance of the visual tokens of ``images`` (PNG bytes), computed in
+    float64 in eval mode: the statistics :func:`fold_standardization` folds under ``fold="exact"``."""
+    was_training = adapter.model.training
+    adapter.model.eval()
+    total, total_sq, count = None, None, 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                tokens = torch.cat(token_features(adapter, [_open(b) for b in images[i : i + batch_size]])).double()
+                total = tokens.sum(0) if total is None else total + tokens.sum(0)
+                total_sq = (tokens**2).sum(0) if total_sq is None else total_sq + (tokens**2).sum(0)
+                count += tokens.shape[0]
+    finally:
+        adapter.model.train(was_training)
+    if not count:
+        raise ValueError("token statistics need at least one image")
+    mean = total / count
+    return mean.float(), (total_sq / count - mean**2).clamp_min(0).float()
+
+
 def _macro_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
     from sklearn.metrics import roc_auc_score
 
@@ -214,8 +258,9 @@ def pretrain_vision(
     workers: int = 1,
     log_every: int = 50,
     log: Callable[[str], None] | None = print,
-    fold: bool = True,
+    fold: bool | str = True,
     generator: int = 1,
+    pool: tuple[list[bytes], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``adapter``'s vision tower as a multi-label findings classifier; returns metrics.
 
@@ -233,8 +278,16 @@ def pretrain_vision(
         workers: processes that render the images (does not change the result).
         log_every: log the running BCE every this many steps (``log`` ``None``: silent).
         generator: the synthetic-ECG generator that draws the images (the one of the corpus the model will learn).
-        fold: fold the head's token standardisation (its running mean and variance) into the model's projector
-            (LLaVA) or merger (Qwen3-VL): :func:`fold_standardization`.
+        pool: ``(PNG bytes, multi-hot findings)`` to train on instead of a fresh stream (:func:`pool_from_records`:
+            a corpus' labelled records); ``n_records`` then caps it (its first records). The held-out metric is
+            still drawn fresh (it changes no weight).
+        fold: fold the head's token standardisation into the model's projector (LLaVA) or merger (Qwen3-VL)
+            (:func:`fold_standardization`): ``True`` or ``"running"``: with the head's running mean and variance
+            (momentum 0.05: they trail a tower that is still moving); ``"exact"``: with the mean and variance of the
+            final tower's tokens over the first :data:`EXACT_STAT_IMAGES` training images (:func:`token_statistics`);
+            ``False``: no fold. A deep tower moves fast up to its last step, and its running mean then sits tens of
+            standard deviations off the final tokens' mean: the projector's output is one large constant for every
+            image, which a language model cannot read past (docs/train.md section 3).
 
     Returns:
         ``{"steps", "records", "train_bce", "eval_macro_auc", "eval_auc" (per finding), "seconds",
@@ -242,7 +295,10 @@ def pretrain_vision(
     """
     t0 = time.perf_counter()
     tower = vision_module(adapter)
-    images, targets = make_pool(seed, PRETRAIN_KEY, n_records, workers, generator)
+    if pool is None:
+        images, targets = make_pool(seed, PRETRAIN_KEY, n_records, workers, generator)
+    else:
+        images, targets = list(pool[0][:n_records]), pool[1][:n_records]
     eval_images, eval_targets = make_pool(seed, PRETRAIN_KEY + 1, n_eval, workers, generator)
     render_s = time.perf_counter() - t0
     if log:
@@ -317,7 +373,10 @@ def pretrain_vision(
                     ]
                 ).numpy()
             macro, per = _macro_auc(eval_targets, scores)
-        if fold and images:
+        if fold == "exact" and images:
+            mean, var = token_statistics(adapter, images[:EXACT_STAT_IMAGES])
+            fold_standardization(adapter, mean, var, head.norm.eps)
+        elif fold and images:
             fold_standardization(adapter, head.norm.running_mean, head.norm.running_var, head.norm.eps)
     finally:
         for name, p in adapter.model.named_parameters():
@@ -339,8 +398,9 @@ def pretrain_vision(
         "seconds": round(seconds, 1),
         "render_seconds": round(render_s, 1),
         "features": int(dim),
-        "folded": bool(fold and images),
+        "folded": (("exact" if fold == "exact" else "running") if fold else False) if images else False,
         "generator": int(generator),
+        "data": "fresh" if pool is None else "records",
     }
 
 
@@ -350,7 +410,10 @@ __all__ = [
     "TokenHead",
     "fold_standardization",
     "make_example",
+    "EXACT_STAT_IMAGES",
     "make_pool",
+    "token_statistics",
+    "pool_from_records",
     "pretrain_vision",
     "token_features",
 ]

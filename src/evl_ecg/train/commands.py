@@ -208,9 +208,9 @@ def demo(
     generator: Annotated[
         int,
         typer.Option(
-            min=1, max=2, help="synthetic-ECG generator of the corpus: 1 (frozen) or 2 (closer to real ECGs)."
+            min=1, max=2, help="synthetic-ECG generator of the corpus: 2 (closer to real ECGs) or 1 (frozen)."
         ),
-    ] = 1,
+    ] = 2,
     teacher: Annotated[
         Path | None, typer.Option(help="teacher checkpoint in place of the shipped tiny one (e.g. the v1 teacher).")
     ] = None,
@@ -271,9 +271,9 @@ def study(
     generator: Annotated[
         int,
         typer.Option(
-            min=1, max=2, help="synthetic-ECG generator of both corpora: 1 (frozen) or 2 (closer to real ECGs)."
+            min=1, max=2, help="synthetic-ECG generator of both corpora: 2 (closer to real ECGs) or 1 (frozen)."
         ),
-    ] = 1,
+    ] = 2,
     quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
         False
     ),

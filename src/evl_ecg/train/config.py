@@ -107,6 +107,13 @@ class EvlConfig(TrainingArguments):
             "without merger); frozen parts stay in eval mode."
         },
     )
+    freeze_projector: bool = field(
+        default=False,
+        metadata={
+            "help": "also freeze the projector (LLaVA multi_modal_projector, Qwen-VL merger): the tiny v2 teacher "
+            "trains its language model alone, or the projector collapses to one constant token (docs/train.md 3)."
+        },
+    )
     hidden_positions: str = field(
         default="all", metadata={"help": "positions in hidden-state losses: 'all', 'response' or 'text'."}
     )
@@ -129,11 +136,26 @@ class EvlConfig(TrainingArguments):
             "corpus' own (its manifest), 1 for a corpus without one."
         },
     )
+    pretrain_vision_fold: str = field(
+        default="running",
+        metadata={
+            "help": "statistics of the token standardisation folded into the projector after vision pretraining: "
+            "'running' (the head's running mean and variance) or 'exact' (the final tower's tokens; a deep tower "
+            "needs it: evl_ecg.models.pretrain)."
+        },
+    )
+    pretrain_vision_data: str = field(
+        default="fresh",
+        metadata={
+            "help": "images of vision pretraining: 'fresh' (a fresh stream of labelled synthetic images) or 'train' "
+            "(the training file's records that carry findings: under a label budget, the labelled records only)."
+        },
+    )
     tiny_teacher: str = field(
         default="v1",
         metadata={
-            "help": "phase 'teacher': size of the tiny teacher built from scratch, 'v1' (shipped) or 'v2' "
-            "(larger; configs/tiny/teacher-v2.yaml, not yet shipped)."
+            "help": "phase 'teacher': size of the tiny teacher built from scratch, 'v1' (configs/tiny/teacher-v1.yaml) "
+            "or 'v2' (larger; configs/tiny/teacher.yaml, the default teacher's recipe)."
         },
     )
     curve_every: int = field(
@@ -189,6 +211,11 @@ class EvlConfig(TrainingArguments):
             raise ConfigError("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
         if self.tiny_teacher not in ("v1", "v2"):
             raise ConfigError("tiny_teacher", f"must be 'v1' or 'v2', got {self.tiny_teacher!r}")
+        if self.pretrain_vision_fold not in ("running", "exact"):
+            got = self.pretrain_vision_fold
+            raise ConfigError("pretrain_vision_fold", f"must be 'running' or 'exact', got {got!r}")
+        if self.pretrain_vision_data not in ("fresh", "train"):
+            raise ConfigError("pretrain_vision_data", f"must be 'fresh' or 'train', got {self.pretrain_vision_data!r}")
         if self.pretrain_vision_generator is not None:
             from evl_ecg.ecg.synth import GENERATORS
 

@@ -40,7 +40,7 @@ from evl_ecg.data.records import Record, atomic_write_bytes, load_records, open_
 from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
-from evl_ecg.distill.registry import registered
+from evl_ecg.distill.registry import POSITION_UNITS, registered
 from evl_ecg.models import FAMILIES, load_adapter
 from evl_ecg.models.base import Adapter, checkpoint_family, make_loss_context
 from evl_ecg.models.fingerprint import count_parameters
@@ -273,8 +273,19 @@ def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] 
     generator = config.pretrain_vision_generator
     if generator is None:
         generator = corpus_generator(config.train_file) or 1
+    pool = None
+    if config.pretrain_vision_data == "train":
+        from evl_ecg.models.pretrain import pool_from_records
+
+        pool = pool_from_records(load_training_records(config), image_loader(config))
+        if not pool[0]:
+            raise ValueError(
+                f"{config.train_file}: pretrain_vision_data 'train' needs records with labels.findings; none has them"
+            )
     return pretrain_vision(
         adapter,
+        pool=pool,
+        fold=config.pretrain_vision_fold,
         n_records=config.pretrain_vision_records,
         seed=config.seed,
         steps=config.pretrain_vision_steps,
@@ -284,6 +295,25 @@ def pretrain_tiny_vision(config: EvlConfig, adapter: Adapter) -> dict[str, Any] 
         workers=max(1, min(2, config.dataloader_num_workers)),
         log=print if config.process_index == 0 else None,
     )
+
+
+def freeze_projector(adapter: Adapter) -> list[torch.nn.Module]:
+    """Freeze what maps the visual tokens into the language model: LLaVA's ``multi_modal_projector``, Qwen-VL's
+    ``visual.merger``. Returns the frozen modules.
+
+    Why the tiny v2 teacher needs it: trained by CE, its projector turns every visual token into one large constant
+    within a few hundred steps (output mean norm about 30-40 against a spread of about 1 from image to image, so the
+    language model's RMSNorm leaves the same vector for every ECG) before the language model learns to read the
+    image; frozen after the vision pretraining's fold, its image-to-image variation reaches the language model, which
+    reads it within 250 steps (docs/train.md section 3)."""
+    inner = adapter.model.model
+    module = getattr(inner, "multi_modal_projector", None)
+    if module is None and getattr(inner, "visual", None) is not None:
+        module = getattr(inner.visual, "merger", None)
+    if module is None:
+        raise TypeError(f"{type(adapter.model).__name__}: no projector to freeze")
+    module.requires_grad_(False)
+    return [module]
 
 
 def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
@@ -306,9 +336,6 @@ def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
     for param in visual.parameters(recurse=False):
         param.requires_grad_(False)
     return frozen
-
-
-POSITION_UNITS = ("student_positions", "student_pairs")  # the units counted over hidden_positions
 
 
 def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
@@ -391,6 +418,8 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     if not objective.needs_teacher:
         teacher = cache = None
     frozen = freeze_vision_encoder(student) if config.freeze_vision else []
+    if config.freeze_projector:
+        frozen += freeze_projector(student)
     dataset = PairedDataset(records, image_loader(config), teacher, student, max_length=config.max_length)
     collator = PairedCollator(student, teacher, teacher_cache=cache)
     module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)

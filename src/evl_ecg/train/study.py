@@ -95,7 +95,7 @@ class StudySettings:
     test_ptb: int = 500
     data_seed: int = 0
     test_seed: int = 1000
-    generator: int = 1
+    generator: int = 2
     phase2_steps: int = 300
     phase1_overrides: tuple[str, ...] = ()
     phase2_overrides: tuple[str, ...] = ()

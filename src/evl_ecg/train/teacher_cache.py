@@ -7,8 +7,9 @@ builds the cache when ``DIR`` is empty or absent, reuses it when its key matches
 side of the records (its image processing is most of the data loading).
 
 **What is stored** is exactly what the objective's losses read of the teacher's
-:class:`~evl_ecg.outputs.SideOutputs` (:data:`TEACHER_READS`, per registered loss and its options), per record and
-over its valid positions only, in safetensors shards:
+:class:`~evl_ecg.outputs.SideOutputs`, as each registered loss declares them for its options
+(:meth:`~evl_ecg.distill.registry.DistillLoss.teacher_reads`), per record and over its valid positions only, in
+safetensors shards:
 
 * always: ``input_ids``, ``labels``, ``token_offsets`` (``L``, ``L``, ``L x 2``); the masks and image positions
   (``attention_mask``, ``text_mask``, ``visual_mask``, ``image_positions``) are derived from them at load time exactly
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -93,28 +93,6 @@ CONSTANT_FIELDS = ("embedding_weight", "lm_head_weight")
 FIELDS = PER_RECORD_FIELDS + CONSTANT_FIELDS
 
 
-def _const(*names: str) -> Callable[[dict[str, Any]], set[str]]:
-    return lambda options: set(names)
-
-
-#: The fields of the teacher's SideOutputs each registered loss reads, beyond the small per-record integers and the
-#: masks derived from them, as a function of the loss's options (its signature defaults merged with the config's).
-#: A loss that is not listed cannot use the cache (refused, naming it): add it here, with a line in
-#: tests/train/test_teacher_cache.py's every-preset equality test.
-TEACHER_READS: dict[str, Callable[[dict[str, Any]], set[str]]] = {
-    "mhca": _const("hidden"),
-    "ot": _const("visual"),
-    "relation": _const(),  # reads MHCA's output only
-    "vanilla_kl": _const("logits"),
-    "uld": _const("logits"),
-    "multilevel_ot": _const("logits"),
-    "dskd": _const("hidden", "logits", "embedding_weight", "lm_head_weight"),
-    "tinybert": lambda o: {"all_hidden", "attentions"} | ({"logits"} if o.get("pred_weight", 0) else set()),
-    "emkd": lambda o: {"hidden", "lm_head_weight"} | ({"logits"} if o.get("rld_weight", 0) else set()),
-    "rkd": _const("hidden"),
-}
-
-
 class TeacherCacheError(ValueError):
     """A teacher cache that cannot serve this run (mismatched key, missing records, no room on disk, ...)."""
 
@@ -137,13 +115,16 @@ def spec_fields(spec: dict[str, Any]) -> frozenset[str] | None:
         if not getattr(cls, "needs_teacher", True):
             continue
         needed = True
-        if name not in TEACHER_READS:
+        reads = cls.teacher_reads({**cls.defaults(), **{k: v for k, v in options.items() if k != "weight"}})
+        if reads is None:
             raise TeacherCacheError(
-                f"teacher cache: loss {name!r} has no entry in evl_ecg.train.teacher_cache.TEACHER_READS (what it "
-                "reads of the teacher); run it with the live teacher (no teacher_cache) or add the entry"
+                f"teacher cache: loss {name!r} does not declare what it reads of the teacher (its class's "
+                "teacher_fields, or teacher_reads); run it with the live teacher (no teacher_cache) or declare them"
             )
-        defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values() if p.default is not p.empty}
-        fields |= TEACHER_READS[name]({**defaults, **{k: v for k, v in options.items() if k != "weight"}})
+        unknown = sorted(set(reads) - set(FIELDS))
+        if unknown:
+            raise TeacherCacheError(f"teacher cache: loss {name!r} reads {unknown}, which a cache cannot hold")
+        fields |= reads
     return frozenset(fields) if needed else None
 
 

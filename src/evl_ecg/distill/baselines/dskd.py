@@ -80,6 +80,7 @@ class DSKDLoss(DistillLoss):
     """
 
     unit = "response_tokens"
+    teacher_fields = frozenset({"hidden", "logits", "embedding_weight", "lm_head_weight"})
     requires = frozenset(_FIELDS)
 
     def __init__(

@@ -30,6 +30,8 @@ The paper's total ``alpha L_sup + (1 - alpha) L_rld + beta L_vsd + gamma L_vlad`
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,11 @@ class EMKDLoss(DistillLoss):
 
     unit = "samples"
     requires = frozenset({"image_positions", "lm_head_weight"})
+
+    @classmethod
+    def teacher_reads(cls, options: dict[str, Any]) -> frozenset[str]:
+        """The hidden states and the LM head; the logits too when RLD is on."""
+        return frozenset({"hidden", "lm_head_weight"} | ({"logits"} if options.get("rld_weight", 0) else set()))
 
     def __init__(
         self,

@@ -94,6 +94,7 @@ class MultiLevelOTLoss(DistillLoss):
     """
 
     unit = "samples"
+    teacher_fields = frozenset({"logits"})
 
     def __init__(
         self,

@@ -72,6 +72,7 @@ class RKDLoss(DistillLoss):
     """
 
     unit = "samples"
+    teacher_fields = frozenset({"hidden"})
 
     def __init__(
         self,

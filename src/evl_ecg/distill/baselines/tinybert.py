@@ -32,6 +32,8 @@ our adapters give probabilities (eager attention), on which the MSE runs as is. 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -95,6 +97,11 @@ class TinyBERTLoss(DistillLoss):
 
     requires = frozenset({"all_hidden", "attentions"})
     unit = "student_positions"
+
+    @classmethod
+    def teacher_reads(cls, options: dict[str, Any]) -> frozenset[str]:
+        """Every layer's states and attention maps; the logits too when the prediction layer is on."""
+        return frozenset({"all_hidden", "attentions"} | ({"logits"} if options.get("pred_weight", 0) else set()))
 
     def __init__(
         self,

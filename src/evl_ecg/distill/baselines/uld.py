@@ -64,6 +64,7 @@ class ULDLoss(DistillLoss):
     """
 
     unit = "samples"
+    teacher_fields = frozenset({"logits"})
 
     def __init__(
         self,

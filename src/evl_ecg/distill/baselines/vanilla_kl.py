@@ -52,6 +52,7 @@ class VanillaKLLoss(DistillLoss):
     """
 
     unit = "response_tokens"
+    teacher_fields = frozenset({"logits"})
 
     def __init__(
         self,

@@ -1,0 +1,159 @@
+"""A loss declares what the toolkit needs of it (its teacher fields, its unit, its options), and nothing else has
+to be edited: a loss registered in this file alone is cached, trained from the cache and trained live, with the
+same loss and gradients both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from evl_ecg.distill.registry import (
+    POSITION_UNITS,
+    UNITS,
+    DistillLoss,
+    LossContext,
+    LossOutput,
+    build_loss,
+    register,
+    registered,
+    unregister,
+)
+from evl_ecg.outputs import SideOutputs
+from evl_ecg.train.teacher_cache import TeacherCacheError, spec_fields
+
+NAME = "test_norm_gap"
+
+
+class NormGapLoss(DistillLoss):
+    """Per sample, the squared gap between the norms of the two sides' mean last hidden state (valid positions),
+    times ``scale``; a mean over samples. Reads the teacher's hidden states only."""
+
+    unit = "samples"
+    teacher_fields = frozenset({"hidden"})
+
+    def __init__(self, *, context: LossContext, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, student: SideOutputs, teacher: SideOutputs | None, denominators: Any = None) -> LossOutput:
+        def norms(side: SideOutputs) -> torch.Tensor:
+            mask = side.attention_mask.unsqueeze(-1).to(side.hidden.dtype)
+            return ((side.hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).norm(dim=-1)
+
+        gap = (norms(student) - norms(teacher).to(student.hidden.dtype)) ** 2
+        n = denominators.get("samples", float(gap.numel())) if denominators is not None else float(gap.numel())
+        loss = self.scale * gap.sum() / n
+        return LossOutput(loss, {"loss": loss.detach()})
+
+
+class Undeclared(NormGapLoss):
+    teacher_fields = None
+
+
+@pytest.fixture
+def norm_gap():
+    register(NAME)(NormGapLoss)
+    yield NormGapLoss
+    unregister(NAME)
+
+
+def test_every_registered_loss_declares_a_known_unit_and_its_teacher_fields():
+    import evl_ecg.distill  # noqa: F401  (registers the built-in losses)
+
+    for name, cls in registered().items():
+        assert cls.unit in UNITS, name
+        if cls.needs_teacher:
+            reads = cls.teacher_reads(cls.defaults())
+            assert reads is not None, f"{name} does not declare its teacher fields"
+    # the options each built-in declares are its constructor's, context aside
+    mhca = registered()["mhca"]
+    assert "heads" in mhca.option_names() and "context" not in mhca.option_names()
+    assert registered()["tinybert"].teacher_reads({"pred_weight": 0.0}) == {"all_hidden", "attentions"}
+    assert registered()["tinybert"].teacher_reads({"pred_weight": 1.0}) == {"all_hidden", "attentions", "logits"}
+    assert registered()["emkd"].teacher_reads({"rld_weight": 0.5}) == {"hidden", "lm_head_weight", "logits"}
+    assert set(POSITION_UNITS) <= set(UNITS)
+
+
+def test_a_unit_outside_the_known_ones_is_refused_at_registration():
+    class Odd(NormGapLoss):
+        unit = "tokens_of_the_moon"
+
+    with pytest.raises(ValueError, match="unit 'tokens_of_the_moon'"):
+        register("test_odd_unit")(Odd)
+    assert "test_odd_unit" not in registered()
+
+
+def test_the_new_loss_declares_its_options_and_fields(norm_gap):
+    assert norm_gap.option_names() == {"scale"} and norm_gap.defaults() == {"scale": 1.0}
+    spec = {"alpha": 0.5, "terms": {NAME: {"weight": 1.0, "scale": 2.0}}}
+    assert spec_fields(spec) == {"hidden"}
+    assert build_loss(NAME, scale=3.0).scale == 3.0
+
+
+def test_an_undeclared_loss_is_refused_by_the_cache_by_name():
+    register("test_undeclared")(Undeclared)
+    try:
+        with pytest.raises(TeacherCacheError, match="'test_undeclared' does not declare"):
+            spec_fields({"alpha": 0.5, "terms": {"test_undeclared": {"weight": 1.0}}})
+    finally:
+        unregister("test_undeclared")
+
+
+def test_the_new_loss_trains_from_the_cache_as_from_the_live_teacher(
+    norm_gap, tmp_path, tiny_corpus, tiny_checkpoints, tiny_config
+):
+    """Through EvlTrainer (its collator, denominators and compute_loss): one step with the live teacher and one
+    from a cache built for this loss alone give the same loss and the same gradients."""
+    from evl_ecg.data.paired import PairedCollator, PairedDataset
+    from evl_ecg.models import load_adapter
+    from evl_ecg.train.pipeline import build_objective, image_loader, load_training_records
+    from evl_ecg.train.teacher_cache import open_or_build
+    from evl_ecg.train.trainer import DistillModule, EvlTrainer
+
+    cfg = tiny_config(
+        tmp_path / "run",
+        tiny_corpus,
+        phase="kd",
+        method="ot",
+        objective={"terms": {"ot": None, NAME: {"weight": 1.0, "scale": 0.5}}},
+        student=str(tiny_checkpoints["student"]),
+        teacher=str(tiny_checkpoints["teacher"]),
+        teacher_cache=str(tmp_path / "cache"),
+        max_train_samples=6,
+        per_device_train_batch_size=3,
+    )
+    records, loader = load_training_records(cfg), image_loader(cfg)
+    cache = open_or_build(cfg, records, loader, log=None)
+    assert cache.fields == {"hidden"}
+    student, teacher = load_adapter(tiny_checkpoints["student"]), load_adapter(tiny_checkpoints["teacher"])
+
+    def one_step(live: bool):
+        objective = build_objective(cfg, student, teacher if live else cache)
+        assert list(objective.terms) == [NAME]
+        module = DistillModule(student, objective, needs=objective.requires)
+        dataset = PairedDataset(records, loader, teacher if live else None, student)
+        collator = PairedCollator(student, teacher) if live else PairedCollator(student, teacher_cache=cache)
+        trainer = EvlTrainer(
+            model=module,
+            args=cfg,
+            train_dataset=dataset,
+            data_collator=collator,
+            teacher=teacher if live else None,
+            teacher_cache=None if live else cache,
+        )
+        inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        denominators = trainer._get_num_items_in_batch([inputs], trainer.args.device)
+        module.zero_grad(set_to_none=True)
+        loss, out = trainer.compute_loss(module, inputs, return_outputs=True, num_items_in_batch=denominators)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in student.model.named_parameters() if p.grad is not None}
+        return float(out.logs[f"loss/{NAME}"]), grads
+
+    live_loss, live_grads = one_step(live=True)
+    cached_loss, cached_grads = one_step(live=False)
+    assert live_loss > 0 and cached_loss == pytest.approx(live_loss, rel=1e-6)
+    assert live_grads.keys() == cached_grads.keys() and live_grads
+    for name, grad in live_grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
