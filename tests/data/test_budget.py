@@ -171,3 +171,15 @@ def test_load_pool_names_the_fault(tmp_path, rows, message):
     path.write_text(json.dumps(rows))
     with pytest.raises(b.BudgetError, match=message):
         b.load_pool(path)
+
+
+def test_load_answers_reads_prediction_rows_and_names_a_bad_line(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"question_id": "a", "text": "NORM"}\n\n{"question_id": "b", "text": ""}\n')
+    assert b.load_answers(path) == {"a": "NORM", "b": ""}
+    path.write_text('{"question_id": "a", "text": "NORM"}\n{"question_id": 3, "text": "x"}\n')
+    with pytest.raises(b.BudgetError, match=r"answers.jsonl:2: expected an object with a string 'question_id'"):
+        b.load_answers(path)
+    path.write_text("not json\n")
+    with pytest.raises(b.BudgetError, match=r"answers.jsonl:1: not JSON"):
+        b.load_answers(path)

@@ -28,7 +28,7 @@ def teacher():
 
 def test_answers_cover_every_record_resume_and_compose(corpus, teacher, tmp_path):
     from evl_ecg.data.records import load_records
-    from evl_ecg.eval.answers import answer_pool, read_answers
+    from evl_ecg.eval.answers import answer_pool
     from evl_ecg.models import load_adapter
     from evl_ecg.models.fingerprint import model_fingerprint
 
@@ -49,7 +49,7 @@ def test_answers_cover_every_record_resume_and_compose(corpus, teacher, tmp_path
     record = b.PoolItem(records[0].id, records[0].image, b.pool_question(records[0])).with_answer("-")
     sample = adapter.prompt_inputs(record, open_image(record, corpus / "images"))
     alone = adapter.generate(adapter.collate([sample], padding_side="left"), max_new_tokens=8)[0].strip()
-    assert read_answers(out)[records[0].id] == alone
+    assert b.load_answers(out)[records[0].id] == alone
     # a rerun resumes (nothing rewritten); other settings are refused in one line naming the setting
     before = out.read_bytes()
     answer_pool(teacher, train, tmp_path / "answers", max_new_tokens=8, batch_size=4, progress=False)
@@ -58,8 +58,8 @@ def test_answers_cover_every_record_resume_and_compose(corpus, teacher, tmp_path
         answer_pool(teacher, train, tmp_path / "answers", max_new_tokens=9, batch_size=4, progress=False)
     # composed with a budget: labelled records whole, then the pool with the model's answers as targets
     labelled, pool = b.split(records, "2", seed=0)
-    composed, empty = b.compose(labelled, pool, read_answers(out))
-    answers = read_answers(out)
+    composed, empty = b.compose(labelled, pool, b.load_answers(out))
+    answers = b.load_answers(out)
     assert [r.id for r in composed[:2]] == [r.id for r in labelled]
     for item, record in zip(pool, composed[2:], strict=True):
         if answers[item.id].strip():

@@ -217,11 +217,31 @@ def write_split(
     return info
 
 
+def load_answers(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{record id: answer}`` of a model's answers to the pool (``evl-ecg eval answers``: PULSE's prediction rows,
+    one JSON object per line with ``question_id`` and ``text``); one error naming the file and the line."""
+    path = Path(path)
+    out: dict[str, str] = {}
+    for n, line in enumerate(read_text_file(path, BudgetError).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BudgetError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question_id"), str):
+            raise BudgetError(f"{path}:{n}: expected an object with a string 'question_id'")
+        if not isinstance(row.get("text"), str):
+            raise BudgetError(f"{path}:{n}: field 'text' must be a string")
+        out[row["question_id"]] = row["text"]
+    return out
+
+
 def compose(
     labelled: Sequence[Record], pool: Sequence[PoolItem], answers: dict[str, str]
 ) -> tuple[list[Record], list[str]]:
     """The training records of a budget: the labelled records, then each pool record with ``answers[id]`` (a
-    model's answer, e.g. :func:`evl_ecg.eval.answers.read_answers`) as its target.
+    model's answer: :func:`load_answers`) as its target.
 
     Returns ``(records, empty)``: ``empty`` lists the pool ids whose answer is empty (left out; the caller reports
     them). A pool id without an answer raises :class:`BudgetError` naming it.
@@ -278,6 +298,7 @@ __all__ = [
     "BudgetError",
     "PoolItem",
     "compose",
+    "load_answers",
     "labelled_order",
     "load_pool",
     "pool_question",

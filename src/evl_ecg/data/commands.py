@@ -284,20 +284,23 @@ def budget(
     """Split training records under a label budget: the labelled records keep their answers, the others (the pool)
     keep their image and a label-set question only. Budgets nest under one seed (5 % within 10 % within 25 %), and
     each task keeps its share. Prints budget.json."""
-    from evl_ecg.data.budget import LABELLED_FILE, POOL_FILE, BudgetError, compose, load_pool, write_split
+    from evl_ecg.data.budget import (
+        LABELLED_FILE,
+        POOL_FILE,
+        BudgetError,
+        compose,
+        load_answers,
+        load_pool,
+        write_split,
+    )
     from evl_ecg.data.records import RecordError, load_records, save_records
 
     try:
         info = write_split(data, out, labels, seed)
         if answers is not None:
-            from evl_ecg.eval.answers import AnswersError, read_answers
-
-            try:
-                records, empty = compose(
-                    load_records(out / LABELLED_FILE), load_pool(out / POOL_FILE), read_answers(answers)
-                )
-            except AnswersError as exc:
-                _fail(str(exc))
+            records, empty = compose(
+                load_records(out / LABELLED_FILE), load_pool(out / POOL_FILE), load_answers(answers)
+            )
             if empty:
                 typer.echo(f"warning: {len(empty)} pool record(s) have an empty answer and are left out", err=True)
             save_records(out / "train.json", records)

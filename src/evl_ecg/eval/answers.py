@@ -8,19 +8,18 @@ evaluation's generation (:func:`~evl_ecg.eval.generate.generate_predictions`: PU
 
 The file is ``answers-<model digest>.jsonl`` in the output folder, keyed (:class:`~evl_ecg.resume.ResumeKey`) on the
 model's fingerprint, the training file's digest and the generation settings: a rerun resumes, other settings are
-refused unless ``fresh``. :func:`read_answers` reads it back as ``{record id: answer}``;
+refused unless ``fresh``. :func:`~evl_ecg.data.budget.load_answers` reads it back as ``{record id: answer}``;
 :func:`~evl_ecg.data.budget.compose` joins it with a budget's labelled records and pool.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from evl_ecg.data.budget import PoolItem, pool_question
-from evl_ecg.data.records import load_records, open_image, read_text_file
+from evl_ecg.data.records import load_records, open_image
 from evl_ecg.eval.generate import generate_predictions
 from evl_ecg.resume import ResumeKey, file_digest
 
@@ -28,10 +27,6 @@ ANSWERS_COMMAND = "pool answers"
 #: long enough for any label set's answer in the corpus' wording (the longest, five PTB-XL superclasses, is ~40
 #: tokens in either tokenizer)
 DEFAULT_MAX_NEW_TOKENS = 64
-
-
-class AnswersError(ValueError):
-    """An answers file that cannot be used (the message names the file, the row or record, and the fault)."""
 
 
 def answers_file(out_dir: str | os.PathLike[str], digest: str) -> Path:
@@ -111,23 +106,4 @@ def answer_pool(
     return out
 
 
-def read_answers(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``{record id: answer}`` of an answers file (PULSE's prediction rows); one error naming the file and line."""
-    path = Path(path)
-    out: dict[str, str] = {}
-    for n, line in enumerate(read_text_file(path, AnswersError).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnswersError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question_id"), str):
-            raise AnswersError(f"{path}:{n}: expected an object with a string 'question_id'")
-        if not isinstance(row.get("text"), str):
-            raise AnswersError(f"{path}:{n}: field 'text' must be a string")
-        out[row["question_id"]] = row["text"]
-    return out
-
-
-__all__ = ["ANSWERS_COMMAND", "AnswersError", "answer_pool", "answers_file", "read_answers"]
+__all__ = ["ANSWERS_COMMAND", "answer_pool", "answers_file"]
