@@ -307,4 +307,6 @@ def budget(
             info = {**info, "answers": str(answers), "train": len(records), "empty_answers": len(empty)}
     except (BudgetError, RecordError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"--out {out}: cannot write there ({exc.strerror or type(exc).__name__})")
     typer.echo(json.dumps(info, indent=2))
