@@ -293,6 +293,8 @@ def pretrain_vision(
         ``{"steps", "records", "train_bce", "eval_macro_auc", "eval_auc" (per finding), "seconds",
         "render_seconds", "features"}``; the temporary head is discarded (never part of the model).
     """
+    if fold not in (True, False, "running", "exact"):
+        raise ValueError(f"fold must be True, False, 'running' or 'exact', got {fold!r}")
     t0 = time.perf_counter()
     tower = vision_module(adapter)
     if pool is None:
@@ -398,7 +400,7 @@ def pretrain_vision(
         "seconds": round(seconds, 1),
         "render_seconds": round(render_s, 1),
         "features": int(dim),
-        "folded": (("exact" if fold == "exact" else "running") if fold else False) if images else False,
+        "folded": ("exact" if fold == "exact" else "running") if fold and images else False,
         "generator": int(generator),
         "data": "fresh" if pool is None else "records",
     }
