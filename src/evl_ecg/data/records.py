@@ -424,6 +424,13 @@ def resolve_image(record: Record, image_root: str | os.PathLike[str], *, must_ex
     return target
 
 
+def default_image_root(train_file: str | os.PathLike[str]) -> Path:
+    """The images of a training file: ``images/`` beside it where that folder exists (the corpus layout), else the
+    file's own folder."""
+    parent = Path(train_file).parent
+    return parent / "images" if (parent / "images").is_dir() else parent
+
+
 def open_image(record: Record, image_root: str | os.PathLike[str]) -> Any:
     """Open and fully decode the record's image as RGB (a ``PIL.Image.Image``).
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evl_ecg.data.budget import PoolItem, pool_question
-from evl_ecg.data.records import load_records, open_image
+from evl_ecg.data.records import default_image_root, load_records, open_image
 from evl_ecg.eval.generate import generate_predictions
 from evl_ecg.resume import ResumeKey, file_digest
 
@@ -32,12 +32,6 @@ DEFAULT_MAX_NEW_TOKENS = 64
 def answers_file(out_dir: str | os.PathLike[str], digest: str) -> Path:
     """Where the answers of the model with fingerprint ``digest`` go in ``out_dir``."""
     return Path(out_dir) / f"answers-{digest[:16]}.jsonl"
-
-
-def default_image_root(train_file: Path) -> Path:
-    """``images/`` beside the training file where it exists (the corpus layout), else the file's folder."""
-    parent = train_file.parent
-    return parent / "images" if (parent / "images").is_dir() else parent
 
 
 def answer_pool(
@@ -58,7 +52,7 @@ def answer_pool(
         model_dir: the model's checkpoint folder (its fingerprint keys the file).
         train_file: the training records (ECGInstruct JSON); their answers and labels are never read.
         out_dir: the folder of the answers file (:func:`answers_file`); created.
-        image_root: the images (default: :func:`default_image_root`).
+        image_root: the images (default: :func:`~evl_ecg.data.records.default_image_root`, as training reads them).
         batch_size, max_new_tokens: generation settings (keyed: another value is refused unless ``fresh``).
         fresh: remove this model's earlier answers file first.
         progress: a tqdm bar.

@@ -36,7 +36,7 @@ from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from evl_ecg.data.paired import PairedCollator, PairedDataset
-from evl_ecg.data.records import Record, atomic_write_bytes, load_records, open_image
+from evl_ecg.data.records import Record, atomic_write_bytes, default_image_root, load_records, open_image
 from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
@@ -118,10 +118,7 @@ def load_training_records(config: EvlConfig) -> list[Record]:
 
 def image_loader(config: EvlConfig) -> Any:
     """``record -> PIL image``; the image root defaults to ``images/`` beside the training file (our corpus layout)."""
-    root = config.image_root
-    if root is None:
-        parent = Path(config.train_file).parent
-        root = str(parent / "images") if (parent / "images").is_dir() else str(parent)
+    root = config.image_root if config.image_root is not None else str(default_image_root(config.train_file))
     return lambda record: open_image(record, root)
 
 
