@@ -148,6 +148,26 @@ def test_pool_questions_follow_the_task():
             text = b.pool_question(r)
             drawn["code15" if code_option in text else "ptbxl" if ptb_option in text else "cpsc"] += 1
     assert set(drawn) == {"ptbxl", "code15", "cpsc"}
+    # the vocabulary the question asks is the one its text names
+    for r in _records():
+        text = b.pool_question(r)
+        named = "code15" if code_option in text else "ptbxl" if ptb_option in text else "cpsc"
+        assert b.pool_vocabulary(r) == named
+
+
+def test_shuffled_answers_give_no_record_its_own_within_its_vocabulary():
+    answers = {f"p{i}": f"answer {i}" for i in range(30)}
+    groups = {f"p{i}": ("ptbxl", "code15", "cpsc")[i % 3] for i in range(29)}
+    groups["p29"] = "alone"  # a group of one keeps its answer
+    shuffled = b.shuffled_answers(answers, groups, seed=3)
+    assert sorted(shuffled) == sorted(answers) and shuffled["p29"] == "answer 29"
+    for rid, text in shuffled.items():
+        if rid != "p29":
+            assert text != answers[rid]
+            source = "p" + text.split()[1]
+            assert groups[source] == groups[rid]  # an answer to the same kind of question
+    assert sorted(shuffled.values()) == sorted(answers.values())  # a permutation: every answer used once
+    assert b.shuffled_answers(answers, groups, seed=3) == shuffled != b.shuffled_answers(answers, groups, seed=4)
 
 
 def test_pool_item_becomes_a_training_record():

@@ -104,3 +104,26 @@ def test_collator_refuses_a_missing_teacher_side(pair):
     sample = encode_pair(RECORDS[0], IMAGES["a"], student, None)
     with pytest.raises(ValueError, match="without one"):
         PairedCollator(student, teacher)([sample])
+
+
+def test_a_live_teacher_side_serves_what_the_teacher_adapter_computes(pair):
+    """The teacher side (data.teacher_side): an adapter becomes a LiveTeacher; its outputs for a collated batch are
+    the adapter's own forward on the same padded tensors, frozen and detached."""
+    from evl_ecg.data.teacher_side import LiveTeacher, TeacherSide, teacher_side
+
+    teacher, student = pair
+    side = teacher_side(teacher)
+    assert isinstance(side, LiveTeacher) and isinstance(side, TeacherSide) and side.encodes is teacher
+    assert teacher_side(side) is side and teacher_side(None) is None
+    with pytest.raises(TypeError, match="Adapter or a TeacherSide"):
+        teacher_side("teacher")
+    ds = PairedDataset(RECORDS, IMAGES, side, student)
+    batch = PairedCollator(student, side)([ds[0], ds[1]])
+    side.prepare(torch.device("cpu"))
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    got = side.outputs(batch, {"hidden"})
+    padded = teacher.collate([ds[0]["teacher"], ds[1]["teacher"]], padding_side="right")
+    with torch.no_grad():
+        want = teacher.forward(padded, needs={"hidden"})
+    assert torch.equal(got.hidden, want.hidden) and not got.hidden.requires_grad
+    assert side.outputs({"student": batch["student"]}, {"hidden"}) is None  # a batch without the teacher's entries

@@ -103,6 +103,24 @@ def test_ce_matches_torch_cross_entropy_on_shifted_labels() -> None:
     torch.testing.assert_close(s.labels, labels)  # inputs untouched
 
 
+def test_ce_label_smoothing_is_the_smoothed_target_written_out() -> None:
+    """Label smoothing by its definition (Szegedy et al. 2016): target (1 - eps) on the next token + eps / V on each
+    token, i.e. (1 - eps) * NLL + eps * mean over the vocabulary of -log p; computed here with numpy in float64."""
+    s = _student()
+    eps = 0.2
+    out = build_loss("ce", label_smoothing=eps)(s, None)
+    logits = s.logits[:, :-1].reshape(-1, V_S).double().numpy()
+    target = s.labels[:, 1:].reshape(-1).numpy()
+    keep = target != IGNORE_INDEX
+    z = logits[keep]
+    logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+    per_token = -(1 - eps) * logp[np.arange(len(z)), target[keep]] - eps * logp.mean(1)
+    assert abs(float(out.loss) - per_token.mean()) < 1e-5
+    assert float(out.loss) != pytest.approx(float(build_loss("ce")(s, None).loss))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        build_loss("ce", label_smoothing=1.0)
+
+
 def test_ce_ignores_a_label_left_on_the_first_padded_position() -> None:
     # sample 1 is valid on 0..4 and right-padded on 5..6; a caller leaves a real token id (not -100) at position 5:
     # the last valid row (4) must not be trained to predict it (nor may padding count in the denominator)

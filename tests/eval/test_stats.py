@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from evl_ecg.eval.metrics import strict_multilabel
-from evl_ecg.eval.stats import macro_auc, mean_std, paired_bootstrap
+from evl_ecg.eval.stats import crossing, labels_saved, macro_auc, mean_std, paired_bootstrap, share_of_gap
 
 
 def _data(seed: int, n: int = 200, c: int = 5, flip: float = 0.3):
@@ -67,3 +67,56 @@ def test_bootstrap_refuses_runs_on_different_records():
 def test_mean_std_is_the_sample_spread():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def _noisy(Y: np.ndarray, flip: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(Y.shape) < flip, 1 - Y, Y).astype(np.int8)
+
+
+def _sk(Y: np.ndarray, P: np.ndarray) -> float:
+    return 100 * roc_auc_score(Y, P, average="macro")
+
+
+def test_share_of_gap_is_the_ratio_of_differences_with_its_interval():
+    Y = _data(0, n=400)[0]
+    control = {s: (Y, _noisy(Y, 0.30, s)) for s in range(3)}
+    method = {s: (Y, _noisy(Y, 0.20, 10 + s)) for s in range(3)}
+    teacher = (Y, _noisy(Y, 0.10, 99))
+    got = share_of_gap(method, control, teacher, n_boot=300)
+    c = np.mean([_sk(*control[s]) for s in range(3)])
+    m = np.mean([_sk(*method[s]) for s in range(3)])
+    want = (m - c) / (_sk(*teacher) - c)  # computed with scikit-learn, by hand
+    assert got["share"] == pytest.approx(want, abs=1e-9) and 0.3 < want < 0.7
+    assert got["lo"] < got["share"] < got["hi"] and got["n_boot"] == 300
+    # a method that is the teacher closes the whole gap in every resample
+    same = share_of_gap({s: teacher for s in range(3)}, control, teacher, n_boot=100)
+    assert same["share"] == pytest.approx(1.0) and same["lo"] == pytest.approx(1.0) == same["hi"]
+    with pytest.raises(ValueError, match="same records"):
+        share_of_gap(method, control, _data(5, n=400), n_boot=10)
+
+
+def test_crossing_interpolates_in_log_records():
+    assert crossing([100, 200, 400], [60.0, 70.0, 80.0], 75.0) == pytest.approx((200 * 400) ** 0.5)
+    assert crossing([100, 200, 400], [60.0, 70.0, 80.0], 70.0) == pytest.approx(200)
+    assert crossing([100, 200, 400], [60.0, 70.0, 80.0], 50.0) == 100
+    assert crossing([100, 200, 400], [60.0, 70.0, 80.0], 90.0) == float("inf")
+
+
+def test_labels_saved_reads_the_controls_curve_at_the_methods_score():
+    Y = _data(0, n=600)[0]
+    flips = {100: 0.35, 200: 0.25, 400: 0.15}
+    control = {n: {s: (Y, _noisy(Y, f, 1000 * n + s)) for s in range(3)} for n, f in flips.items()}
+    method = {s: (Y, _noisy(Y, 0.20, 7 + s)) for s in range(3)}
+    got = labels_saved(control, method, 100, n_boot=200)
+    curve = [np.mean([_sk(*control[n][s]) for s in range(3)]) for n in sorted(flips)]
+    target = np.mean([_sk(*method[s]) for s in range(3)])
+    i = next(k for k, v in enumerate(curve) if v >= target)  # by hand: log-linear between budgets i-1 and i
+    lo_n, hi_n = sorted(flips)[i - 1], sorted(flips)[i]
+    frac = (target - curve[i - 1]) / (curve[i] - curve[i - 1])
+    want = float(np.exp(np.log(lo_n) + frac * (np.log(hi_n) - np.log(lo_n))))
+    assert got["records"] == pytest.approx(want) and 200 < want < 400
+    assert got["ratio"] == pytest.approx(want / 100) and got["lo"] <= want <= got["hi"]
+    # a method no budget of the control reaches: infinitely many labels saved, said as such
+    perfect = {s: (Y, Y.copy()) for s in range(3)}
+    assert labels_saved(control, perfect, 100, n_boot=20)["records"] == float("inf")

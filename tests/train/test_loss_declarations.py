@@ -130,18 +130,13 @@ def test_the_new_loss_trains_from_the_cache_as_from_the_live_teacher(
     student, teacher = load_adapter(tiny_checkpoints["student"]), load_adapter(tiny_checkpoints["teacher"])
 
     def one_step(live: bool):
-        objective = build_objective(cfg, student, teacher if live else cache)
+        side = teacher if live else cache  # one teacher side, held by the dataset, the collator and the trainer
+        objective = build_objective(cfg, student, side)
         assert list(objective.terms) == [NAME]
         module = DistillModule(student, objective, needs=objective.requires)
-        dataset = PairedDataset(records, loader, teacher if live else None, student)
-        collator = PairedCollator(student, teacher) if live else PairedCollator(student, teacher_cache=cache)
+        dataset = PairedDataset(records, loader, side, student)
         trainer = EvlTrainer(
-            model=module,
-            args=cfg,
-            train_dataset=dataset,
-            data_collator=collator,
-            teacher=teacher if live else None,
-            teacher_cache=None if live else cache,
+            model=module, args=cfg, train_dataset=dataset, data_collator=PairedCollator(student, side), teacher=side
         )
         inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         denominators = trainer._get_num_items_in_batch([inputs], trainer.args.device)

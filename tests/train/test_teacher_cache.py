@@ -61,9 +61,11 @@ def _batches(cfg, adapters, cache: TeacherCache, indices: list[int]):
 
     records, loader = load_training_records(cfg), image_loader(cfg)
     student, teacher = adapters.student, adapters.teacher
-    live_ds, cached_ds = PairedDataset(records, loader, teacher, student), PairedDataset(records, loader, None, student)
+    live_ds = PairedDataset(records, loader, teacher, student)
+    cached_ds = PairedDataset(records, loader, cache, student)
+    assert cached_ds.teacher is None  # the cache encodes nothing of the teacher
     live = PairedCollator(student, teacher)([live_ds[i] for i in indices])
-    cached = PairedCollator(student, teacher_cache=cache)([cached_ds[i] for i in indices])
+    cached = PairedCollator(student, cache)([cached_ds[i] for i in indices])
     return live, cached
 
 
@@ -95,6 +97,9 @@ def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
     cfg = _config(tiny_config, tiny_corpus, tiny_checkpoints, tmp_path, method=method)
     cache = _open(cfg)
     assert cache.fields == spec_fields(get_preset(method))
+    from evl_ecg.data.teacher_side import TeacherSide
+
+    assert isinstance(cache, TeacherSide) and cache.encodes is None  # one of the teacher's sides: nothing to encode
     student, teacher = adapters.student, adapters.teacher
     torch.manual_seed(0)
     objective = build_objective(cfg, student, teacher)
@@ -136,15 +141,15 @@ def test_a_kd_step_of_the_trainer_from_the_cache_equals_one_with_the_live_teache
 
     def one_step(live: bool):
         torch.manual_seed(0)
-        objective = build_objective(cfg, student, teacher if live else cache)
+        side = teacher if live else cache
+        objective = build_objective(cfg, student, side)
         module = DistillModule(student, objective, needs=objective.requires)
         trainer = EvlTrainer(
             model=module,
             args=cfg,
-            train_dataset=PairedDataset(records, loader, teacher if live else None, student),
-            data_collator=PairedCollator(student, teacher if live else None, teacher_cache=None if live else cache),
-            teacher=teacher if live else None,
-            teacher_cache=None if live else cache,
+            train_dataset=PairedDataset(records, loader, side, student),
+            data_collator=PairedCollator(student, side),
+            teacher=side,
         )
         batch = next(iter(trainer.get_train_dataloader()))
         assert ("teacher" in batch) is live and ("teacher_cache" in batch) is not live

@@ -278,3 +278,20 @@ def test_overrides_and_yaml_keep_no_as_a_strategy_not_a_boolean(tmp_path):
     with pytest.raises(ValueError, match="c.yaml: unknown config key"):
         path.write_text("not_a_key: 1\n")
         load_config(path)
+
+
+def test_label_smoothing_is_the_ce_terms_option_in_every_phase(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
+    """The label-smoothing control: CE's own option, read in phase sft as in kd; the Trainer's
+    label_smoothing_factor (which our compute_loss would silently skip) is refused, naming the option to use."""
+    from evl_ecg.models import load_adapter
+    from evl_ecg.train.config import ConfigError
+    from evl_ecg.train.pipeline import build_objective
+
+    student = load_adapter(str(tiny_checkpoints["student"]))
+    sft = tiny_config(tmp_path, tiny_corpus, phase="sft", objective={"ce": {"label_smoothing": 0.1}})
+    assert build_objective(sft, student, None).ce.label_smoothing == 0.1
+    assert build_objective(tiny_config(tmp_path, tiny_corpus, phase="sft"), student, None).ce.label_smoothing == 0.0
+    with pytest.raises(ValueError, match=r"objective may set 'ce' only, not \['terms'\]"):
+        build_objective(tiny_config(tmp_path, tiny_corpus, phase="sft", objective={"terms": {}}), student, None)
+    with pytest.raises(ConfigError, match=r"label_smoothing_factor.*objective=\{ce: \{label_smoothing: 0.1\}\}"):
+        tiny_config(tmp_path, tiny_corpus, phase="sft", label_smoothing_factor=0.1)

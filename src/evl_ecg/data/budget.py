@@ -147,17 +147,49 @@ def _id_rng(record_id: str, salt: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def pool_question(record: Record) -> str:
-    """The label-set question a pool record gets: drawn from the record's id alone (the same for every budget and
-    seed, so one teacher pass answers every pool), of the record's task's vocabulary (:data:`POOL_TASK_PROMPT`),
-    or of a vocabulary drawn by its training-mix weight. It reads no label and no answer."""
+def _pool_draw(record: Record) -> tuple[str, np.random.Generator]:
+    """The vocabulary of ``record``'s pool question, and the generator (seeded by its id) that words it."""
     rng = _id_rng(record.id, "pool-question")
     vocab = POOL_TASK_PROMPT.get(record_task(record))
     if vocab is None:
         names = sorted(LABEL_SET_PROMPTS)
         weights = np.array([TRAIN_MIX[name][0] for name in names], dtype=float)
         vocab = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    return vocab, rng
+
+
+def pool_vocabulary(record: Record) -> str:
+    """The label vocabulary (``ptbxl``, ``code15``, ``cpsc``) whose question :func:`pool_question` asks of
+    ``record``: what an answer to it may name (a shuffled teacher swaps answers within one vocabulary)."""
+    return _pool_draw(record)[0]
+
+
+def pool_question(record: Record) -> str:
+    """The label-set question a pool record gets: drawn from the record's id alone (the same for every budget and
+    seed, so one teacher pass answers every pool), of the record's task's vocabulary (:data:`POOL_TASK_PROMPT`),
+    or of a vocabulary drawn by its training-mix weight. It reads no label and no answer."""
+    vocab, rng = _pool_draw(record)
     return f"{IMAGE_TOKEN}\n{LABEL_SET_PROMPTS[vocab](rng)}"
+
+
+def shuffled_answers(answers: dict[str, str], groups: dict[str, str], seed: int) -> dict[str, str]:
+    """``answers`` given to other records: within each group (``groups[id]``, e.g. :func:`pool_vocabulary`) a
+    random derangement, so that no record keeps its own answer where its group has two records or more (a group of
+    one keeps it). The shuffled-teacher control: the teacher's answers, none about its own ECG."""
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0x5348,)))  # "SH"
+    by_group: dict[str, list[str]] = {}
+    for rid in sorted(answers):
+        by_group.setdefault(groups.get(rid, ""), []).append(rid)
+    out: dict[str, str] = {}
+    for group in sorted(by_group):
+        ids = by_group[group]
+        if len(ids) < 2:
+            out.update({rid: answers[rid] for rid in ids})
+            continue
+        order = rng.permutation(len(ids))  # a cycle through a random order: a derangement
+        for k, i in enumerate(order):
+            out[ids[int(i)]] = answers[ids[int(order[(k + 1) % len(ids)])]]
+    return out
 
 
 def labelled_order(records: Sequence[Record], seed: int) -> list[int]:
@@ -215,6 +247,22 @@ def write_split(
     }
     atomic_write_bytes(out / BUDGET_FILE, json.dumps(info, indent=1).encode())
     return info
+
+
+def training_budget(train_file: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """The label budget a training file was made under: the ``budget.json`` beside it (a budget folder's
+    ``labelled.json`` or a file composed there), with the file's name; ``None`` for a file made without one."""
+    if not train_file:
+        return None
+    path = Path(train_file)
+    info = path.parent / BUDGET_FILE
+    if not info.is_file():
+        return None
+    try:
+        doc = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return None
+    return {**doc, "file": path.name} if isinstance(doc, dict) else None
 
 
 def load_answers(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -302,7 +350,10 @@ __all__ = [
     "labelled_order",
     "load_pool",
     "pool_question",
+    "pool_vocabulary",
     "record_task",
+    "shuffled_answers",
     "split",
+    "training_budget",
     "write_split",
 ]

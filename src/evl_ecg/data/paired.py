@@ -14,10 +14,12 @@ Batch layout from :class:`PairedCollator`::
     {"ids": [record ids], "student": {input_ids, labels, attention_mask, token_offsets, pixel_values, ...},
      "teacher": {... the same keys for the teacher ...}}      # no "teacher" key in student-only mode (SFT)
 
-With a teacher-output cache (:mod:`evl_ecg.train.teacher_cache`) the teacher's side is not encoded at all (no
-``teacher`` adapter, so none of its image processing): each sample carries its ``index`` in the dataset, and the
-collator adds ``"indices"`` and ``"teacher_cache"`` (the cached teacher tensors of those records, padded as the
-teacher's own collate pads them) instead of ``"teacher"``.
+The teacher's side is one object (:class:`~evl_ecg.data.teacher_side.TeacherSide`), live or cached: the dataset
+encodes the teacher's conversation only where the side has an adapter to encode it with (``side.encodes``), and the
+collator adds what the side returns (:meth:`~evl_ecg.data.teacher_side.TeacherSide.batch`). With a teacher-output
+cache (:mod:`evl_ecg.train.teacher_cache`) nothing of the teacher is encoded (none of its image processing): each
+sample carries its ``index`` in the dataset, and the batch holds ``"indices"`` and ``"teacher_cache"`` (the cached
+teacher tensors of those records, padded as the teacher's own collate pads them) instead of ``"teacher"``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from evl_ecg.data.teacher_side import TeacherSide, teacher_side
 from evl_ecg.ecg.labels import findings_multi_hot
 from evl_ecg.models.base import Adapter, record_id
 
@@ -96,13 +99,14 @@ def encode_truncated(
 
 
 class PairedDataset(Dataset):
-    """Records encoded for both models on access (``teacher_adapter=None``: student only, for SFT or for KD from a
-    teacher-output cache). Each sample also carries ``"index"``, its position in ``records`` (the cache's key).
+    """Records encoded for both models on access (student only for SFT, or for KD from a teacher-output cache: a
+    teacher side with nothing to encode). Each sample also carries ``"index"``, its position in ``records`` (the
+    cache's key).
 
     Args:
         records: a sequence of records.
         image_loader: see the module docstring.
-        teacher_adapter: the teacher's adapter, or ``None``.
+        teacher_adapter: the teacher's adapter or :class:`~evl_ecg.data.teacher_side.TeacherSide`, or ``None``.
         student_adapter: the student's adapter.
         train: full conversations with labels (``True``) or generation prompts (``False``).
     """
@@ -111,7 +115,7 @@ class PairedDataset(Dataset):
         self,
         records: Sequence[Any],
         image_loader: ImageLoader,
-        teacher_adapter: Adapter | None,
+        teacher_adapter: Adapter | TeacherSide | None,
         student_adapter: Adapter,
         *,
         train: bool = True,
@@ -121,7 +125,8 @@ class PairedDataset(Dataset):
             raise ValueError("PairedDataset needs a student adapter")
         self.records = records
         self.image_loader = image_loader
-        self.teacher = teacher_adapter
+        side = teacher_side(teacher_adapter)
+        self.teacher = side.encodes if side is not None else None
         self.student = student_adapter
         self.train = train
         self.max_length = max_length
@@ -140,27 +145,23 @@ class PairedDataset(Dataset):
 class PairedCollator:
     """Pads each side on its own: ``{"ids", "student": batch, "teacher": batch}`` (no teacher in student-only mode).
 
-    ``padding_side="right"`` for training, ``"left"`` for generation. ``teacher_cache``: an object with
-    ``collate(indices, ids) -> dict of tensors`` (:class:`evl_ecg.train.teacher_cache.TeacherCache`), whose batch
-    goes under ``"teacher_cache"`` (with the samples' ``"indices"``); training batches only (right padding).
+    ``padding_side="right"`` for training, ``"left"`` for generation. ``teacher``: the teacher's adapter or
+    :class:`~evl_ecg.data.teacher_side.TeacherSide` (live, or a teacher-output cache, which adds ``"indices"`` and
+    ``"teacher_cache"`` instead of ``"teacher"`` and serves training batches, right padding, only).
     """
 
     def __init__(
         self,
         student: Adapter,
-        teacher: Adapter | None = None,
+        teacher: Adapter | TeacherSide | None = None,
         *,
         padding_side: str = "right",
-        teacher_cache: Any = None,
     ) -> None:
-        if teacher is not None and teacher_cache is not None:
-            raise ValueError("PairedCollator takes a teacher adapter or a teacher cache, not both")
-        if teacher_cache is not None and padding_side != "right":
-            raise ValueError("a teacher cache serves training batches (padding_side='right') only")
         self.student = student
-        self.teacher = teacher
+        self.teacher = teacher_side(teacher)
+        if self.teacher is not None and self.teacher.encodes is None and padding_side != "right":
+            raise ValueError(f"a {self.teacher.kind} teacher serves training batches (padding_side='right') only")
         self.padding_side = padding_side
-        self.teacher_cache = teacher_cache
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -175,13 +176,5 @@ class PairedCollator:
         if any(any(s.get("truncated", ())) for s in samples):  # samples cut to max_length: [student, teacher]
             batch["truncated"] = torch.tensor([s.get("truncated", [0, 0]) for s in samples], dtype=torch.long).sum(0)
         if self.teacher is not None:
-            teacher_samples: list[dict[str, Tensor]] = [s["teacher"] for s in samples]
-            if any(t is None for t in teacher_samples):
-                raise ValueError("PairedCollator has a teacher but a sample was encoded without one")
-            batch["teacher"] = self.teacher.collate(teacher_samples, padding_side=self.padding_side)
-        if self.teacher_cache is not None:
-            if any("index" not in s for s in samples):
-                raise ValueError("PairedCollator has a teacher cache but a sample carries no dataset 'index'")
-            batch["indices"] = [int(s["index"]) for s in samples]
-            batch["teacher_cache"] = self.teacher_cache.collate(batch["indices"], batch["ids"])
+            batch.update(self.teacher.batch(samples, batch["ids"], padding_side=self.padding_side))
         return batch

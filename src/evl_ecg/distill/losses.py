@@ -74,13 +74,20 @@ class CrossEntropyLoss(DistillLoss):
     (:func:`~evl_ecg.distill.registry.next_token_targets`: a label left on a padded position never counts);
     ``N``: ``Denominators.response_tokens`` (local ``|M|``).
     The log-softmax runs in float32 on the supervised rows only. Needs no teacher.
+
+    ``label_smoothing`` (``epsilon``, default 0): the target is ``(1 - epsilon)`` on the next token plus
+    ``epsilon / V_s`` on every token (Szegedy et al. 2016; PyTorch's ``cross_entropy(label_smoothing=)``), the
+    teacher-free control of a distillation gain (Yuan et al. 2020).
     """
 
     unit = "response_tokens"
     needs_teacher = False
 
-    def __init__(self, *, context: LossContext | None = None) -> None:
+    def __init__(self, *, label_smoothing: float = 0.0, context: LossContext | None = None) -> None:
         super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"ce: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
 
     def forward(
         self, student: SideOutputs, teacher: SideOutputs | None = None, denominators: Denominators | None = None
@@ -88,7 +95,12 @@ class CrossEntropyLoss(DistillLoss):
         targets, mask = next_token_targets(student)
         logits = student.logits[mask]  # N x V_s
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            total = F.cross_entropy(logits.to(_compute_dtype(logits)), targets[mask], reduction="sum")
+            total = F.cross_entropy(
+                logits.to(_compute_dtype(logits)),
+                targets[mask],
+                reduction="sum",
+                label_smoothing=self.label_smoothing,
+            )
         loss = total / _denominator(denominators, self.unit, masked_mean_denominator(mask))
         return LossOutput(loss=loss, logs={"loss": loss.detach(), "tokens": mask.sum().detach()})
 

@@ -95,6 +95,21 @@ def _pred_files(pred: Path, subset: str | None) -> tuple[list[tuple[str, Path]],
     return pairs, unpaired
 
 
+def bench_seed(bench: str | os.PathLike[str]) -> int | None:
+    """The seed of the corpus a benchmark was drawn from (``seed`` of the ``manifest.json`` beside or above its
+    folder or file), or ``None`` for a benchmark without one (a real ECGBench)."""
+    path = Path(bench)
+    for folder in (path if path.is_dir() else path.parent, (path if path.is_dir() else path.parent).parent):
+        manifest = folder / "manifest.json"
+        if manifest.is_file():
+            try:
+                seed = json.loads(manifest.read_text()).get("seed")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return seed if isinstance(seed, int) else None
+    return None
+
+
 def score_paths(
     bench: str | os.PathLike[str],
     pred: str | os.PathLike[str],
@@ -151,6 +166,7 @@ def score_paths(
         "method": method if method is not None else path_method,
         "seed": seed if seed is not None else path_seed,
         "bench": str(bench),
+        "bench_seed": bench_seed(bench),
         "pred": str(pred),
         "results": results,
         "errors": errors,
@@ -311,6 +327,9 @@ def answers(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Greedy decoding length."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generation batch size."),
     fresh: bool = typer.Option(False, "--fresh", help="Remove this model's earlier answers in --out and start again."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="Root of the records' image paths (default: images/ beside --data, or its folder)."
+    ),
 ) -> None:
     """Answer the pool question of every training record once (greedy, the model's own template): one file serves
     every label budget and seed (`evl-ecg data budget --answers`). Resumable; keyed on the model's fingerprint, the
@@ -319,7 +338,15 @@ def answers(
     from evl_ecg.eval.answers import answer_pool
 
     try:
-        path = answer_pool(model, data, out, batch_size=batch_size, max_new_tokens=max_new_tokens, fresh=fresh)
+        path = answer_pool(
+            model,
+            data,
+            out,
+            image_root=image_root,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            fresh=fresh,
+        )
     except (RecordError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
         return

@@ -253,6 +253,41 @@ def plot_learning_curves(
     return _save(fig, path)
 
 
+def plot_label_budgets(
+    series: Mapping[str, Mapping[int, Sequence[float]]],
+    path: str | os.PathLike[str],
+    *,
+    teacher: float | None = None,
+    ylabel: str = "strict PTB-XL AUC (test)",
+    title: str = "",
+) -> Path:
+    """A score against labelled records (log scale), one line per method: its mean over seeds at each budget with
+    the seeds' min-max band (``series``: ``{method: {labelled records: [one value per seed]}}``); the teacher as a
+    dashed line above."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for method, by_budget in series.items():
+        xs = sorted(n for n, values in by_budget.items() if len(values))
+        if not xs:
+            continue
+        means = [sum(by_budget[n]) / len(by_budget[n]) for n in xs]
+        seeds = max(len(by_budget[n]) for n in xs)
+        (line,) = ax.plot(xs, means, marker="o", label=f"{method} ({seeds} seeds)")
+        ax.fill_between(xs, [min(by_budget[n]) for n in xs], [max(by_budget[n]) for n in xs], alpha=0.2,
+                        color=line.get_color())  # fmt: skip
+    if teacher is not None:
+        ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training records")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_bars(
     values: Mapping[str, tuple[float, float]], path: str | os.PathLike[str], *, ylabel: str, title: str = ""
 ) -> Path:

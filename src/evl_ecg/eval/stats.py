@@ -139,4 +139,132 @@ def paired_bootstrap(
     }
 
 
-__all__ = ["label_matrices", "macro_auc", "mean_std", "paired_bootstrap"]
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5 and 97.5 percentiles (no interpolation, so that an infinite replicate stays infinite)."""
+    if not len(values):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [0.025, 0.975], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def share_of_gap(
+    method: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    control: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    teacher: tuple[np.ndarray, np.ndarray],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The share of the control -> teacher gap a method closes, ``(method - control) / (teacher - control)``, with
+    its 95 % interval: computed inside each paired resample of records x seeds (as :func:`paired_bootstrap`; the
+    teacher, one frozen model, on the same resampled records). A replicate whose gap is not positive is dropped
+    (the ratio says nothing there), and ``n_boot`` reports how many remained.
+
+    Returns ``{"share", "lo", "hi", "gap", "n_boot"}`` (``gap``: the observed teacher - control difference).
+    """
+    seeds = sorted(set(method) & set(control))
+    if not seeds:
+        raise ValueError("no seed in common between the method and the control")
+    n = teacher[0].shape[0]
+    for s in seeds:
+        if not (np.array_equal(method[s][0], teacher[0]) and np.array_equal(control[s][0], teacher[0])):
+            raise ValueError(f"seed {s}: the method, the control and the teacher were not scored on the same records")
+    m_obs = float(np.mean([macro_auc(*method[s]) for s in seeds]))
+    c_obs = float(np.mean([macro_auc(*control[s]) for s in seeds]))
+    gap = macro_auc(*teacher) - c_obs
+    rng = np.random.default_rng(seed)
+    shares = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n_boot):
+            drawn = rng.choice(seeds, size=len(seeds), replace=True)
+            idx = rng.integers(0, n, size=n)
+            m = np.nanmean([macro_auc(method[s][0][idx], method[s][1][idx]) for s in drawn])
+            c = np.nanmean([macro_auc(control[s][0][idx], control[s][1][idx]) for s in drawn])
+            t = macro_auc(teacher[0][idx], teacher[1][idx])
+            if np.isfinite(m) and np.isfinite(c) and np.isfinite(t) and t - c > 0:
+                shares.append((m - c) / (t - c))
+    lo, hi = _percentiles(np.asarray(shares))
+    share = (m_obs - c_obs) / gap if gap > 0 else float("nan")
+    return {"share": share, "lo": lo, "hi": hi, "gap": gap, "n_boot": len(shares)}
+
+
+def crossing(sizes: Sequence[float], curve: Sequence[float], target: float) -> float:
+    """Where a rising curve (``curve[i]`` at ``sizes[i]``, increasing sizes) first reaches ``target``: linear in
+    ``log(size)`` between the two budgets around it; ``sizes[0]`` if the first already does; ``inf`` if none does."""
+    for i, value in enumerate(curve):
+        if value >= target:
+            if i == 0:
+                return float(sizes[0])
+            lo, hi = math.log(sizes[i - 1]), math.log(sizes[i])
+            frac = (target - curve[i - 1]) / (value - curve[i - 1])
+            return float(math.exp(lo + frac * (hi - lo)))
+    return math.inf
+
+
+def labels_saved(
+    control: Mapping[int, Mapping[int, tuple[np.ndarray, np.ndarray]]],
+    method: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    method_labels: int,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The labels a teacher saves: the number of labelled records at which the control (trained on labels alone)
+    reaches the method's strict macro AUC, read off the control's curve (:func:`crossing`), over the
+    ``method_labels`` the method had.
+
+    ``control``: ``{labelled records: {seed: (Y, P)}}`` (several budgets), ``method``: ``{seed: (Y, P)}``, all on
+    the same test records. The interval resamples the records (shared by every budget and the method) and, per
+    budget and for the method, the seeds. Returns ``{"records", "lo", "hi", "ratio", "ratio_lo", "ratio_hi",
+    "n_boot"}``; ``inf`` where the control's largest budget does not reach it.
+    """
+    sizes = sorted(control)
+    if not sizes or not method:
+        raise ValueError("labels_saved needs the control at one budget or more and the method")
+    first = next(iter(method.values()))[0]
+    n = first.shape[0]
+    for size in sizes:
+        for s, (Y, _) in control[size].items():
+            if not np.array_equal(Y, first):
+                raise ValueError(f"control at {size} labels, seed {s}: not scored on the method's records")
+
+    def point(idx: np.ndarray | None, draw: Any) -> float:
+        def mean(runs: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> float:
+            keys = draw(sorted(runs))
+            if idx is None:
+                return float(np.nanmean([macro_auc(*runs[k]) for k in keys]))
+            return float(np.nanmean([macro_auc(runs[k][0][idx], runs[k][1][idx]) for k in keys]))
+
+        return crossing(sizes, [mean(control[size]) for size in sizes], mean(method))
+
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample in which no class has both golds
+        observed = point(None, lambda keys: keys)
+        for b in range(n_boot):
+            idx = rng.integers(0, n, size=n)
+            reps[b] = point(idx, lambda keys: list(rng.choice(keys, size=len(keys), replace=True)))
+    reps = reps[~np.isnan(reps)]
+    lo, hi = _percentiles(reps)
+    return {
+        "records": observed,
+        "lo": lo,
+        "hi": hi,
+        "ratio": observed / method_labels,
+        "ratio_lo": lo / method_labels,
+        "ratio_hi": hi / method_labels,
+        "n_boot": int(len(reps)),
+    }
+
+
+__all__ = [
+    "crossing",
+    "label_matrices",
+    "labels_saved",
+    "macro_auc",
+    "mean_std",
+    "paired_bootstrap",
+    "share_of_gap",
+]

@@ -66,11 +66,13 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
     manifest = Path(cfg["train_file"]).parent / "manifest.json" if cfg.get("train_file") else None
     data_format = None
     render = None
+    data_seed = None
     if manifest is not None and manifest.is_file():
         try:
             manifest_doc = json.loads(manifest.read_text())
             data_format = manifest_doc.get("format")
             render = render_settings(manifest_doc.get("settings"))
+            data_seed = manifest_doc.get("seed")
         except (OSError, ValueError, AttributeError):
             data_format = None
     from evl_ecg.data.corpus import corpus_generator
@@ -80,6 +82,7 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
         "architecture": architectures[0] if architectures else None,
         "data_format": data_format,
         "generator": generator,
+        "data_seed": data_seed,
         "render": render,
         "parameters": _count_parameters(model_dir),
         "phase": provenance.get("phase", cfg.get("phase")),
@@ -96,6 +99,7 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
         "gradient_accumulation_steps": cfg.get("gradient_accumulation_steps"),
         "learning_rate": cfg.get("learning_rate"),
         "seed": cfg.get("seed"),
+        "label_budget": provenance.get("label_budget"),
         "vision_pretraining": (provenance.get("vision_pretraining") or {}).get("eval_macro_auc"),
         "git_commit": provenance.get("git_commit"),
         "packages": provenance.get("packages"),
@@ -175,6 +179,13 @@ def render_card(name: str, facts: dict[str, Any], scores: dict[str, Any] | None)
         f"{facts.get('gradient_accumulation_steps')}; learning rate {facts.get('learning_rate')}; seed "
         f"{facts.get('seed')}",
     ]
+    budget = facts.get("label_budget")
+    if budget:
+        lines.append(
+            f"- Label budget: {budget.get('budget')} (seed {budget.get('seed')}): {budget.get('labelled')} labelled "
+            f"records of {budget.get('records')}, {budget.get('pool')} in the pool without labels; trained on "
+            f"`{budget.get('file')}`"
+        )
     if facts.get("vision_pretraining") is not None:
         lines.append(
             f"- Vision tower pretrained on synthetic ECG findings first (held-out macro AUC "

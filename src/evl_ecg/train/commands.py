@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -238,7 +238,10 @@ def demo(
 
 def study(
     out: Annotated[Path, typer.Option(help="study folder (created; a rerun resumes what did not finish).")],
-    seeds: Annotated[str, typer.Option(help="comma-separated seeds of the phase-2 runs.")] = "0,1,2",
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="comma-separated seeds of the phase-2 runs (default 0,1,2; with --labels 0,1,2,3,4)."),
+    ] = None,
     methods: Annotated[
         str | None, typer.Option(help="comma-separated methods (default: the 11 of Tables 1 and 6, control included).")
     ] = None,
@@ -277,14 +280,42 @@ def study(
     quick: Annotated[bool, typer.Option(help="a smoke test of the whole grid (a few steps each), not a result.")] = (
         False
     ),
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="the label-budget study instead (docs/train.md): comma-separated budgets of the control, e.g. "
+            "'5%,10%,25%,50%,100%'; the teacher rows run at --main-budget."
+        ),
+    ] = None,
+    main_budget: Annotated[str, typer.Option(help="with --labels: the budget of every row and 5 seeds.")] = "10%",
+    rows: Annotated[
+        str | None, typer.Option(help="with --labels: comma-separated rows at the main budget (default: all).")
+    ] = None,
+    phase1_steps: Annotated[
+        int | None, typer.Option(min=1, help="with --labels: phase-1 steps (default: chosen on validation).")
+    ] = None,
+    phase2_steps: Annotated[
+        int | None, typer.Option(min=1, help="with --labels: phase-2 steps (default: chosen on validation).")
+    ] = None,
+    data_seed: Annotated[int, typer.Option(min=0, help="with --labels: seed of the training corpus.")] = 21,
+    test_seed: Annotated[int, typer.Option(min=0, help="with --labels: seed of the test benchmark.")] = 2100,
 ) -> None:
-    """Every method of the paper's Tables 1, 6 and 7 from one phase-1 checkpoint, over seeds, on a fresh test set."""
+    """Every method of the paper's Tables 1, 6 and 7 from one phase-1 checkpoint, over seeds, on a fresh test set;
+    with --labels, the label-budget study (few labels, an unlabelled pool, the teacher's answers)."""
     from evl_ecg.train.study import STUDY_METHODS, TINY_METHOD_SETS, StudyError, StudySettings, run_study
 
+    default_seeds = "0,1,2,3,4" if labels else "0,1,2"
     try:
-        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+        seed_list = tuple(int(x) for x in (seeds or default_seeds).split(",") if x.strip())
     except ValueError:
         _fail(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2")
+    if labels:
+        _label_study(out, labels, main_budget, rows, seed_list, phase1_steps, phase2_steps, data_seed, test_seed,
+                     teacher, train_records, val, test_ptb, threads, generator, quick,
+                     unused={"--methods": methods, "--method-set": method_set, "--phase1-set": phase1_set,
+                             "--phase2-set": phase2_set, "--phase1-seeds": phase1_seeds or None,
+                             "--paper-objective": paper_objective or None})  # fmt: skip
+        return
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else STUDY_METHODS
     small = {"n_train": 48, "n_val": 4, "test_ptb": 8} if quick else {}
     try:
@@ -305,6 +336,46 @@ def study(
             generator=generator,
         )
         res = run_study(out, settings, log=lambda m: typer.echo(m, err=True))
+    except (StudyError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0])
+    typer.echo((Path(out) / "results.md").read_text())
+    typer.echo(f"wall time {res['wall_seconds']:.0f} s")
+
+
+def _label_study(
+    out: Path, labels: str, main_budget: str, rows: str | None, seeds: tuple[int, ...], phase1_steps: int | None,
+    phase2_steps: int | None, data_seed: int, test_seed: int, teacher: Path | None, train_records: int, val: int,
+    test_ptb: int, threads: int, generator: int, quick: bool, unused: dict[str, Any],
+) -> None:  # fmt: skip
+    """``evl-ecg study --labels``: the label-budget study (:mod:`evl_ecg.train.label_study`)."""
+    from evl_ecg.train.label_study import MAIN_ROWS, LabelStudySettings, run_label_study
+    from evl_ecg.train.study import StudyError
+
+    given = [name for name, value in unused.items() if value]
+    if given:
+        _fail(f"{given[0]}: not an option of the label-budget study (--labels); its rows are chosen with --rows")
+    budgets = tuple(b.strip() for b in labels.split(",") if b.strip())
+    chosen = tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else MAIN_ROWS
+    small = {"n_train": 40, "n_val": 4, "test_ptb": 8} if quick else {}
+    try:
+        settings = LabelStudySettings(
+            budgets=budgets,
+            main_budget=main_budget,
+            seeds=seeds,
+            rows=chosen,
+            n_train=small.get("n_train", train_records),
+            n_val=small.get("n_val", val),
+            test_ptb=small.get("test_ptb", test_ptb),
+            data_seed=data_seed,
+            test_seed=test_seed,
+            generator=generator,
+            phase1_steps=phase1_steps,
+            phase2_steps=phase2_steps,
+            teacher=str(teacher) if teacher else None,
+            quick=quick,
+            threads=threads,
+        )
+        res = run_label_study(out, settings, log=lambda m: typer.echo(m, err=True))
     except (StudyError, ValueError, OSError) as exc:
         _fail(str(exc).splitlines()[0])
     typer.echo((Path(out) / "results.md").read_text())

@@ -209,6 +209,12 @@ class EvlConfig(TrainingArguments):
         check_types(self)  # before anything compares a value: `max_steps: "two"` is an error naming the option
         if self.phase not in PHASES:
             raise ConfigError("phase", f"must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        if self.label_smoothing_factor:  # the Trainer's own smoother runs inside its compute_loss, which ours replaces
+            raise ConfigError(
+                "label_smoothing_factor",
+                "is not read by evl-ecg's objective; set the CE term's own: objective={ce: {label_smoothing: "
+                f"{self.label_smoothing_factor}}}}}",
+            )
         if self.tiny_teacher not in ("v1", "v2"):
             raise ConfigError("tiny_teacher", f"must be 'v1' or 'v2', got {self.tiny_teacher!r}")
         if self.pretrain_vision_fold not in ("running", "exact"):

@@ -35,8 +35,10 @@ import torch
 from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from evl_ecg.data.budget import training_budget
 from evl_ecg.data.paired import PairedCollator, PairedDataset
 from evl_ecg.data.records import Record, atomic_write_bytes, default_image_root, load_records, open_image
+from evl_ecg.data.teacher_side import LiveTeacher, TeacherSide
 from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
@@ -97,6 +99,7 @@ def write_provenance(config: EvlConfig, out_dir: Path, **extra: Any) -> Path:
         "python": platform.python_version(),
         "git_commit": _git_commit(),
         "data_manifest_sha256": _manifest_hash(config.train_file),
+        "label_budget": training_budget(config.train_file),
         "torch_threads": torch.get_num_threads(),
         **extra,
     }
@@ -335,7 +338,23 @@ def freeze_vision_encoder(adapter: Adapter) -> list[torch.nn.Module]:
     return frozen
 
 
-def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None) -> Objective:
+def load_teacher_side(config: EvlConfig, records: list[Record]) -> TeacherSide | None:
+    """The teacher's side of phase ``kd`` (``None`` in the other phases): the teacher-output cache where
+    ``config.teacher_cache`` is set and the method's loss terms can be cached (built now if the directory is empty;
+    no teacher weights loaded), else the live teacher (whole and inference-only, never partitioned with the
+    student)."""
+    if config.phase != "kd":
+        return None
+    if not config.teacher:
+        raise ValueError("phase 'kd' needs a teacher checkpoint (teacher=DIR)")
+    if config.teacher_cache and teacher_cache.method_fields([config.method], config.objective) is not None:
+        return teacher_cache.open_or_build(config, records, image_loader(config))
+    with config.unsharded_loading():
+        adapter = load_adapter(config.teacher, family=config.teacher_family, dtype=config.teacher_torch_dtype)
+    return LiveTeacher(adapter)  # the trainer moves it to teacher_device (default: the training device)
+
+
+def build_objective(config: EvlConfig, student: Adapter, teacher: TeacherSide | Adapter | None) -> Objective:
     """The phase's objective; ``config.hidden_positions`` is the ``positions`` of the hidden-state terms.
 
     The trainer counts the denominators of hidden-state losses (units ``student_positions``, ``student_pairs``) over
@@ -343,8 +362,14 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: Adapter | None
     ``positions`` unless ``config.objective`` sets one, and a disagreeing setting, or such a term without the option
     when the set is not ``all`` (TinyBERT's interpolated hidden states), is refused.
     """
-    if config.phase in ("teacher", "sft"):
-        return Objective.from_preset("sft", make_loss_context(student))
+    if config.phase in ("teacher", "sft"):  # CE alone; its own options (label smoothing) are the config's
+        extra = set(config.objective or {}) - {"ce"}
+        if extra:
+            raise ValueError(
+                f"phase {config.phase!r} trains CE alone: objective may set 'ce' only, not {sorted(extra)}"
+            )
+        ce = dict((config.objective or {}).get("ce") or {})
+        return Objective.from_preset("sft", make_loss_context(student), **({"ce": ce} if ce else {}))
     hidden = config.hidden_positions
     spec = get_preset(config.method, **dict(config.objective or {}))
     spec["terms"] = {name: dict(options) for name, options in spec["terms"].items()}
@@ -398,27 +423,17 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     student = _student_adapter(config, records)
     # A resumed run loads its weights from the checkpoint: pretraining them again would be wasted work.
     pretrain = pretrain_tiny_vision(config, student) if checkpoint is None else None
-    teacher = None
-    cache = None
-    if config.phase == "kd":
-        if not config.teacher:
-            raise ValueError("phase 'kd' needs a teacher checkpoint (teacher=DIR)")
-        if config.teacher_cache and teacher_cache.method_fields([config.method], config.objective) is not None:
-            # the teacher's outputs come from the cache (built now if the directory is empty): no teacher weights
-            cache = teacher_cache.open_or_build(config, records, image_loader(config))
-        else:
-            with config.unsharded_loading():  # whole and inference-only, never partitioned with the student
-                teacher = load_adapter(config.teacher, family=config.teacher_family, dtype=config.teacher_torch_dtype)
-    objective = build_objective(config, student, teacher if cache is None else cache)
-    if objective.needs_teacher and teacher is None and cache is None:
+    teacher = load_teacher_side(config, records)
+    objective = build_objective(config, student, teacher)
+    if objective.needs_teacher and teacher is None:
         raise ValueError(f"objective {objective} needs a teacher")
     if not objective.needs_teacher:
-        teacher = cache = None
+        teacher = None
     frozen = freeze_vision_encoder(student) if config.freeze_vision else []
     if config.freeze_projector:
         frozen += freeze_projector(student)
     dataset = PairedDataset(records, image_loader(config), teacher, student, max_length=config.max_length)
-    collator = PairedCollator(student, teacher, teacher_cache=cache)
+    collator = PairedCollator(student, teacher)
     module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)
     from evl_ecg.train.callbacks import ObjectiveStep
 
@@ -436,15 +451,14 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         train_dataset=dataset,
         data_collator=collator,
         teacher=teacher,
-        teacher_cache=cache,
         callbacks=callbacks,
     )
     if trainer.args.should_save:
         if pretrain is None and (out_dir / "provenance.json").exists():  # resumed: keep the first run's record
             pretrain = json.loads((out_dir / "provenance.json").read_text()).get("vision_pretraining")
         extra = {"vision_pretraining": pretrain} if pretrain is not None else {}
-        if cache is not None:
-            extra["teacher_cache"] = cache.describe()
+        if teacher is not None and teacher.kind == "cache":
+            extra["teacher_cache"] = teacher.describe()
         write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records), **extra)
     trainer.train(resume_from_checkpoint=checkpoint)
     cut = trainer.truncated_counts()
@@ -468,6 +482,6 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     result = RunResult(out_dir, student_dir, history, time.perf_counter() - t0, str(objective))
     # the Trainer, the models and the optimiser state sit in reference cycles: free them now, not at some later
     # collection (a caller running several phases in one process would hold each run's gigabytes meanwhile)
-    del trainer, module, student, teacher, cache, objective, dataset, collator, callbacks
+    del trainer, module, student, teacher, objective, dataset, collator, callbacks
     gc.collect()
     return result

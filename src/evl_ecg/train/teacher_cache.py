@@ -52,7 +52,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -469,6 +469,29 @@ class TeacherCache:
                 maps[b, :, :, :n, :n] = r["attentions"]
             batch["attentions"] = maps
         return batch
+
+    # ---- the teacher side of a batch (:class:`~evl_ecg.data.teacher_side.TeacherSide`) ------------------------
+    kind = "cache"
+    encodes = None  # nothing of the teacher is encoded per sample: the batch is read by record index
+
+    def prepare(self, device: torch.device) -> None:
+        """Nothing to ready: the cached tensors move with the batch."""
+
+    def batch(
+        self, samples: Sequence[Mapping[str, Any]], ids: Sequence[str], *, padding_side: str = "right"
+    ) -> dict[str, Any]:
+        """``{"indices", "teacher_cache"}`` of a training batch: the samples' dataset indices and :meth:`collate`."""
+        if padding_side != "right":
+            raise ValueError("a teacher cache serves training batches (padding_side='right') only")
+        if any("index" not in s for s in samples):
+            raise ValueError("PairedCollator has a teacher cache but a sample carries no dataset 'index'")
+        indices = [int(s["index"]) for s in samples]
+        return {"indices": indices, "teacher_cache": self.collate(indices, ids)}
+
+    def outputs(self, batch: Mapping[str, Any], needs: Iterable[str] = ()) -> SideOutputs | None:
+        """:meth:`side_outputs` of the batch's ``"teacher_cache"`` (``None`` if it has none)."""
+        cached = batch.get("teacher_cache")
+        return None if cached is None else self.side_outputs(cached)
 
     def _constants_on(self, device: torch.device) -> dict[str, Tensor]:
         key = str(device)

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from evl_ecg.data.teacher_side import teacher_side
 from evl_ecg.distill.registry import Denominators, LossOutput
 from evl_ecg.outputs import IGNORE_INDEX
 
@@ -192,30 +193,23 @@ class EvlTrainer(Trainer):
 
     Args:
         model: a :class:`DistillModule`.
-        teacher: the teacher's adapter (``None`` for SFT / teacher training, or with ``teacher_cache``); frozen here
-            and moved to the training device.
-        teacher_cache: a :class:`~evl_ecg.train.teacher_cache.TeacherCache` whose batches (``"teacher_cache"``, made
-            by the collator) stand for the teacher's outputs; the teacher's weights are not needed.
+        teacher: the teacher's side (:class:`~evl_ecg.data.teacher_side.TeacherSide`: a live teacher, frozen here
+            and moved to ``teacher_device`` or the training device; or a
+            :class:`~evl_ecg.train.teacher_cache.TeacherCache`, whose batch entries stand for the teacher's outputs),
+            or its adapter (a live teacher); ``None`` for SFT and teacher training. The collator must hold the same.
         args: an :class:`~evl_ecg.train.config.EvlConfig`.
         Other arguments are the Trainer's.
     """
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, teacher: Any = None, teacher_cache: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teacher: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if teacher is not None and teacher_cache is not None:
-            raise ValueError("EvlTrainer takes a teacher or a teacher cache, not both")
-        self.teacher = teacher
-        self.teacher_cache = teacher_cache
+        self.teacher = teacher_side(teacher)
         named = getattr(self.args, "teacher_device", None)
         self.teacher_device = torch.device(named) if named else self.args.device
-        if teacher is not None:
-            teacher.model.eval()
-            teacher.model.requires_grad_(False)
-            # the Trainer places (and, under DeepSpeed or FSDP, wraps and shards) only its model, the student: the
-            # frozen teacher stays a plain inference-only module, whole on its own device
-            teacher.model.to(self.teacher_device)
+        if self.teacher is not None:
+            self.teacher.prepare(self.teacher_device)
         self._truncated: torch.Tensor | None = None
         self.add_callback(_FiniteBeforeSave(self))
         self._term_sums: dict[str, torch.Tensor | float] = defaultdict(float)
@@ -244,17 +238,8 @@ class EvlTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        teacher_outputs = None
         unwrapped = self.accelerator.unwrap_model(model)
-        if self.teacher is not None and "teacher" in inputs:
-            batch = inputs["teacher"]
-            if self.teacher_device != self.args.device:
-                batch = {k: v.to(self.teacher_device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.no_grad():
-                self.teacher.model.eval()
-                teacher_outputs = self.teacher.forward(batch, needs=unwrapped.needs).detached()
-        elif self.teacher_cache is not None and "teacher_cache" in inputs:
-            teacher_outputs = self.teacher_cache.side_outputs(inputs["teacher_cache"])
+        teacher_outputs = None if self.teacher is None else self.teacher.outputs(inputs, unwrapped.needs)
         if teacher_outputs is not None:
             teacher_outputs = teacher_outputs.to(**self._teacher_output_policy(unwrapped))
         if model.training and torch.is_tensor(inputs.get("truncated")):

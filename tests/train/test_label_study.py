@@ -1,0 +1,125 @@
+"""The label-budget study (evl_ecg.train.label_study): its grid, its refusals, and a label budget every stage respects.
+
+The end-to-end test runs a --quick study twice, the second time on a training corpus whose pool records carry other
+answers, labels and findings: every file the stages write from the pool (pool.json, the answers), and every weight
+byte of vision pretraining, phase 1 and each row, must be identical, because no stage may read a pool record's label.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evl_ecg.data.budget import load_answers
+from evl_ecg.train.label_study import (
+    ALL_LABELLED_ROWS,
+    CONTROLS,
+    MAIN_ROWS,
+    ROWS,
+    LabelStudy,
+    LabelStudySettings,
+)
+from evl_ecg.train.study import StudyError
+
+
+def test_the_grid_runs_every_row_at_the_main_budget_and_the_controls_elsewhere():
+    s = LabelStudySettings()
+    grid = {(b, r): seeds for b, r, seeds in s.grid()}
+    assert {r for b, r in grid if b == "10%"} == set(MAIN_ROWS)
+    assert all(len(grid["10%", r]) == 5 for r in MAIN_ROWS)
+    assert {r for b, r in grid if b in ("5%", "25%")} == {"control", "seq-kd"}
+    assert {r for b, r in grid if b == "50%"} == {"control"}
+    assert {r for b, r in grid if b == "100%"} == set(ALL_LABELLED_ROWS)  # no pool: no pool rows
+    assert all(len(seeds) == 3 for (b, _), seeds in grid.items() if b != "10%")
+    assert [r for b, r in grid if b == "10%"][0] == "control"  # the control runs first in each budget
+    assert set(CONTROLS) <= set(MAIN_ROWS) and not any(ROWS[c].teacher for c in CONTROLS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budgets": ("10%", "abc")}, "--labels"),
+        ({"main_budget": "20%"}, "main budget 20% is not among"),
+        ({"rows": ("control", "magic")}, "unknown row"),
+        ({"rows": ("seq-kd",)}, "needs the control"),
+        ({"test_seed": 1000}, "study's test set"),
+        ({"data_seed": 5, "test_seed": 5}, "must differ"),
+        ({"budgets": ("10%", "0.1")}, "given twice"),
+        ({"phase1_steps": 0}, "phase1_steps must be >= 1"),
+    ],
+)
+def test_settings_are_refused_by_name(kwargs, message):
+    with pytest.raises(StudyError, match=message):
+        LabelStudySettings(**kwargs)
+
+
+def test_the_teacher_s_own_seeds_are_refused(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "card.json").write_text(json.dumps({"facts": {"data_seed": 21}, "scores": {"bench_seed": 77}}))
+    with pytest.raises(StudyError, match="data_seed 21 is the seed of the teacher's training corpus"):
+        LabelStudy(tmp_path / "s", LabelStudySettings()).check_teacher_seeds(teacher)
+    with pytest.raises(StudyError, match="test_seed 77 is the seed of the teacher's test set"):
+        LabelStudy(tmp_path / "s", LabelStudySettings(data_seed=22, test_seed=77)).check_teacher_seeds(teacher)
+    LabelStudy(tmp_path / "s", LabelStudySettings(data_seed=22)).check_teacher_seeds(teacher)  # others pass
+
+
+def _weights(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
+
+
+@pytest.mark.slow
+def test_no_stage_reads_a_pool_label(tmp_path):
+    settings = LabelStudySettings(
+        budgets=("50%",),
+        main_budget="50%",
+        seeds=(0,),
+        rows=("control", "self-training", "seq-kd"),
+        n_train=12,
+        n_val=2,
+        test_ptb=2,
+        phase1_steps=2,
+        phase2_steps=2,
+        quick=True,
+        threads=1,
+    )
+    first = tmp_path / "first"
+    res = LabelStudy(first, settings, log=lambda m: None).run()
+    budget = first / "budgets" / "50pct" / "seed-0"
+    pool = {row["id"] for row in json.loads((budget / "pool.json").read_text())}
+    assert len(pool) == 6 and json.loads((budget / "budget.json").read_text())["labelled"] == 6
+    # the same corpus, except that every pool record now says something else: answers, labels, findings, meta
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in ("data", "test"):
+        shutil.copytree(first / name, second / name)
+    shutil.copy2(first / "labels-study.json", second / "labels-study.json")  # the same settings, resumed
+    train = json.loads((second / "data" / "train.json").read_text())
+    changed = 0
+    for record in train:
+        if record["id"] in pool:
+            record["conversations"][-1]["value"] = "MI(myocardial infarction), HYP(hypertrophy)"
+            record["labels"] = {"findings": ["AMI", "LVH"], "ptbxl": ["MI", "HYP"]}
+            record.setdefault("meta", {})["findings"] = ["AMI", "LVH"]
+            changed += 1
+    assert changed == 6
+    (second / "data" / "train.json").write_text(json.dumps(train, indent=1))
+    LabelStudy(second, settings, log=lambda m: None).run()
+
+    for name in ("pool.json", "labelled.json", "train-teacher.json", "train-self.json"):
+        assert (budget / name).read_bytes() == (second / budget.relative_to(first) / name).read_bytes(), name
+    for folder in ("phase1", "runs/50pct"):
+        assert _weights(first / folder) == _weights(second / folder), folder
+    for folder in ("self/50pct/seed-0", "answers/teacher"):  # named by the model's fingerprint, which holds its paths
+        (a,), (b,) = (sorted((root / folder).glob("answers-*.jsonl")) for root in (first, second))
+        assert load_answers(a) == load_answers(b) and len(load_answers(a)) >= 6, folder
+    assert len(_weights(first / "runs/50pct")) >= 3  # a student per row was compared
+    # the budget reaches every run's card, and the study's results
+    card = json.loads((first / "runs/50pct/seq-kd/seed-0/train/student/card.json").read_text())
+    assert card["facts"]["label_budget"]["budget"] == "50%" and card["facts"]["label_budget"]["pool"] == 6
+    assert card["facts"]["label_budget"]["file"] == "train-teacher.json"
+    assert res["settings"]["budgets"] == ["50%"] and res["labelled"] == {"50%": 6}
+    assert res["primary"]["row"] == "seq-kd" and (first / "figures" / "labels.png").is_file()
