@@ -83,9 +83,34 @@ def test_scores_equal_hand_computed_likelihood_ratio(student):
 
 
 def test_batch_size_does_not_change_scores(student):
-    _, p1, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=1)
-    _, p7, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=7)
+    _, p1, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=1, share_prompt=False)
+    _, p7, _ = label_scores(student, RECORDS[:2], load_image, "cpsc", batch_size=7, share_prompt=False)
     np.testing.assert_allclose(p7, p1, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen3vl", "llava"])
+@pytest.mark.parametrize("normalization", ["null", "softmax"])
+def test_a_shared_prompt_gives_the_scores_of_whole_candidates(family, normalization, student):
+    """The prompt and its image run once, every candidate scored from its key/value cache (Qwen3-VL's multimodal
+    RoPE continued from the prompt's rope delta; LLaVA's plain positions): the probabilities of running every
+    candidate whole, and the hand-computed ones, to float rounding."""
+    from evl_ecg.models import build_tiny_teacher
+
+    texts = [PROMPT.replace("<image>\n", ""), NONE, "; ".join(CPSC_LABELS), "AF; RBBB", "PVC; STE"]
+    model = student if family == "qwen3vl" else build_tiny_teacher(texts * 8, seed=0)
+    calls = []
+    handle = model.model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    try:
+        _, shared, _ = label_scores(model, RECORDS, load_image, "cpsc", normalization=normalization)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * len(RECORDS)  # the prompt, then every candidate at once: per record
+    _, whole, _ = label_scores(model, RECORDS, load_image, "cpsc", normalization=normalization, share_prompt=False)
+    np.testing.assert_allclose(shared, whole, atol=2e-5)
+    if normalization == "null":
+        null = manual_mean_loglik(model, RECORDS[3], NONE)
+        want = 1 / (1 + math.exp(-(manual_mean_loglik(model, RECORDS[3], CPSC_LABELS[6]) - null)))
+        assert shared[3, 6] == pytest.approx(want, abs=2e-5)
 
 
 def test_gold_matrix_follows_the_scorer_rule(student):

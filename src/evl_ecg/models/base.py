@@ -17,6 +17,7 @@ on its output, so the adapter runs exactly the model's own ``forward`` and nothi
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -412,6 +414,47 @@ class Adapter:
         )
 
     __call__ = forward
+
+    # ---- scoring continuations of one prompt ---------------------------------------------------------------------
+    def continuation_position_ids(self, start: int, length: int, rows: int) -> Tensor:
+        """Position ids of ``rows`` continuations of ``length`` tokens after a prompt of ``start`` tokens that the
+        model has just run (:meth:`continuation_logprobs`): ``start, start + 1, ...`` (``rows x length``)."""
+        return torch.arange(start, start + length).view(1, length).expand(rows, length)
+
+    @torch.no_grad()
+    def continuation_logprobs(self, prompt: dict[str, Tensor], continuations: Sequence[Tensor]) -> list[Tensor]:
+        """Log-probability of each token of each continuation after one prompt, teacher-forced.
+
+        ``prompt``: one encoded sample cut before its first continuation token (its image inputs included);
+        ``continuations``: token id vectors. The prompt (and its image) runs once and its key/value cache serves
+        every continuation, which equals running each ``prompt + continuation`` whole (tested to float rounding).
+        Returns one vector per continuation: ``log p(c_j | prompt, c_<j)``.
+        """
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate([prompt]).items()}
+        out = self.model(**self.model_inputs(batch), use_cache=True, return_dict=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        rows, start = len(continuations), int(batch["input_ids"].shape[1])
+        length = max(int(c.shape[0]) for c in continuations)
+        ids = torch.full((rows, length), self.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros(rows, start + length, dtype=torch.long, device=device)
+        mask[:, :start] = 1
+        for i, c in enumerate(continuations):
+            ids[i, : c.shape[0]] = c.to(device)
+            mask[i, start : start + c.shape[0]] = 1
+        cache.batch_repeat_interleave(rows)
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        nxt = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=self.continuation_position_ids(start, length, rows).to(device),
+            use_cache=False,
+            return_dict=True,
+            **{name: cache},
+        )
+        logits = torch.cat([out.logits[:, -1:].expand(rows, 1, -1), nxt.logits[:, :-1]], dim=1)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return [logp[i, : c.shape[0]].cpu() for i, c in enumerate(continuations)]
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
