@@ -588,3 +588,83 @@ def test_a_later_objective_setting_merges_into_the_earlier_ones():
     )
     assert cfg.objective == {"alpha_warmup": 150, "alpha": 0.5, "terms": {"mhca": {"reduction": "mean", "heads": 4}}}
     assert cfg.seed == 3
+
+
+def test_a_label_budget_trains_on_the_labelled_records_only(tmp_path, tiny_corpus, tiny_checkpoints):
+    """`train sft --labels` and `distill --labels --answers`: the split is written under OUT/budget, the run trains
+    on the labelled records (and the pool with the given answers), reads the corpus' images, pretrains vision on the
+    labelled findings only, and records the budget in its provenance; misuses are one line each."""
+    from evl_ecg.data.records import load_records
+
+    train = tiny_corpus / "train.json"
+    n = len(load_records(train))
+    out = tmp_path / "sft"
+    result = _cli(
+        "train",
+        "sft",
+        "--data",
+        train,
+        "--out",
+        out,
+        "--labels",
+        "50%",
+        "--label-seed",
+        "3",
+        *TINY,
+        "--set",
+        "pretrain_vision_steps=1",
+        "--set",
+        "pretrain_vision_records=4",
+    )
+    assert result.exit_code == 0, result.output
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["records"] == n // 2 and prov["config"]["train_file"] == str(out / "budget" / "labelled.json")
+    assert prov["label_budget"]["budget"] == "50%" and prov["label_budget"]["seed"] == 3
+    assert prov["config"]["pretrain_vision_data"] == "train"
+    assert prov["config"]["image_root"] == str(tiny_corpus / "images")
+    # distill with the pool's answers: the labelled records then the pool with those answers
+    pool = json.loads((out / "budget" / "pool.json").read_text())
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": p["id"], "text": "NORM"}) + "\n" for p in pool))
+    kd = tmp_path / "kd"
+    result = _cli(
+        "distill",
+        "--method",
+        "sft",
+        "--data",
+        train,
+        "--out",
+        kd,
+        "--labels",
+        "50%",
+        "--label-seed",
+        "3",
+        "--answers",
+        answers,
+        "--student",
+        out / "student",
+        "--teacher",
+        tiny_checkpoints["teacher"],
+        *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    composed = load_records(kd / "budget" / "train.json")
+    assert len(composed) == n and all(r.answer == "NORM" for r in composed[n // 2 :])
+    _assert_one_error(_cli("distill", "--data", train, "--out", kd, "--answers", answers), "--answers", "--labels")
+    _assert_one_error(_cli("train", "sft", "--data", train, "--labels", "10%"), "--labels needs --data")
+    _assert_one_error(
+        _cli(
+            "train",
+            "sft",
+            "--data",
+            train,
+            "--out",
+            tmp_path / "x",
+            "--labels",
+            "10%",
+            "--set",
+            "pretrain_vision_data=fresh",
+        ),  # fmt: skip
+        "pretrain_vision_data=fresh",
+    )
+    _assert_one_error(_cli("train", "sft", "--data", train, "--out", tmp_path / "y", "--labels", "lots"), "lots")

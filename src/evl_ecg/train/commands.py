@@ -61,6 +61,48 @@ def _run(phase: str, config: Path | None, overrides: list[str] | None, **kwargs)
     )
 
 
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="label budget: train on a share ('10%'), a count ('200') or 'all' of --data's records only, drawn "
+        "per --label-seed and stratified by task (the split is written to OUT/budget; docs/data.md).",
+    ),
+]
+LabelSeedOpt = Annotated[int, typer.Option("--label-seed", min=0, help="seed of the labelled records' draw.")]
+
+
+def _budgeted(
+    data: Path | None, out: Path | None, labels: str, seed: int, overrides: list[str] | None, answers: Path | None
+) -> tuple[Path, list[str]]:
+    """The training file under a label budget (``OUT/budget/labelled.json``, or with ``answers`` the labelled records
+    then the pool with those answers, ``OUT/budget/train.json``) and the overrides that keep every stage on it: the
+    images of ``data``, and vision pretraining on the labelled records' findings (fresh drawn images carry labels)."""
+    from evl_ecg.data.budget import LABELLED_FILE, POOL_FILE, BudgetError, compose, load_answers, load_pool, write_split
+    from evl_ecg.data.records import RecordError, default_image_root, load_records, save_records
+
+    if data is None or out is None:
+        _fail("--labels needs --data (the corpus to draw from) and --out (where the split is written)")
+    overrides = list(overrides or [])
+    if any(o.replace(" ", "").startswith("pretrain_vision_data=fresh") for o in overrides):
+        _fail("--labels with pretrain_vision_data=fresh: freshly drawn images carry labels beyond the budget")
+    folder = Path(out) / "budget"
+    try:
+        info = write_split(data, folder, labels, seed)
+        train = folder / LABELLED_FILE
+        if answers is not None:
+            records, empty = compose(load_records(train), load_pool(folder / POOL_FILE), load_answers(answers))
+            if empty:
+                typer.echo(f"warning: {len(empty)} pool record(s) have an empty answer and are left out", err=True)
+            train = folder / "train.json"
+            save_records(train, records)
+    except (BudgetError, RecordError, FileNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0])
+    typer.echo(f"label budget {info['budget']}: {info['labelled']} labelled, {info['pool']} in the pool", err=True)
+    root = [] if any(o.startswith("image_root=") for o in overrides) else [f"image_root={default_image_root(data)}"]
+    return train, [*root, "pretrain_vision_data=train", *overrides]
+
+
 @app.command("teacher")
 def train_teacher(
     config: ConfigOpt = None,
@@ -79,8 +121,12 @@ def train_sft(
     data: Annotated[Path | None, typer.Option(help="training file (ECGInstruct JSON).")] = None,
     student: Annotated[Path | None, typer.Option(help="student checkpoint (default: a new tiny student).")] = None,
     overrides: SetOpt = None,
+    labels: LabelsOpt = None,
+    label_seed: LabelSeedOpt = 0,
 ) -> None:
     """Phase 1: supervised fine-tuning of the student (CE on assistant turns)."""
+    if labels is not None:
+        data, overrides = _budgeted(data, out, labels, label_seed, overrides, None)
     _run(
         "sft",
         config,
@@ -113,12 +159,25 @@ def distill(
         ),
     ] = None,
     overrides: SetOpt = None,
+    labels: LabelsOpt = None,
+    label_seed: LabelSeedOpt = 0,
+    answers: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --labels: a model's answers to the pool (`evl-ecg eval answers`), the pool's targets "
+            "(the teacher's: sequence-level KD); without it only the labelled records train."
+        ),
+    ] = None,
 ) -> None:
     """Phase 2: distil the teacher into the student with any registered method."""
     from evl_ecg.distill.presets import list_presets
 
     if method is not None and method not in list_presets():  # given: it wins over the config's and --set's
         _fail(f"unknown method {method!r}; choose one of {', '.join(sorted(list_presets()))}")
+    if answers is not None and labels is None:
+        _fail("--answers: the pool's answers need a --labels budget (the records they answer)")
+    if labels is not None:
+        data, overrides = _budgeted(data, out, labels, label_seed, overrides, answers)
     _run(
         "kd",
         config,
