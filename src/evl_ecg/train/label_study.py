@@ -600,6 +600,37 @@ class LabelStudy:
     def _phase1_dir(self, budget: str, seed: int) -> Path:
         return self.out / "phase1" / _slug(budget) / f"seed-{seed}"
 
+    def seconds_left(
+        self, grid: list[tuple[str, str, tuple[int, ...]]], choices: dict[str, dict], eval_s: float
+    ) -> float:
+        """The grid's wall time, from what the step choices measured: each budget's phase-1 run, its control's
+        phase-2 seconds per step (x3 for a row that runs the teacher live, as a KD step costs on the tiny pair), and
+        the teacher's evaluation as a bound on a student's; runs already finished count 0."""
+        total = 0.0
+        for budget, name, seeds in grid:
+            choice = choices[budget]
+            folder = self.out / "choose" / _slug(budget)
+            p1 = self._done_seconds(self._phase1_dir(budget, choice["seed"]))
+            p2 = self._done_seconds(folder / "phase2", per_step=True) or 0.0
+            for seed in seeds:
+                if (self.out / "runs" / _slug(budget) / name / f"seed-{seed}" / "done.json").exists():
+                    continue
+                if not (self._phase1_dir(budget, seed) / "done.json").exists():
+                    total += p1 or 0.0
+                total += p2 * choice["phase2_steps"] * (1 if ROWS[name].method == "sft" else 3) + eval_s
+        return total
+
+    @staticmethod
+    def _done_seconds(run_dir: Path, per_step: bool = False) -> float | None:
+        done = run_dir / "done.json"
+        if not done.exists():
+            return None
+        doc = json.loads(done.read_text())
+        seconds = (doc.get("train") or doc).get("seconds")
+        if seconds is None:
+            return None
+        return seconds / max(1, int(doc.get("steps", 1))) if per_step else float(seconds)
+
     # ---- the grid ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -609,14 +640,21 @@ class LabelStudy:
         data, test = self._data()
         grid = s.grid()
         self.log(f"[labels] {estimate(s)}")
+        teacher_run = self._teacher_eval(teacher, test)
         choices = {b: self._choose(data, teacher, b) for b in s.budgets}
+        left = self.seconds_left(grid, choices, teacher_run["eval"]["seconds"])
+        self.log(f"[labels] the grid: about {left / 60:.0f} min on this machine (from the step choices' timings)")
         main_eps = choices[s.main_budget].get("label_smoothing", s.smoothing_grid[0])
         teacher_answers = None
         runs = []
+        total, started = sum(len(seeds) for _, _, seeds in grid), time.perf_counter()
         for budget, name, seeds in grid:
             row = ROWS[name]
             choice = choices[budget]
             for seed in seeds:
+                if runs:
+                    rate = (time.perf_counter() - started) / len(runs)
+                    self.log(f"[labels] {len(runs)}/{total} runs; about {rate * (total - len(runs)) / 60:.0f} min left")
                 _, info = self._split(data, budget, seed)
                 student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
                 answers = None
@@ -644,7 +682,7 @@ class LabelStudy:
                         test=test,
                     )
                 )
-        runs.append(self._teacher_eval(teacher, test))
+        runs.append(teacher_run)
         res = label_results(runs, test, s, choices)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         res["figures"] = label_figures(res, self.out / "figures")
