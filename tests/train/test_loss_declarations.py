@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from evl_ecg.distill.registry import (
-    POSITION_UNITS,
-    UNITS,
+    Denominators,
     DistillLoss,
     LossContext,
     LossOutput,
+    Unit,
     build_loss,
     register,
+    register_unit,
     registered,
+    units,
     unregister,
+    unregister_unit,
 )
 from evl_ecg.outputs import SideOutputs
 from evl_ecg.train.teacher_cache import TeacherCacheError, spec_fields
@@ -63,7 +66,7 @@ def test_every_registered_loss_declares_a_known_unit_and_its_teacher_fields():
     import evl_ecg.distill  # noqa: F401  (registers the built-in losses)
 
     for name, cls in registered().items():
-        assert cls.unit in UNITS, name
+        assert cls.unit in units(), name
         if cls.needs_teacher:
             reads = cls.teacher_reads(cls.defaults())
             assert reads is not None, f"{name} does not declare its teacher fields"
@@ -73,7 +76,7 @@ def test_every_registered_loss_declares_a_known_unit_and_its_teacher_fields():
     assert registered()["tinybert"].teacher_reads({"pred_weight": 0.0}) == {"all_hidden", "attentions"}
     assert registered()["tinybert"].teacher_reads({"pred_weight": 1.0}) == {"all_hidden", "attentions", "logits"}
     assert registered()["emkd"].teacher_reads({"rld_weight": 0.5}) == {"hidden", "lm_head_weight", "logits"}
-    assert set(POSITION_UNITS) <= set(UNITS)
+    assert {n for n, u in units().items() if u.positions} == {"student_positions", "student_pairs"}
 
 
 def test_a_unit_outside_the_known_ones_is_refused_at_registration():
@@ -83,6 +86,30 @@ def test_a_unit_outside_the_known_ones_is_refused_at_registration():
     with pytest.raises(ValueError, match="unit 'tokens_of_the_moon'"):
         register("test_odd_unit")(Odd)
     assert "test_odd_unit" not in registered()
+
+
+def test_a_new_unit_brings_its_count_and_the_trainer_counts_it():
+    """A plugin loss that averages over something new registers the unit with its count; the trainer's
+    denominators then hold it (counted by hand here: supervised tokens of the first half of each sequence)."""
+    from evl_ecg.train.trainer import count_denominators
+
+    def early(batch, positions):
+        half = batch["labels"].shape[1] // 2
+        return (batch["labels"][:, 1:half] != -100).sum()
+
+    register_unit(Unit("test_early_tokens", early, help="supervised tokens in the first half"))
+    try:
+        labels = torch.tensor([[-100, 5, 6, -100, 7, 8], [-100, -100, 1, 2, 3, 4]])
+        counts = count_denominators([{"labels": labels, "attention_mask": torch.ones_like(labels)}])
+        assert counts["test_early_tokens"] == 2 + 1 and counts["response_tokens"] == 4 + 4
+        assert Denominators(test_early_tokens=3.0).get("test_early_tokens", 1.0) == 3.0
+        with pytest.raises(ValueError, match="unknown unit"):
+            Denominators(moon_tokens=1.0)
+        with pytest.raises(ValueError, match="already registered"):
+            register_unit(Unit("response_tokens", early))
+    finally:
+        unregister_unit("test_early_tokens")
+    assert "test_early_tokens" not in units() and "response_tokens" in units()
 
 
 def test_the_new_loss_declares_its_options_and_fields(norm_gap):

@@ -23,30 +23,90 @@ from torch import Tensor, nn
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 
-@dataclass
-class Denominators:
-    """Global counts of the units losses average over (summed over accumulation steps and ranks).
-
-    Each is the count for the *whole* accumulated batch; ``None`` means "use the local count".
+@dataclass(frozen=True)
+class Unit:
+    """A count a loss's mean may divide by (its ``unit``), counted by the trainer over the whole accumulated batch on
+    every rank (:func:`evl_ecg.train.trainer.count_denominators`).
 
     Attributes:
-        response_tokens: supervised student tokens (CE, logit losses), i.e. the :func:`next_token_targets` mask
-            sum (a supervised label at a valid position whose previous position is valid too).
-        teacher_response_tokens: supervised teacher tokens (teacher-space logit losses).
-        student_positions: student positions taking part in hidden-state losses (MHCA).
-        student_pairs: (sample, i, j) pairs of such positions, i != j (relation losses).
-        samples: samples (per-sample means such as OT).
+        name: what losses declare as their ``unit``.
+        count: ``(student batch, positions) -> local count``: the batch's ``labels`` / ``attention_mask`` /
+            ``input_ids`` (``B x L``) and the hidden-state position mask (``B x L`` bool, ``hidden_positions``).
+        positions: counted over the hidden-state positions: a loss of this unit must average over the same set
+            (it gets ``hidden_positions`` as its ``positions`` option).
+        help: one line for the docs.
     """
 
-    response_tokens: float | Tensor | None = None
-    teacher_response_tokens: float | Tensor | None = None
-    student_positions: float | Tensor | None = None
-    student_pairs: float | Tensor | None = None
-    samples: float | Tensor | None = None
+    name: str
+    count: Callable[[Any, Tensor], Any]
+    positions: bool = False
+    help: str = ""
+
+
+def _response_tokens(batch: Any, positions: Tensor) -> Any:
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def _student_pairs(batch: Any, positions: Tensor) -> Any:
+    n = positions.sum(dim=1).to(torch.float64)
+    return (n * (n - 1)).sum()
+
+
+_UNITS: dict[str, Unit] = {}
+
+
+def register_unit(unit: Unit) -> Unit:
+    """Add a unit (a plugin loss that averages over something new brings its count with it)."""
+    if unit.name in _UNITS and _UNITS[unit.name] != unit:
+        raise ValueError(f"unit {unit.name!r} is already registered")
+    _UNITS[unit.name] = unit
+    return unit
+
+
+for _unit in (
+    Unit("response_tokens", _response_tokens, help="supervised student tokens (CE, logit losses)"),
+    Unit("student_positions", lambda b, pos: pos.sum(), True, "student positions of the hidden-state losses"),
+    Unit("student_pairs", _student_pairs, True, "(sample, i, j) pairs of such positions, i != j (relation losses)"),
+    Unit("samples", lambda b, pos: b["labels"].shape[0], help="samples (per-sample means such as OT)"),
+):
+    register_unit(_unit)
+_BUILT_IN_UNITS = frozenset(_UNITS)
+
+
+def unregister_unit(name: str) -> None:
+    """Remove a unit a plugin or a test registered (a built-in one stays; a name not registered is ignored)."""
+    if name not in _BUILT_IN_UNITS:
+        _UNITS.pop(name, None)
+
+
+def units() -> dict[str, Unit]:
+    """The registered units by name."""
+    return dict(_UNITS)
+
+
+class Denominators:
+    """Global counts of the units losses average over (summed over accumulation steps and ranks), by unit name:
+    ``Denominators(response_tokens=8, samples=2)``; ``denominators.samples``. A unit not given is ``None``: "use
+    the local count".
+    """
+
+    def __init__(self, **counts: float | Tensor | None) -> None:
+        unknown = sorted(set(counts) - set(_UNITS))
+        if unknown:
+            raise ValueError(f"unknown unit(s) {', '.join(unknown)}; registered: {', '.join(_UNITS)}")
+        self.counts = {k: v for k, v in counts.items() if v is not None}
+
+    def __getattr__(self, name: str) -> float | Tensor | None:
+        if name != "counts" and name in _UNITS:
+            return self.counts.get(name)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"Denominators({', '.join(f'{k}={v}' for k, v in self.counts.items())})"
 
     def get(self, unit: str, local: float | Tensor) -> Tensor | float:
         """The global count of ``unit`` if known, else ``local``; never below 1."""
-        value = getattr(self, unit)
+        value = self.counts.get(unit)
         value = local if value is None else value
         if isinstance(value, Tensor):
             return value.clamp_min(1)
@@ -99,19 +159,12 @@ class LossOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-#: The units a loss may average over (the fields of :class:`Denominators`), each counted by the trainer over the
-#: accumulated batch; those of :data:`POSITION_UNITS` are counted over the hidden-state positions
-#: (``hidden_positions``), so a loss of such a unit averages over the same positions.
-UNITS: tuple[str, ...] = ("response_tokens", "teacher_response_tokens", "student_positions", "student_pairs", "samples")
-POSITION_UNITS: tuple[str, ...] = ("student_positions", "student_pairs")
-
-
 class DistillLoss(nn.Module):
     """Base class of every registered loss. A loss declares what the rest of the toolkit needs to know of it:
 
     * ``requires``: the optional :class:`SideOutputs` fields it reads of either side (e.g. ``{"visual"}``), so that
       adapters compute only what is needed (an instance may narrow it from its options);
-    * ``unit``: what its mean divides by, one of :data:`UNITS`;
+    * ``unit``: what its mean divides by, one of :func:`units` (:func:`register_unit` adds one);
     * ``needs_teacher``: whether it reads the teacher side at all (False for CE);
     * ``teacher_fields``: the teacher's output fields a teacher-output cache must hold for it
       (``hidden``, ``logits``, ``visual``, ``all_hidden``, ``attentions``, ``embedding_weight``, ``lm_head_weight``),
@@ -122,7 +175,7 @@ class DistillLoss(nn.Module):
 
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
-    #: the unit of the loss's mean: one of :data:`UNITS`.
+    #: the unit of the loss's mean: one of :func:`units` (:func:`register_unit` adds one).
     unit: ClassVar[str] = "response_tokens"
     #: whether the loss reads the teacher side (False for CE: an objective of such terms needs no teacher).
     needs_teacher: ClassVar[bool] = True
@@ -172,8 +225,8 @@ def register(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         cls.name = name
-        if cls.unit not in UNITS:
-            raise ValueError(f"loss {name!r}: unit {cls.unit!r} is not one of {', '.join(UNITS)}")
+        if cls.unit not in _UNITS:
+            raise ValueError(f"loss {name!r}: unit {cls.unit!r} is not one of {', '.join(_UNITS)} (register_unit)")
         _REGISTRY[name] = cls
         return cls
 

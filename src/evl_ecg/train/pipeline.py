@@ -42,7 +42,7 @@ from evl_ecg.data.teacher_side import LiveTeacher, TeacherSide
 from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
-from evl_ecg.distill.registry import POSITION_UNITS, registered
+from evl_ecg.distill.registry import registered, units
 from evl_ecg.models import FAMILIES, load_adapter
 from evl_ecg.models.base import Adapter, checkpoint_family, make_loss_context
 from evl_ecg.models.fingerprint import count_parameters
@@ -373,14 +373,15 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: TeacherSide | 
     hidden = config.hidden_positions
     spec = get_preset(config.method, **dict(config.objective or {}))
     spec["terms"] = {name: dict(options) for name, options in spec["terms"].items()}
+    over_positions = {name for name, unit in units().items() if unit.positions}
     for name, options in spec["terms"].items():
         cls = registered().get(name)
-        if cls is not None and cls.unit in POSITION_UNITS and "positions" in inspect.signature(cls).parameters:
+        if cls is not None and cls.unit in over_positions and "positions" in inspect.signature(cls).parameters:
             options.setdefault("positions", hidden)
     objective = Objective(spec, make_loss_context(student, teacher))
     for name, term in objective.terms.items():
         used = getattr(term, "positions", "all")
-        if term.unit in POSITION_UNITS and used != hidden:
+        if term.unit in over_positions and used != hidden:
             raise ValueError(
                 f"objective term {name!r} averages over positions={used!r} but hidden_positions={hidden!r}, over "
                 f"which the trainer counts its denominator; set both to the same value"

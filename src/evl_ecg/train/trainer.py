@@ -35,7 +35,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from evl_ecg.data.teacher_side import teacher_side
-from evl_ecg.distill.registry import Denominators, LossOutput
+from evl_ecg.distill.registry import Denominators, LossOutput, units
 from evl_ecg.outputs import IGNORE_INDEX
 
 OBJECTIVE_FILE = "objective.safetensors"
@@ -139,16 +139,16 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 def count_denominators(
     student_batches: list[dict[str, torch.Tensor]], positions: str = "all", image_token_id: int | None = None
 ) -> dict[str, float]:
-    """Local counts of every loss unit over micro-batches (one process): the numerators of :class:`Denominators`.
+    """Local counts of every registered loss unit (:func:`evl_ecg.distill.registry.units`) over micro-batches (one
+    process): the numerators of :class:`Denominators`.
 
     ``positions`` is the position set of hidden-state losses (``all``, ``response``, ``text``); ``text`` are the
     valid positions that are not the student's image token (``image_token_id``), as the adapters' ``text_mask``.
     """
-    counts = defaultdict(float)
+    counts: dict[str, float] = defaultdict(float)
     for batch in student_batches:
         labels = batch["labels"]
         mask = batch["attention_mask"].bool()
-        counts["response_tokens"] += float((labels[:, 1:] != IGNORE_INDEX).sum())
         if positions == "all":
             pos = mask
         elif positions == "response":
@@ -157,10 +157,8 @@ def count_denominators(
             pos = mask & (batch["input_ids"] != image_token_id)
         else:
             raise ValueError("hidden_positions='text' needs the student's image_token_id to count text positions")
-        n = pos.sum(dim=1).to(torch.float64)
-        counts["student_positions"] += float(n.sum())
-        counts["student_pairs"] += float((n * (n - 1)).sum())
-        counts["samples"] += float(labels.shape[0])
+        for name, unit in units().items():
+            counts[name] += float(unit.count(batch, pos))
     return dict(counts)
 
 
