@@ -179,3 +179,21 @@ def test_the_new_loss_trains_from_the_cache_as_from_the_live_teacher(
     assert live_grads.keys() == cached_grads.keys() and live_grads
     for name, grad in live_grads.items():
         torch.testing.assert_close(cached_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_new_loss_s_preset_joins_the_study_and_its_cache_without_an_edit_elsewhere(norm_gap):
+    """The third place a new loss used to fail: the study's method list. A preset registered here is a study method,
+    served by the shared teacher cache because the loss declares what it reads; TinyBERT's attention maps stay live."""
+    from evl_ecg.distill.presets import register_preset, unregister_preset
+    from evl_ecg.train.study import StudySettings, cached, known_methods
+
+    register_preset("test-norm-gap", {"alpha": 0.5, "terms": {NAME: {"weight": 1.0}}})
+    try:
+        assert "test-norm-gap" in known_methods()
+        assert StudySettings(methods=("control", "test-norm-gap")).methods == ("control", "test-norm-gap")
+        assert cached("test-norm-gap") and cached("evl-ecg") and not cached("tinybert") and not cached("control")
+        with pytest.raises(ValueError, match="already exists"):
+            register_preset("evl-ecg", {"alpha": 0.5, "terms": {}})
+    finally:
+        unregister_preset("test-norm-gap")
+    assert "test-norm-gap" not in known_methods()

@@ -51,9 +51,29 @@ def _baseline_presets() -> dict[str, dict[str, Any]]:
     return dict(BASELINE_PRESETS)
 
 
+#: presets added at run time (:func:`register_preset`: a plugin's method, a test's)
+_ADDED: dict[str, dict[str, Any]] = {}
+
+
+def register_preset(name: str, spec: dict[str, Any]) -> None:
+    """Add the objective preset ``name`` (``{"alpha", "terms": {loss name: options}}``): every command and the
+    study then accept it as a method. A name that is already a preset is refused."""
+    if name in list_presets():
+        raise ValueError(f"preset {name!r} already exists")
+    if not isinstance(spec, dict) or not isinstance(spec.get("terms"), dict):
+        raise ValueError(f"preset {name!r}: expected {{'alpha': ..., 'terms': {{loss: options}}}}")
+    _ADDED[name] = copy.deepcopy(spec)
+
+
+def unregister_preset(name: str) -> None:
+    """Remove a preset :func:`register_preset` added (a built-in one stays)."""
+    _ADDED.pop(name, None)
+
+
 def list_presets() -> dict[str, dict[str, Any]]:
-    """Every preset by name (copies): EVL-ECG's rows, then the baselines' (EVL-ECG's win a name clash)."""
-    table = {**_baseline_presets(), **EVL_PRESETS}
+    """Every preset by name (copies): EVL-ECG's rows, then the baselines' (EVL-ECG's win a name clash), then those
+    added by :func:`register_preset`."""
+    table = {**_ADDED, **_baseline_presets(), **EVL_PRESETS}
     return {name: copy.deepcopy(table[name]) for name in [*EVL_PRESETS, *sorted(set(table) - set(EVL_PRESETS))]}
 
 

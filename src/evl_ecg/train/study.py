@@ -41,8 +41,29 @@ TABLE6_METHODS = ("ot", "ot+mhca")
 STUDY_METHODS = TABLE1_METHODS + TABLE6_METHODS
 #: The preset each study method trains with in phase 2 (the control: CE only).
 PRESET = {"control": "sft"}
-#: Methods whose teacher outputs the study's shared cache holds (TinyBERT reads every layer's attention maps: live).
-CACHED = tuple(m for m in STUDY_METHODS if m not in ("control", "tinybert"))
+
+
+def known_methods() -> tuple[str, ...]:
+    """What ``--methods`` may name: the control and every registered objective preset (the paper's 11 first; a
+    preset a plugin registers joins the study without an edit here)."""
+    from evl_ecg.distill.presets import list_presets
+
+    extra = sorted(m for m in list_presets() if m not in STUDY_METHODS and m != "sft")
+    return (*STUDY_METHODS, *extra)
+
+
+def cached(method: str) -> bool:
+    """Whether the study's shared teacher-output cache serves ``method``: its terms declare what they read of the
+    teacher (:func:`evl_ecg.train.teacher_cache.method_fields`), and that is not every layer's attention maps
+    (TinyBERT's: larger than running the teacher live)."""
+    from evl_ecg.train.teacher_cache import method_fields
+
+    if method == "control":
+        return False
+    fields = method_fields([PRESET.get(method, method)])
+    return fields is not None and "attentions" not in fields
+
+
 #: Multi-label subsets reported with strict macro AUC (and their bootstrap against the control).
 REPORTED = ("ptb-test", "code15-test", "cpsc-test")
 #: The paper's rows (SPEC section 4: AUC on PTB-XL, CODE-15%, CPSC) beside ours, where it gives them.
@@ -112,9 +133,9 @@ class StudySettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(STUDY_METHODS))
+        unknown = sorted(set(self.methods) - set(known_methods()))
         if unknown:
-            raise StudyError(f"unknown study method(s) {', '.join(unknown)}; choose from {', '.join(STUDY_METHODS)}")
+            raise StudyError(f"unknown study method(s) {', '.join(unknown)}; choose from {', '.join(known_methods())}")
         if "control" not in self.methods:
             raise StudyError("the study needs the control (every method is compared with it): add 'control'")
         if not self.seeds:
@@ -126,7 +147,7 @@ class StudySettings:
                 names, _ = parse_method_set(entry)
             except ValueError as exc:
                 raise StudyError(str(exc)) from None
-            unknown = sorted(set(names) - set(STUDY_METHODS))
+            unknown = sorted(set(names) - set(known_methods()))
             if unknown:
                 raise StudyError(f"--method-set {entry!r}: unknown method(s) {', '.join(unknown)}")
 
@@ -314,7 +335,7 @@ class Study:
     def _cache(self, teacher: Path, data: Path) -> Path | None:
         """The teacher-output cache of every cached method (built once, in its own process), or None."""
         s = self.settings
-        methods = [m for m in s.methods if m in CACHED]
+        methods = [m for m in s.methods if cached(m)]
         if not s.teacher_cache or not methods:
             return None
         cache = self.out / "teacher-cache"
@@ -360,7 +381,7 @@ class Study:
         runs of ``table7_steps`` steps, each its own process, no evaluation inside."""
         s = self.settings
         out: dict[str, Any] = {}
-        variants = [("live", None)] + ([("cache", cache)] if cache is not None and method in CACHED else [])
+        variants = [("live", None)] + ([("cache", cache)] if cache is not None and cached(method) else [])
         for name, cache_dir in variants:
             run_dir = self.out / "table7" / method / name
             finished = self._fresh_run(run_dir, method)
@@ -420,7 +441,7 @@ class Study:
             method, student, teacher, data, run_dir / "train", steps=steps, save_steps=max(1, steps // 2), seed=seed
         )
         overrides = [x for o in s.phase2_overrides for x in ("--set", o)] + s.method_sets(method)
-        if cache is not None and method in CACHED:  # the same teacher outputs, computed once (tested equal)
+        if cache is not None and cached(method):  # the same teacher outputs, computed once (tested equal)
             overrides += ["--set", f"teacher_cache={cache}"]
         if s.curve_points > 0:  # the learning curve on the validation split, never on the test benchmark
             overrides += ["--set", f"curve_every={max(1, steps // s.curve_points)}"]
@@ -549,7 +570,7 @@ class Study:
         notes = [f"`{o}`" for o in s.phase2_overrides] + [f"`{o}`" for o in s.method_overrides]
         if notes:  # the settings that are not the presets' own
             lines[3:3] = ["Overrides (`--phase2-set`, then `--method-set METHOD:KEY=VALUE`): " + ", ".join(notes), ""]
-        for method in [m for m in ("teacher", *STUDY_METHODS) if m in res["table"]]:
+        for method in [m for m in ("teacher", *known_methods()) if m in res["table"]]:
             row = res["table"][method]
             cells = [f"{row[x]['auc_mean']:.1f} +- {row[x]['auc_std']:.1f}" if x in row else "-" for x in subsets]
             diffs = []
