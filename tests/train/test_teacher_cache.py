@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from evl_ecg.distill.presets import get_preset, list_presets
-from evl_ecg.train import teacher_cache
 from evl_ecg.train.teacher_cache import (
     BUILD_FILE,
     CACHE_FILE,
@@ -24,6 +23,7 @@ from evl_ecg.train.teacher_cache import (
     open_or_build,
     spec_fields,
 )
+from evl_ecg.train.teacher_cache import build as cache_build
 
 TEACHER_METHODS = [m for m in list_presets() if spec_fields(get_preset(m)) is not None]
 
@@ -271,7 +271,7 @@ def test_the_build_prints_its_size_first_and_refuses_a_disk_without_room(
     records = load_training_records(cfg)
     lines: list[str] = []
     full = SimpleNamespace(total=10**9, used=10**9 - 1000, free=1000)
-    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: full)
+    monkeypatch.setattr(cache_build.shutil, "disk_usage", lambda path: full)
     with pytest.raises(
         TeacherCacheError, match=r"needs about .* \(4 records x .*\) but only 1.0 kB are free there$"
     ) as e:
