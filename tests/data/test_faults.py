@@ -429,7 +429,7 @@ def test_a_build_the_disk_cannot_hold_is_refused_before_any_work(tmp_path, monke
     assert result.exit_code == 1
     (line,) = error_lines(result)
     assert line == (
-        f"error: {out}: the corpus needs about 49.5 KB (9 records, images of 64x48 px) but its disk has 48.8 KB "
+        f"error: {out}: the corpus needs about 50.7 kB (9 records, images of 64x48 px) but its disk has 50.0 kB "
         "free; free some space, or ask for fewer records or a smaller size"
     )
     assert list(out.iterdir()) == []  # not even the build marker

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from evl_ecg.console import fail as _fail
+
 app = typer.Typer(
     name="data",
     help="Synthesise, render and inspect ECGs and conversation records.",
@@ -21,11 +23,6 @@ app = typer.Typer(
 )
 
 DEFAULT_SIZE = "512x384"
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def parse_size(text: str) -> tuple[int, int]:

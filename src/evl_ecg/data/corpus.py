@@ -50,7 +50,15 @@ from typing import Any
 import numpy as np
 
 from evl_ecg.data.questions import BENCH_SUBSETS, build_record
-from evl_ecg.data.records import TEMP_NAME, Record, atomic_write_bytes, dumps_records, image_is_valid, write_png
+from evl_ecg.data.records import (
+    TEMP_NAME,
+    Record,
+    atomic_write_bytes,
+    dumps_records,
+    human_bytes,
+    image_is_valid,
+    write_png,
+)
 from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
 
 #: Validation splits: one per benchmark subset, in its format (``val/<subset>.json``).
@@ -469,23 +477,15 @@ def estimate_bytes(settings: CorpusSettings, images_present: int = 0) -> int:
     return int(missing * width * height * BYTES_PER_PIXEL + total * BYTES_PER_RECORD)
 
 
-def _human(n: float) -> str:
-    """A byte count for people: ``50688`` -> ``"49.5 KB"`` (powers of 1024)."""
-    units = ("B", "KB", "MB", "GB", "TB", "PB")
-    k = 0
-    while n >= 1024 and k < len(units) - 1:
-        n, k = n / 1024, k + 1
-    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
-
-
 def _check_free_space(out_dir: Path, settings: CorpusSettings, images_present: int) -> None:
     need = estimate_bytes(settings, images_present)
     free = shutil.disk_usage(out_dir).free
     if need > free:
         width, height = settings.size
         raise CorpusError(
-            f"{out_dir}: the corpus needs about {_human(need)} ({settings.total()} records, images of {width}x{height}"
-            f" px) but its disk has {_human(free)} free; free some space, or ask for fewer records or a smaller size"
+            f"{out_dir}: the corpus needs about {human_bytes(need)} ({settings.total()} records, images of "
+            f"{width}x{height} px) but its disk has {human_bytes(free)} free; free some space, or ask for fewer "
+            "records or a smaller size"
         )
 
 

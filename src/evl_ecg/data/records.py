@@ -295,6 +295,14 @@ def load_records(path: str | os.PathLike[str], *, normalize_image_token: bool = 
     return records
 
 
+def human_bytes(n: float) -> str:
+    """A byte count for people, in powers of 1000: ``50688`` -> ``"50.7 kB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def read_text_file(path: str | os.PathLike[str], error: type[Exception] = RecordError) -> str:
     """The UTF-8 text of ``path``; any failure raises ``error`` with one line naming the file and the reason.
 

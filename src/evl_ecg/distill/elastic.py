@@ -50,7 +50,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from evl_ecg.data.records import atomic_write_bytes
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.ecg.labels import FINDINGS, findings_multi_hot  # noqa: F401  (re-exported)
 from evl_ecg.outputs import SideOutputs
 
@@ -70,11 +70,6 @@ POSITIVES = ("exact", "jaccard")
 SIR_FORMS = ("uniformity", "spectral")
 
 _TINY = 1e-12
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """float32, or float64 when the input is float64 (gradcheck)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -214,7 +209,7 @@ class EmbeddingHead(nn.Module):
             raise ValueError(
                 f"embedding head: sample(s) {empty} have no {self.config.positions!r} position to pool over"
             )
-        dtype = _compute_dtype(hidden)
+        dtype = compute_dtype(hidden)
         h = torch.where(mask[..., None], hidden.to(dtype), torch.zeros((), dtype=dtype, device=hidden.device))
         pooled = h.sum(dim=1) / counts[:, None].to(dtype)
         return self.proj(pooled.to(self.proj.weight.dtype))
@@ -558,7 +553,7 @@ class MatryoshkaLoss(DistillLoss):
         b = student.batch_size
         self._check_batch(b)
         embedding = self.head.embed(student)  # B x D, under the ambient autocast
-        dtype = _compute_dtype(student.hidden)
+        dtype = compute_dtype(student.hidden)
         with torch.autocast(device_type=embedding.device.type, enabled=False):
             z = embedding.to(dtype)
             den = (denominators or Denominators()).get(self.unit, float(b))

@@ -25,6 +25,7 @@ from evl_ecg.distill.registry import (
     DistillLoss,
     LossContext,
     LossOutput,
+    compute_dtype,
     masked_mean_denominator,
     next_token_targets,
     register,
@@ -37,11 +38,6 @@ POSITION_SETS = ("all", "response", "text")
 
 def _denominator(denominators: Denominators | None, unit: str, local: Tensor | float) -> Tensor | float:
     return (denominators or Denominators()).get(unit, local)
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """float32, or float64 when the input is float64 (gradcheck)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _masked(x: Tensor, mask: Tensor) -> Tensor:
@@ -96,7 +92,7 @@ class CrossEntropyLoss(DistillLoss):
         logits = student.logits[mask]  # N x V_s
         with torch.autocast(device_type=logits.device.type, enabled=False):
             total = F.cross_entropy(
-                logits.to(_compute_dtype(logits)),
+                logits.to(compute_dtype(logits)),
                 targets[mask],
                 reduction="sum",
                 label_smoothing=self.label_smoothing,
@@ -223,7 +219,7 @@ class MHCALoss(DistillLoss):
         if self.teacher_positions != "all":
             h_t, k_mask = _compact(h_t, k_mask)
         aligned = self.align(h_s, h_t, k_mask)
-        dtype = _compute_dtype(h_s)
+        dtype = compute_dtype(h_s)
         with torch.autocast(device_type=h_s.device.type, enabled=False):
             hs32, al32 = h_s.to(dtype), aligned.to(dtype)
             per_token = (hs32 - al32).pow(2).sum(-1)  # B x L_s
@@ -313,7 +309,7 @@ class OTLoss(DistillLoss):
     def cost(self, v_s: Tensor, v_t: Tensor, mask_s: Tensor, mask_t: Tensor) -> Tensor:
         """``B x N_t x N_s`` cost ``C_ij = ||t_i - s_j||^2`` (float32, or float64 for float64 inputs)."""
         t = self.proj(_masked(v_t, mask_t))
-        dtype = _compute_dtype(t)
+        dtype = compute_dtype(t)
         with torch.autocast(device_type=t.device.type, enabled=False):
             t = F.normalize(t.to(dtype), dim=-1)
             s = F.normalize(_masked(v_s, mask_s).to(dtype), dim=-1)
@@ -444,7 +440,7 @@ class RelationLoss(DistillLoss):
         mask = student.position_mask(self.positions)
         target = aligned_teacher.detach() if self.detach_target else aligned_teacher
         h_s = student.hidden if aligned_student is None else aligned_student
-        dtype = _compute_dtype(student.hidden)
+        dtype = compute_dtype(student.hidden)
         with torch.autocast(device_type=student.hidden.device.type, enabled=False):
             sum_d, sum_a = relation_sums(
                 _masked(h_s, mask).to(dtype),

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from evl_ecg.console import fail as _fail
 from evl_ecg.eval.predictions import (
     SUBSETS,
     EvalInputError,
@@ -39,11 +40,6 @@ SCORE_FORMAT = 1
 @app.callback()
 def _eval() -> None:
     """Score predictions on ECGBench; generate and evaluate models."""
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _bench_files(bench: Path, subset: str | None) -> dict[str, Path]:

@@ -13,12 +13,9 @@ from typing import Any
 
 import typer
 
+from evl_ecg.console import fail as _fail
+
 __all__ = ["embed", "export", "predict", "serve"]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _one_line(exc: BaseException) -> str:

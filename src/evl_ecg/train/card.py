@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.models.fingerprint import count_parameters
 
 CARD_FILE = "README.md"
 FACTS_FILE = "card.json"
@@ -24,23 +25,6 @@ NOT_A_DEVICE = (
     "approved by any regulator, and must not be used to diagnose, treat or triage patients or to support any "
     "clinical decision."
 )
-
-
-def _count_parameters(model_dir: Path) -> int | None:
-    from safetensors import safe_open
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for file in files:
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= int(d)
-                total += n
-    return total
 
 
 def render_settings(corpus_settings: Any) -> dict[str, Any] | None:
@@ -84,7 +68,7 @@ def training_facts(provenance: dict[str, Any], model_dir: Path) -> dict[str, Any
         "generator": generator,
         "data_seed": data_seed,
         "render": render,
-        "parameters": _count_parameters(model_dir),
+        "parameters": count_parameters(model_dir),
         "phase": provenance.get("phase", cfg.get("phase")),
         "objective": provenance.get("objective"),
         "method": cfg.get("method") if cfg.get("phase") == "kd" else None,

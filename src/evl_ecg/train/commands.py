@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from evl_ecg.console import fail as _fail
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 ConfigOpt = Annotated[
@@ -17,11 +19,6 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set key=value (repeat).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="run directory (output_dir).")]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _message(exc: BaseException) -> str:

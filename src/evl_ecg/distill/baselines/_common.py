@@ -34,11 +34,6 @@ from evl_ecg.outputs import SideOutputs
 ALIGNMENTS = ("index", "offsets")
 
 
-def compute_dtype(t: Tensor) -> torch.dtype:
-    """float32, or float64 when the input is float64 (gradcheck)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def no_autocast(t: Tensor) -> AbstractContextManager:
     """Autocast disabled on ``t``'s device (softmax, log-softmax and norms run in float32)."""
     return torch.autocast(device_type=t.device.type, enabled=False)

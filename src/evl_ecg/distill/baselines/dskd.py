@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evl_ecg.distill.baselines._common import (
-    compute_dtype,
     denominator,
     kl_rows,
     masked_std,
@@ -49,6 +48,7 @@ from evl_ecg.distill.registry import (
     DistillLoss,
     LossContext,
     LossOutput,
+    compute_dtype,
     next_token_targets,
     register,
 )

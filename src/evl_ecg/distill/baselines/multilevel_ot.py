@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evl_ecg.distill.baselines._common import (
-    compute_dtype,
     denominator,
     need_teacher,
     no_autocast,
     rank_positions,
     student_rows,
 )
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.outputs import SideOutputs
 
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evl_ecg.distill.baselines._common import check_choice, compute_dtype, need_teacher, no_autocast
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.baselines._common import check_choice, need_teacher, no_autocast
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.outputs import SideOutputs
 
 POOLINGS = ("mean", "last")

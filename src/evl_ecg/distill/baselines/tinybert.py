@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from evl_ecg.distill.baselines._common import (
     align,
     check_choice,
-    compute_dtype,
     denominator,
     need_fields,
     need_teacher,
@@ -49,7 +48,7 @@ from evl_ecg.distill.baselines._common import (
     student_rows,
 )
 from evl_ecg.distill.baselines.vocab_map import VocabMapCache
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.outputs import SideOutputs
 
 

@@ -27,12 +27,11 @@ from evl_ecg.distill.baselines._common import (
     ALIGNMENTS,
     align,
     check_choice,
-    compute_dtype,
     denominator,
     need_teacher,
     no_autocast,
 )
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.outputs import SideOutputs
 
 

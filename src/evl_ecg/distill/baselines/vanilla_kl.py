@@ -23,7 +23,6 @@ from evl_ecg.distill.baselines._common import (
     ALIGNMENTS,
     align,
     check_choice,
-    compute_dtype,
     denominator,
     kl_rows,
     need_teacher,
@@ -31,7 +30,7 @@ from evl_ecg.distill.baselines._common import (
     student_rows,
 )
 from evl_ecg.distill.baselines.vocab_map import VocabMapCache
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.outputs import SideOutputs
 
 

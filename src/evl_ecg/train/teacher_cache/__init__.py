@@ -42,6 +42,7 @@ the same key continues from its last complete shard; runs started at once on one
 beside it, :func:`build_lock`), the others wait and reuse it.
 """
 
+from evl_ecg.data.records import human_bytes
 from evl_ecg.train.teacher_cache.build import build_lock, build_teacher_cache, open_or_build
 from evl_ecg.train.teacher_cache.key import (
     BASE_FIELDS,
@@ -62,7 +63,7 @@ from evl_ecg.train.teacher_cache.key import (
     method_fields,
     spec_fields,
 )
-from evl_ecg.train.teacher_cache.store import TeacherCache, human_bytes, record_tensors, response_rows
+from evl_ecg.train.teacher_cache.store import TeacherCache, record_tensors, response_rows
 
 __all__ = [
     "BASE_FIELDS",

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from evl_ecg.data.paired import encode_truncated, load_record_image
-from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.data.records import atomic_write_bytes, human_bytes
 from evl_ecg.models.base import record_id
 from evl_ecg.models.fingerprint import (
     model_fingerprint,
@@ -43,7 +43,6 @@ from evl_ecg.train.teacher_cache.key import (
 from evl_ecg.train.teacher_cache.store import (
     TeacherCache,
     existing_ancestor,
-    human_bytes,
     record_tensors,
     tensor_bytes,
 )
