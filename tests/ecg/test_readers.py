@@ -612,3 +612,37 @@ def test_challenge_record_of_25_s_is_read_whole(tmp_path):
     ecg = read_wfdb(_write_challenge(tmp_path, "long", val))
     assert ecg.signal.shape == (12, 12500) and ecg.duration == 25.0
     np.testing.assert_allclose(ecg.signal, val / 1000.0, atol=1e-6)
+
+
+def test_a_registered_format_is_read_by_every_command_that_reads_an_ecg(tmp_path):
+    """The one registry of readers: a format added here (a tab-separated file of 12 columns in mV, 500 Hz, read by
+    hand in this test) is chosen by suffix for read_record, predict's read_input, a folder scan and an upload, and the
+    help and error messages name it."""
+    from evl_ecg.ecg.readers import Format, format_of, formats_help, read_record, register_format, unregister_format
+    from evl_ecg.ecg.signal import Ecg
+    from evl_ecg.infer.inputs import expand_inputs, read_input
+    from evl_ecg.infer.serve import _pick_input
+
+    def read_tsv(path, index):
+        values = np.loadtxt(path, delimiter="\t", dtype=np.float32)
+        return Ecg(signal=values.T.copy(), fs=500.0, record_id=path.stem)
+
+    wave = np.round(np.sin(np.linspace(0, 20, 5000))[:, None] * np.linspace(0.1, 1.2, 12)[None], 4)
+    path = tmp_path / "one.tsv"
+    np.savetxt(path, wave, delimiter="\t", fmt="%.4f")
+    register_format(Format("tsv", "a tab-separated file (.tsv)", (".tsv",), (".tsv",), read=read_tsv))
+    try:
+        assert format_of(path).kind == "tsv" and "a tab-separated file (.tsv)" in formats_help()
+        np.testing.assert_allclose(read_record(path).signal, wave.T, atol=1e-6)
+        got = read_input(path)
+        assert got.kind == "tsv" and got.ecg.signal.shape == (12, 5000)
+        (tmp_path / "notes.txt").write_text("x")
+        assert expand_inputs([tmp_path])[0] == [str(path)]
+        assert _pick_input(["notes.txt", "one.tsv"], None) == "one.tsv"
+        with pytest.raises(ValueError, match="suffix .hea already chooses 'wfdb'"):
+            register_format(Format("clash", "a clash", (".hea",)))
+    finally:
+        unregister_format("tsv")
+    assert format_of(path) is None
+    with pytest.raises(EcgError, match="unknown ECG file type; expected a WFDB record"):
+        read_record(path)

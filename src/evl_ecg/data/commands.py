@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from evl_ecg.console import fail as _fail
+from evl_ecg.ecg.readers import formats_help
 
 app = typer.Typer(
     name="data",
@@ -187,7 +188,7 @@ def synth(
 
 @app.command()
 def render(
-    record: Path = typer.Argument(..., help="WFDB header (.hea), DICOM (.dcm) or CODE-15% HDF5 (.h5/.hdf5)."),
+    record: Path = typer.Argument(..., help=f"An ECG: {formats_help(signals=True)}."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     layout: str = typer.Option("3x4", "--layout", help="3x4 (ECG-Image-Kit default), 6x2 or 12x1."),
     index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
@@ -251,7 +252,7 @@ def describe(ecg: Any, path: Path, index: int | None, *, start: float = 0.0) -> 
 
 @app.command()
 def inspect(
-    record: Path = typer.Argument(..., help="WFDB header (.hea), DICOM (.dcm) or CODE-15% HDF5 (.h5/.hdf5)."),
+    record: Path = typer.Argument(..., help=f"An ECG: {formats_help(signals=True)}."),
     index: int | None = typer.Option(None, "--index", min=0, help="Exam index inside an HDF5 file."),
     start: float = typer.Option(0.0, "--start", min=0.0, help="Report the window `render --start` would draw."),
 ) -> None:

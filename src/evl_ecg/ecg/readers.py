@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -615,19 +616,108 @@ def read_dicom(path: str | Path) -> Ecg:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_record(path: str | Path, index: int | None = None) -> Ecg:
-    """Read one ECG, choosing the reader by suffix: ``.hea``/``.dat`` or a WFDB base name -> :func:`read_wfdb`;
-    ``.dcm`` -> :func:`read_dicom`; ``.h5``/``.hdf5`` -> :func:`read_code15` (``index`` required)."""
+@dataclass(frozen=True)
+class Format:
+    """One kind of ECG file a command can read, in the registry every command takes its formats from.
+
+    Attributes:
+        kind: its name (``wfdb``, ``dicom``, ``code15``, ``image``), what a read input reports as its kind.
+        label: how help and error messages name it (``"a WFDB record (.hea)"``).
+        suffixes: the (lower-case) suffixes that choose it.
+        entries: those of ``suffixes`` a folder scan or an upload takes as one ECG (the others, such as a WFDB
+            record's ``.dat`` / ``.mat``, belong to an entry: ``companions``).
+        companions: suffixes that belong to an entry file and are never read alone.
+        needs_index: the file holds many exams and a reader needs one named (``FILE:EXAM_ID``).
+        read: ``(path, index) -> Ecg``; ``None`` for a format a later stage reads itself (images, by ``infer``).
+        sniff: ``path -> bool``, the content check for a file whose suffix chooses no format (a DICOM file without
+            ``.dcm``); ``None``: suffix only.
+    """
+
+    kind: str
+    label: str
+    suffixes: tuple[str, ...]
+    entries: tuple[str, ...] = ()
+    companions: tuple[str, ...] = ()
+    needs_index: bool = False
+    read: Callable[[Path, int | None], Ecg] | None = None
+    sniff: Callable[[Path], bool] | None = None
+
+
+_FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    """Add a format (its reader, suffixes and content check): every command that reads an ECG then takes it."""
+    if fmt.kind in _FORMATS and _FORMATS[fmt.kind] != fmt:
+        raise ValueError(f"format {fmt.kind!r} is already registered")
+    taken = {sfx: f.kind for f in _FORMATS.values() if f.kind != fmt.kind for sfx in f.suffixes + f.companions}
+    clash = sorted(sfx for sfx in fmt.suffixes + fmt.companions if sfx in taken)
+    if clash:
+        raise ValueError(f"format {fmt.kind!r}: suffix {clash[0]} already chooses {taken[clash[0]]!r}")
+    _FORMATS[fmt.kind] = fmt
+    return fmt
+
+
+def unregister_format(kind: str) -> None:
+    """Remove a format a plugin or a test registered (a name not registered is ignored)."""
+    _FORMATS.pop(kind, None)
+
+
+def formats() -> tuple[Format, ...]:
+    """The registered formats, in registration order."""
+    return tuple(_FORMATS.values())
+
+
+def formats_help(signals: bool = False) -> str:
+    """The formats as one phrase for help and errors: ``"a WFDB record (.hea), ... or an image (.png, .jpg)"``;
+    ``signals``: only those this stage reads into a signal (not images)."""
+    labels = [f.label for f in formats() if f.read is not None or not signals]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
+
+
+def format_of(path: str | Path) -> Format | None:
+    """The format that reads ``path``: by its suffix (an entry's or a companion's), then a WFDB base name (its
+    ``.hea`` beside it), then each format's content check; ``None`` when none does."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in {".h5", ".hdf5"}:
-        if index is None:
-            raise EcgError(f"{p}: an HDF5 file holds many exams; give index")
-        return read_code15(p, index)
-    if index is not None:
-        raise EcgError(f"{p}: index is only meaningful for HDF5 files")
-    if suffix == ".dcm":
-        return read_dicom(p)
-    if suffix in {".hea", ".dat"} or Path(f"{p}.hea").is_file():
-        return read_wfdb(p)
-    raise EcgError(f"{p}: unknown ECG file type (expected .hea/.dat WFDB, .dcm, .h5/.hdf5)")
+    for fmt in formats():
+        if suffix and suffix in fmt.suffixes + fmt.companions:
+            return fmt
+    if not suffix and Path(f"{p}.hea").is_file():
+        return _FORMATS.get("wfdb")
+    for fmt in formats():
+        if fmt.sniff is not None and p.is_file() and fmt.sniff(p):
+            return fmt
+    return None
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: the four bytes ``DICM`` after its 128-byte preamble."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+register_format(Format("wfdb", "a WFDB record (.hea)", (".hea",), (".hea",), (".dat", ".mat"),
+                       read=lambda p, index: read_wfdb(p)))  # fmt: skip
+register_format(Format("dicom", "a DICOM waveform (.dcm)", (".dcm",), (".dcm",),
+                       read=lambda p, index: read_dicom(p), sniff=is_dicom))  # fmt: skip
+register_format(Format("code15", "a CODE-15% HDF5 file (.hdf5, .h5)", (".hdf5", ".h5"), (".hdf5", ".h5"),
+                       needs_index=True, read=lambda p, index: read_code15(p, index)))  # fmt: skip
+
+
+def read_record(path: str | Path, index: int | None = None) -> Ecg:
+    """Read one ECG with the reader its format chooses (:func:`format_of`); ``index``: the exam of a file that holds
+    many (CODE-15% HDF5)."""
+    p = Path(path)
+    fmt = format_of(p)
+    if fmt is None or fmt.read is None:
+        raise EcgError(f"{p}: unknown ECG file type; expected {formats_help(signals=True)}")
+    if fmt.needs_index and index is None:
+        raise EcgError(f"{p}: an HDF5 file holds many exams; give index")
+    if not fmt.needs_index and index is not None:
+        raise EcgError(f"{p}: index is only meaningful for a file that holds many exams")
+    return fmt.read(p, index)

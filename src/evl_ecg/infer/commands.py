@@ -14,6 +14,8 @@ from typing import Any
 import typer
 
 from evl_ecg.console import fail as _fail
+from evl_ecg.ecg.readers import formats_help
+from evl_ecg.infer.inputs import IMAGE_FORMAT  # noqa: F401  (registers the image format: the help lists it)
 
 __all__ = ["embed", "export", "predict", "serve"]
 
@@ -34,9 +36,7 @@ def _load_interpreter(model: Path, render_spec: str | None) -> Any:
 
 
 def predict(
-    inputs: list[str] = typer.Argument(
-        ..., help="ECGs: WFDB records (.hea), DICOM (.dcm), CODE-15% exams (file.hdf5:exam_id), images, or folders."
-    ),
+    inputs: list[str] = typer.Argument(..., help=f"ECGs: {formats_help()}; or folders of them."),
     model: Path = typer.Option(..., "--model", help="Model folder (a trained or exported evl-ecg checkpoint)."),
     question: str = typer.Option("ptbxl", "--question", help="ptbxl, cpsc, code15 or report (a free interpretation)."),
     out: Path | None = typer.Option(None, "--out", help="JSONL output (resumable; required for several inputs)."),
@@ -73,7 +73,7 @@ def predict(
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
     if not specs:
-        _fail(f"{', '.join(inputs)}: no ECG file found (WFDB .hea, .dcm, .png, .jpg)")
+        _fail(f"{', '.join(inputs)}: no ECG file found (expected {formats_help()})")
     if len(specs) > 1 and out is None:
         _fail(f"{len(specs)} inputs: give --out FILE.jsonl (one JSON line per ECG, resumable)")
     if save_image is not None and len(specs) > 1:

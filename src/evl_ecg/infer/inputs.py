@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evl_ecg.ecg.readers import Format, format_of, formats, formats_help, register_format
 from evl_ecg.ecg.signal import Ecg, EcgError
 
 __all__ = [
-    "IMAGE_SUFFIXES",
+    "IMAGE_FORMAT",
     "MAX_IMAGE_SIDE",
     "MIN_IMAGE_SIDE",
-    "RECORD_SUFFIXES",
     "EcgInput",
     "InputError",
     "expand_inputs",
@@ -28,11 +28,11 @@ __all__ = [
     "read_input",
 ]
 
-#: Suffixes read as images (a rendered page, a scan or a photograph).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
-#: Suffixes read as signal records.
-RECORD_SUFFIXES: tuple[str, ...] = (".hea", ".dat", ".mat", ".dcm", ".h5", ".hdf5")
-HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+#: An image of an ECG (a rendered page, a scan or a photograph), used as it is: a format of the readers' registry
+#: (:func:`evl_ecg.ecg.readers.formats`) that this stage reads itself.
+IMAGE_FORMAT = register_format(
+    Format("image", "an image (.png, .jpg)", (".png", ".jpg", ".jpeg"), (".png", ".jpg", ".jpeg"))
+)
 #: An image whose shorter side is below this cannot hold a legible 12-lead page.
 MIN_IMAGE_SIDE: int = 64
 #: Larger images are refused (a 600 DPI letter page is 6600 px wide).
@@ -66,21 +66,13 @@ def parse_spec(spec: str | os.PathLike[str]) -> tuple[Path, int | None]:
     """``"exams.hdf5:1234"`` -> ``(Path("exams.hdf5"), 1234)``; any other path -> ``(path, None)``."""
     text = os.fspath(spec)
     head, sep, tail = text.rpartition(":")
-    if sep and Path(head).suffix.lower() in HDF5_SUFFIXES:
+    fmt = format_of(Path(head)) if sep else None
+    if fmt is not None and fmt.needs_index:
         try:
             return Path(head), int(tail)
         except ValueError:
             raise InputError(f"{head}: exam_id {tail!r} is not a whole number (give file.hdf5:exam_id)") from None
     return Path(text), None
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _code15_index(path: Path, exam_id: int) -> int:
@@ -168,8 +160,6 @@ def read_input(spec: str | os.PathLike[str], *, source: str | None = None) -> Ec
         InputError: a missing file, an unknown format, an image that is not ECG-sized, a bad exam id.
         EcgError: a record its reader refuses (one line, from :mod:`evl_ecg.ecg.readers`).
     """
-    from evl_ecg.ecg.readers import read_code15, read_dicom, read_wfdb
-
     path, exam_id = parse_spec(spec)
     name = source or os.fspath(spec)
     suffix = path.suffix.lower()
@@ -178,22 +168,19 @@ def read_input(spec: str | os.PathLike[str], *, source: str | None = None) -> Ec
         raise InputError(f"{name}: no such file")
     if path.is_dir():
         raise InputError(f"{name}: is a folder; give a record or an image (or use expand_inputs for a folder)")
-    if suffix in HDF5_SUFFIXES:
+    fmt = format_of(path)
+    if fmt is None:
+        raise InputError(f"{name}: unknown ECG file type {suffix or '(no suffix)'!r}; expected {formats_help()}")
+    if fmt.needs_index:
         if exam_id is None:
             raise InputError(f"{name}: an HDF5 file holds many exams; name one as {path.name}:EXAM_ID")
-        return EcgInput(name, "code15", ecg=read_code15(path, _code15_index(path, exam_id)))
-    if suffix in IMAGE_SUFFIXES:
-        return EcgInput(name, "image", image=_open_image(path, name))
-    if suffix == ".dcm" or (not is_wfdb_base and _is_dicom(path)):
-        return EcgInput(name, "dicom", ecg=read_dicom(path))
-    if suffix in {".hea", ".dat", ".mat"} or is_wfdb_base:
-        if not path.with_suffix(".hea").is_file() and not is_wfdb_base:
-            raise InputError(f"{name}: a WFDB record needs its header {path.with_suffix('.hea').name} beside it")
-        return EcgInput(name, "wfdb", ecg=read_wfdb(path))
-    raise InputError(
-        f"{name}: unknown ECG file type {suffix or '(no suffix)'!r}; expected a WFDB record (.hea), DICOM (.dcm), "
-        "CODE-15% HDF5 (file.hdf5:exam_id) or an image (.png, .jpg)"
-    )
+        index = _code15_index(path, exam_id) if fmt.kind == "code15" else exam_id
+        return EcgInput(name, fmt.kind, ecg=fmt.read(path, index))
+    if fmt.read is None:  # an image: used as it is
+        return EcgInput(name, fmt.kind, image=_open_image(path, name))
+    if suffix in fmt.companions and not any(path.with_suffix(e).is_file() for e in fmt.entries):
+        raise InputError(f"{name}: {fmt.label} needs its header {path.with_suffix(fmt.entries[0]).name} beside it")
+    return EcgInput(name, fmt.kind, ecg=fmt.read(path, None))
 
 
 def expand_inputs(items: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
@@ -209,9 +196,10 @@ def expand_inputs(items: Iterable[str | os.PathLike[str]]) -> tuple[list[str], l
             continue
         for child in sorted(path.iterdir()):
             suffix = child.suffix.lower()
-            if suffix in {".hea", ".dcm", *IMAGE_SUFFIXES}:
+            fmt = next((f for f in formats() if suffix in f.entries), None)
+            if fmt is not None and not fmt.needs_index:
                 specs.append(str(child))
-            elif suffix in HDF5_SUFFIXES:
+            elif fmt is not None:
                 notes.append(f"{child}: not taken from the folder; name its exams as {child}:EXAM_ID")
     return specs, notes
 

@@ -23,8 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from evl_ecg.ecg.readers import formats, formats_help
 from evl_ecg.infer.export import MissingExtraError
-from evl_ecg.infer.inputs import HDF5_SUFFIXES, IMAGE_SUFFIXES, is_input_error, read_input
+from evl_ecg.infer.inputs import is_input_error, read_input
 from evl_ecg.infer.interpreter import DISCLAIMER, Interpreter
 from evl_ecg.infer.questions import QUESTIONS
 
@@ -134,22 +135,23 @@ def _png_base64(image: Any) -> str:
 def _pick_input(names: list[str], exam_id: str | None) -> str:
     """Which uploaded file is the ECG: a WFDB header, a DICOM file, an image, or an HDF5 file with ``exam_id``."""
     suffixes = {n: Path(n).suffix.lower() for n in names}
-    for want in (".hea", ".dcm", *IMAGE_SUFFIXES):
-        hits = [n for n in names if suffixes[n] == want]
-        if hits:
+    for fmt in formats():  # in the registry's order: the first format an uploaded file is an entry of
+        hits = [n for n in names if suffixes[n] in fmt.entries]
+        if not hits:
+            continue
+        if not fmt.needs_index:
             return hits[0]
-    h5 = [n for n in names if suffixes[n] in HDF5_SUFFIXES]
-    if h5:
         if not exam_id:
-            raise _Reject(422, f"{h5[0]}: an HDF5 file holds many exams; give the form field exam_id")
-        return f"{h5[0]}:{exam_id}"
-    if any(suffixes[n] in {".dat", ".mat"} for n in names):
-        raise _Reject(422, f"{names[0]}: a WFDB data file needs its header (.hea) in the same upload")
+            raise _Reject(422, f"{hits[0]}: an HDF5 file holds many exams; give the form field exam_id")
+        return f"{hits[0]}:{exam_id}"
+    for fmt in formats():
+        part = next((n for n in names if suffixes[n] in fmt.companions), None)
+        if part is not None:
+            raise _Reject(
+                422, f"{part}: a part of {fmt.label}: it needs its header ({fmt.entries[0]}) in the same upload"
+            )
     raise _Reject(
-        415,
-        f"{names[0]}: unsupported file type {suffixes[names[0]] or '(no suffix)'!r}; upload a WFDB record "
-        "(.hea with its .dat/.mat), a DICOM waveform (.dcm), a CODE-15% HDF5 file (.hdf5 with exam_id) or an image "
-        "(.png, .jpg)",
+        415, f"{names[0]}: unsupported file type {suffixes[names[0]] or '(no suffix)'!r}; upload {formats_help()}"
     )
 
 
