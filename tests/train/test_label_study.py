@@ -67,6 +67,18 @@ def test_the_teacher_s_own_seeds_are_refused(tmp_path):
     LabelStudy(tmp_path / "s", LabelStudySettings(data_seed=22)).check_teacher_seeds(teacher)  # others pass
 
 
+def _in_process(cmd: list[str], log_file: Path, threads: int) -> dict[str, float]:
+    """The study's commands run in this process (the same code and seeds as their own processes, without the
+    interpreter's start-up per command)."""
+    from typer.testing import CliRunner
+
+    from evl_ecg.cli import app
+
+    result = CliRunner().invoke(app, cmd[3:])  # [python, -m, evl_ecg.cli, ...]
+    assert result.exit_code == 0, result.output
+    return {"seconds": 0.0, "peak_rss_mb": 0.0}
+
+
 def _weights(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
 
@@ -87,7 +99,7 @@ def test_no_stage_reads_a_pool_label(tmp_path):
         threads=1,
     )
     first = tmp_path / "first"
-    res = LabelStudy(first, settings, log=lambda m: None).run()
+    res = LabelStudy(first, settings, log=lambda m: None, runner=_in_process).run()
     budget = first / "budgets" / "50pct" / "seed-0"
     pool = {row["id"] for row in json.loads((budget / "pool.json").read_text())}
     assert len(pool) == 6 and json.loads((budget / "budget.json").read_text())["labelled"] == 6
@@ -107,7 +119,7 @@ def test_no_stage_reads_a_pool_label(tmp_path):
             changed += 1
     assert changed == 6
     (second / "data" / "train.json").write_text(json.dumps(train, indent=1))
-    LabelStudy(second, settings, log=lambda m: None).run()
+    LabelStudy(second, settings, log=lambda m: None, runner=_in_process).run()
 
     for name in ("pool.json", "labelled.json", "train-teacher.json", "train-self.json"):
         assert (budget / name).read_bytes() == (second / budget.relative_to(first) / name).read_bytes(), name

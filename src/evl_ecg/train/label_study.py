@@ -219,10 +219,19 @@ def _slug(budget: str) -> str:
 class LabelStudy:
     """One label-budget study folder: :meth:`run` does (or resumes) everything and writes the results."""
 
-    def __init__(self, out: str | os.PathLike[str], settings: LabelStudySettings, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        settings: LabelStudySettings,
+        log: Callable[[str], None] = print,
+        runner: Callable[[list[str], Path, int], dict[str, float]] | None = None,
+    ):
         self.out = Path(out)
         self.settings = settings
         self.log = log
+        #: how a command runs: its own process by default (each run's peak memory its own); a test may run them
+        #: in-process (the same code and seeds)
+        self.run_process = runner or run_process
 
     # ---- set-up --------------------------------------------------------------------------------------------------
     def _teacher(self) -> Path:
@@ -340,7 +349,8 @@ class LabelStudy:
         if curve:
             sets += self._curve_sets(data, steps, info["labelled"], curve)
         cmd = _cli("train", "sft", "--data", str(folder / "labelled.json"), "--out", str(run_dir))
-        usage = run_process([*cmd, *[x for v in sets for x in ("--set", v)]], run_dir.with_suffix(".log"), s.threads)
+        args = [*cmd, *[x for v in sets for x in ("--set", v)]]
+        usage = self.run_process(args, run_dir.with_suffix(".log"), s.threads)
         _write_json(run_dir / "done.json", usage)
         return run_dir / "student"
 
@@ -366,7 +376,7 @@ class LabelStudy:
                 "--max-new-tokens",
                 str(self.settings.answer_tokens),
             )
-            _write_json(done, run_process(cmd, folder / "answers.log", self.settings.threads))
+            _write_json(done, self.run_process(cmd, folder / "answers.log", self.settings.threads))
         return path
 
     def _self_answers(self, student: Path, data: Path, budget: str, seed: int) -> Path:
@@ -399,7 +409,7 @@ class LabelStudy:
                 "--max-new-tokens",
                 str(self.settings.answer_tokens),
             )
-            _write_json(done, run_process(cmd, folder / "answers.log", self.settings.threads))
+            _write_json(done, self.run_process(cmd, folder / "answers.log", self.settings.threads))
         return path
 
     def _compose(self, row: Row, data: Path, budget: str, seed: int, answers: Path | None) -> Path:
@@ -479,7 +489,7 @@ class LabelStudy:
             "--out",
             str(run_dir / "train"),
         )
-        train = run_process([*cmd, *[x for v in sets for x in ("--set", v)]], run_dir / "train.log", s.threads)
+        train = self.run_process([*cmd, *[x for v in sets for x in ("--set", v)]], run_dir / "train.log", s.threads)
         result: dict[str, Any] = {
             "row": row.name,
             "budget": budget,
@@ -492,7 +502,7 @@ class LabelStudy:
         if eps is not None:
             result["label_smoothing"] = eps
         if test is not None:
-            result["eval"] = run_process(
+            result["eval"] = self.run_process(
                 self._eval_cmd(run_dir / "train" / "student", test, run_dir), run_dir / "eval.log", s.threads
             )
             result["scores"] = str(run_dir / "eval" / "scores.json")
@@ -511,7 +521,7 @@ class LabelStudy:
             return json.loads(done.read_text())
         self.log("[labels] the teacher on the test benchmark")
         run_dir.mkdir(parents=True, exist_ok=True)
-        usage = run_process(self._eval_cmd(teacher, test, run_dir), run_dir / "eval.log", self.settings.threads)
+        usage = self.run_process(self._eval_cmd(teacher, test, run_dir), run_dir / "eval.log", self.settings.threads)
         result = {
             "row": "teacher",
             "budget": None,
