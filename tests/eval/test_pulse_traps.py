@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evl_ecg.eval.commands import app, score_paths
+from evl_ecg.eval.commands import app
+from evl_ecg.eval.scores import score_paths
 from evl_ecg.eval.scoring import ScoreOptions
 
 TRAPS = Path(__file__).parent / "fixtures" / "pulse_traps"

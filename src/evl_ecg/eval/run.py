@@ -210,7 +210,7 @@ def _default_image_root(bench_dir: Path) -> Path:
 
 def _score(bench_dir: Path, out_dir: Path, scorer: str, subsets: Sequence[str], model_id: str) -> dict[str, Any]:
     """Score ``out_dir/<subset>/predictions.jsonl`` with the scoring helper's API (``evl-ecg eval score``)."""
-    from evl_ecg.eval.commands import score_paths
+    from evl_ecg.eval.scores import score_paths
 
     doc = score_paths(bench_dir, out_dir, scorer=scorer, method=model_id)
     doc["results"] = [r for r in doc["results"] if r["subset"] in subsets]
