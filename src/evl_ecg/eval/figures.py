@@ -272,7 +272,7 @@ def plot_label_budgets(
             continue
         means = [sum(by_budget[n]) / len(by_budget[n]) for n in xs]
         seeds = max(len(by_budget[n]) for n in xs)
-        (line,) = ax.plot(xs, means, marker="o", label=f"{method} ({seeds} seeds)")
+        (line,) = ax.plot(xs, means, marker="o", label=f"{method} ({seeds} seed{'' if seeds == 1 else 's'})")
         ax.fill_between(xs, [min(by_budget[n]) for n in xs], [max(by_budget[n]) for n in xs], alpha=0.2,
                         color=line.get_color())  # fmt: skip
     if teacher is not None:

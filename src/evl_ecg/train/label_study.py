@@ -874,12 +874,23 @@ def label_markdown(res: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.1f}" for k, v in p["validation"].items()),
         "",
     ]
+    largest = max(res["labelled"].values()) if res["labelled"] else 0
+    main = res["labelled"].get(s["main_budget"])
+
+    def records(x: float) -> str:
+        return f"{x:.0f}" if math.isfinite(x) else f"> {largest}"
+
     for subset, ls in res["labels_saved"].items():
+        if not math.isfinite(ls["records"]):
+            lines.append(
+                f"- Labels saved ({subset}): no budget of the control reaches the primary method (more than "
+                f"{largest} labelled records; interval [{records(ls['lo'])}, {records(ls['hi'])}])"
+            )
+            continue
         lines.append(
             f"- Labels saved ({subset}): the control reaches the primary method at {ls['records']:.0f} "
-            f"labelled records [{ls['lo']:.0f}, {ls['hi']:.0f}]: {ls['ratio']:.1f}x "
-            f"[{ls['ratio_lo']:.1f}, {ls['ratio_hi']:.1f}] the primary method's "
-            f"{res['labelled'][s['main_budget']]}"
+            f"labelled records [{records(ls['lo'])}, {records(ls['hi'])}]: {ls['ratio']:.1f}x the primary "
+            f"method's {main}"
         )
     for name, b in res["answers"].items():
         if isinstance(b, dict):
