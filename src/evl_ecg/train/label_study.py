@@ -50,6 +50,8 @@ from evl_ecg.train.study import (
     _write_json,
     method_settings,
     run_process,
+    study_data,
+    study_teacher,
 )
 
 #: the file of the resume key
@@ -235,14 +237,7 @@ class LabelStudy:
 
     # ---- set-up --------------------------------------------------------------------------------------------------
     def _teacher(self) -> Path:
-        if self.settings.teacher:
-            return Path(self.settings.teacher)
-        from evl_ecg.train.demo import shipped_teacher
-
-        shipped = shipped_teacher()
-        if shipped is None:
-            raise StudyError("no teacher: give --teacher DIR (the package ships none)")
-        return shipped
+        return study_teacher(self.settings.teacher)
 
     def check_teacher_seeds(self, teacher: Path) -> None:
         """The study's corpus and test seeds must differ from those of the teacher's own training corpus and test set
@@ -281,35 +276,8 @@ class LabelStudy:
         key.write()
 
     def _data(self) -> tuple[Path, Path]:
-        from evl_ecg.data.corpus import build_corpus
-
         s = self.settings
-        data, test = self.out / "data", self.out / "test"
-        if not (data / "manifest.json").exists():
-            self.log(f"[labels] training corpus: {s.n_train} records + validation {s.n_val} per subset")
-            build_corpus(
-                data,
-                n_train=s.n_train,
-                n_bench=0,
-                n_val=s.n_val,
-                seed=s.data_seed,
-                workers=2,
-                progress=False,
-                generator=s.generator,
-            )
-        if not (test / "manifest.json").exists():
-            self.log(f"[labels] test benchmark: seed {s.test_seed}, {s.test_ptb} PTB-XL records, ECGBench proportions")
-            build_corpus(
-                test,
-                n_train=0,
-                n_bench=s.test_ptb,
-                seed=s.test_seed,
-                workers=2,
-                progress=False,
-                bench_proportions="ecgbench",
-                generator=s.generator,
-            )
-        return data, test
+        return study_data(self.out, s.n_train, s.n_val, s.test_ptb, s.data_seed, s.test_seed, s.generator, self.log)
 
     def _split(self, data: Path, budget: str, seed: int) -> tuple[Path, dict]:
         from evl_ecg.data.budget import BUDGET_FILE, write_split

@@ -226,6 +226,38 @@ def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def study_data(
+    out: Path, n_train: int, n_val: int, test_ptb: int, data_seed: int, test_seed: int, generator: int,
+    log: Callable[[str], None],
+) -> tuple[Path, Path]:  # fmt: skip
+    """A study's training corpus with its validation split (``out/data``) and its test benchmark of a seed of its
+    own in ECGBench's proportions (``out/test``), each built unless it is there."""
+    from evl_ecg.data.corpus import build_corpus
+
+    data, test = out / "data", out / "test"
+    if not (data / "manifest.json").exists():
+        log(f"[study] training corpus: {n_train} records + validation {n_val} per subset")
+        build_corpus(data, n_train=n_train, n_bench=0, n_val=n_val, seed=data_seed, workers=2, progress=False,
+                     generator=generator)  # fmt: skip
+    if not (test / "manifest.json").exists():
+        log(f"[study] test benchmark: seed {test_seed}, {test_ptb} PTB-XL records, ECGBench proportions")
+        build_corpus(test, n_train=0, n_bench=test_ptb, seed=test_seed, workers=2, progress=False,
+                     bench_proportions="ecgbench", generator=generator)  # fmt: skip
+    return data, test
+
+
+def study_teacher(given: str | None) -> Path:
+    """The teacher of a study: ``given``, else the shipped tiny teacher."""
+    if given:
+        return Path(given)
+    from evl_ecg.train.demo import shipped_teacher
+
+    shipped = shipped_teacher()
+    if shipped is None:
+        raise StudyError("no teacher: give --teacher DIR (the package ships none)")
+    return shipped
+
+
 class Study:
     """One study folder: :meth:`run` does (or resumes) everything and writes the results."""
 
@@ -278,45 +310,11 @@ class Study:
         key.write()
 
     def _data(self) -> tuple[Path, Path]:
-        from evl_ecg.data.corpus import build_corpus
-
         s = self.settings
-        data, test = self.out / "data", self.out / "test"
-        if not (data / "manifest.json").exists():
-            self.log(f"[study] training corpus: {s.n_train} records + validation {s.n_val} per subset")
-            build_corpus(
-                data,
-                n_train=s.n_train,
-                n_bench=0,
-                n_val=s.n_val,
-                seed=s.data_seed,
-                workers=2,
-                progress=False,
-                generator=s.generator,
-            )
-        if not (test / "manifest.json").exists():
-            self.log(f"[study] test benchmark: seed {s.test_seed}, {s.test_ptb} PTB-XL records, ECGBench proportions")
-            build_corpus(
-                test,
-                n_train=0,
-                n_bench=s.test_ptb,
-                seed=s.test_seed,
-                workers=2,
-                progress=False,
-                bench_proportions="ecgbench",
-                generator=s.generator,
-            )
-        return data, test
+        return study_data(self.out, s.n_train, s.n_val, s.test_ptb, s.data_seed, s.test_seed, s.generator, self.log)
 
     def _teacher(self) -> Path:
-        if self.settings.teacher:
-            return Path(self.settings.teacher)
-        from evl_ecg.train.demo import shipped_teacher
-
-        shipped = shipped_teacher()
-        if shipped is None:
-            raise StudyError("no teacher: give --teacher DIR (the package ships none)")
-        return shipped
+        return study_teacher(self.settings.teacher)
 
     def _phase1(self, seed: int, data: Path) -> Path:
         s = self.settings
