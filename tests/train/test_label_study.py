@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from evl_ecg.data.budget import load_answers
+from evl_ecg.train.curves import BEST_DIR, best_point
 from evl_ecg.train.label_study import (
     ALL_LABELLED_ROWS,
     CONTROLS,
@@ -49,11 +50,30 @@ def test_the_grid_runs_every_row_at_the_main_budget_and_the_controls_elsewhere()
         ({"data_seed": 5, "test_seed": 5}, "must differ"),
         ({"budgets": ("10%", "0.1")}, "given twice"),
         ({"phase1_steps": 0}, "phase1_steps must be >= 1"),
+        ({"phase2_steps": 0}, "phase2_steps and choice_points"),
+        ({"jobs": 0}, "jobs and threads"),
     ],
 )
 def test_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(StudyError, match=message):
         LabelStudySettings(**kwargs)
+
+
+def test_a_run_keeps_its_best_validation_point_the_earliest_on_a_tie():
+    curve = [{"step": 0, "auc": 63.1}, {"step": 300, "auc": 58.0}, {"step": 600, "auc": 63.1}]
+    assert best_point(curve)["step"] == 0  # a control that only loses by training on keeps its phase-1 student
+    curve += [{"step": 900, "auc": 70.3}, {"step": 1200, "auc": 70.3}]
+    assert best_point(curve)["step"] == 900
+    with pytest.raises(ValueError, match="empty"):
+        best_point([])
+
+
+def test_jobs_return_results_in_the_order_given(tmp_path):
+    import time
+
+    study = LabelStudy(tmp_path, LabelStudySettings(jobs=2), log=lambda m: None)
+    tasks = [lambda d=d, i=i: (time.sleep(d), i)[1] for i, d in enumerate((0.2, 0.0, 0.1))]
+    assert study._parallel(tasks) == [0, 1, 2]
 
 
 def test_the_teacher_s_own_seeds_are_refused(tmp_path):
@@ -121,6 +141,11 @@ def test_no_stage_reads_a_pool_label(tmp_path):
     (second / "data" / "train.json").write_text(json.dumps(train, indent=1))
     LabelStudy(second, settings, log=lambda m: None, runner=_in_process).run()
 
+    for run in res["runs"]:  # each row's evaluated model is the student of its best validation point
+        if run["row"] != "teacher":
+            step = best_point(run["curve"])["step"]
+            assert run["chosen_step"] == step
+            assert Path(run["model"]).name == (BEST_DIR if step > 0 else "student"), run["row"]
     for name in ("pool.json", "labelled.json", "train-teacher.json", "train-self.json"):
         assert (budget / name).read_bytes() == (second / budget.relative_to(first) / name).read_bytes(), name
     for folder in ("phase1", "runs/50pct"):

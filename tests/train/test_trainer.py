@@ -295,3 +295,10 @@ def test_label_smoothing_is_the_ce_terms_option_in_every_phase(tmp_path, tiny_co
         build_objective(tiny_config(tmp_path, tiny_corpus, phase="sft", objective={"terms": {}}), student, None)
     with pytest.raises(ConfigError, match=r"label_smoothing_factor.*objective=\{ce: \{label_smoothing: 0.1\}\}"):
         tiny_config(tmp_path, tiny_corpus, phase="sft", label_smoothing_factor=0.1)
+
+
+def test_keeping_the_best_point_needs_a_learning_curve(tmp_path, tiny_corpus, tiny_config):
+    from evl_ecg.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"curve_keep_best.*curve_every > 0"):
+        tiny_config(tmp_path, tiny_corpus, phase="sft", curve_keep_best=True)

@@ -326,7 +326,9 @@ def study(
             "settings (docs/train.md section 4: on the tiny pair it returns the student to one answer)."
         ),
     ] = False,
-    threads: Annotated[int, typer.Option(help="torch threads of each run (runs go one at a time).")] = 2,
+    threads: Annotated[
+        int, typer.Option(help="torch threads of each run (runs go one at a time; with --labels, --jobs at a time).")
+    ] = 2,
     generator: Annotated[
         int,
         typer.Option(
@@ -351,8 +353,14 @@ def study(
         int | None, typer.Option(min=1, help="with --labels: phase-1 steps (default: chosen on validation).")
     ] = None,
     phase2_steps: Annotated[
-        int | None, typer.Option(min=1, help="with --labels: phase-2 steps (default: chosen on validation).")
+        int | None,
+        typer.Option(
+            min=1, help="with --labels: phase-2 steps of every row, each keeping its best validation point (1200)."
+        ),
     ] = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="with --labels: runs at once, each with --threads threads (2 x 1 on 2 cores).")
+    ] = 1,
     data_seed: Annotated[int, typer.Option(min=0, help="with --labels: seed of the training corpus.")] = 21,
     test_seed: Annotated[int, typer.Option(min=0, help="with --labels: seed of the test benchmark.")] = 2100,
 ) -> None:
@@ -367,7 +375,7 @@ def study(
         _fail(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2")
     if labels:
         _label_study(out, labels, main_budget, rows, seed_list, phase1_steps, phase2_steps, data_seed, test_seed,
-                     teacher, train_records, val, test_ptb, threads, generator, quick,
+                     teacher, train_records, val, test_ptb, threads, generator, quick, jobs,
                      unused={"--methods": methods, "--method-set": method_set, "--phase1-set": phase1_set,
                              "--phase2-set": phase2_set, "--phase1-seeds": phase1_seeds or None,
                              "--paper-objective": paper_objective or None})  # fmt: skip
@@ -401,7 +409,7 @@ def study(
 def _label_study(
     out: Path, labels: str, main_budget: str, rows: str | None, seeds: tuple[int, ...], phase1_steps: int | None,
     phase2_steps: int | None, data_seed: int, test_seed: int, teacher: Path | None, train_records: int, val: int,
-    test_ptb: int, threads: int, generator: int, quick: bool, unused: dict[str, Any],
+    test_ptb: int, threads: int, generator: int, quick: bool, jobs: int, unused: dict[str, Any],
 ) -> None:  # fmt: skip
     """``evl-ecg study --labels``: the label-budget study (:mod:`evl_ecg.train.label_study`)."""
     from evl_ecg.train.label_study import MAIN_ROWS, LabelStudySettings, run_label_study
@@ -426,10 +434,11 @@ def _label_study(
             test_seed=test_seed,
             generator=generator,
             phase1_steps=phase1_steps,
-            phase2_steps=phase2_steps,
+            **({"phase2_steps": phase2_steps} if phase2_steps else {}),
             teacher=str(teacher) if teacher else None,
             quick=quick,
             threads=threads,
+            jobs=jobs,
         )
         res = run_label_study(out, settings, log=lambda m: typer.echo(m, err=True))
     except (StudyError, ValueError, OSError) as exc:

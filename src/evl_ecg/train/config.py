@@ -170,6 +170,13 @@ class EvlConfig(TrainingArguments):
         metadata={"help": "validation bench file of the learning curve (a corpus' val/ptb-test.json), never the test."},
     )
     curve_records: int | None = field(default=None, metadata={"help": "use only the first N validation records."})
+    curve_keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "validation checkpoint selection: write the student of the curve's best point after step 0 to "
+            "output_dir/best-student whenever a point beats every earlier one (step 0 included)."
+        },
+    )
 
     @contextlib.contextmanager
     def unsharded_loading(self) -> Iterator[None]:
@@ -243,6 +250,8 @@ class EvlConfig(TrainingArguments):
             raise ConfigError("max_pixels", f"must be >= min_pixels ({self.min_pixels}), got {self.max_pixels}")
         if self.curve_every > 0 and not self.curve_bench:
             raise ConfigError("curve_every", "a learning curve (curve_every > 0) needs curve_bench")
+        if self.curve_keep_best and self.curve_every <= 0:
+            raise ConfigError("curve_keep_best", "keeps the best point of a learning curve: set curve_every > 0")
         if self.fsdp and self.use_cpu:
             raise ConfigError(
                 "fsdp",

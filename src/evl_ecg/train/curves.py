@@ -7,6 +7,10 @@ appends ``{"step", "auc", "n", "seconds"}`` to ``output_dir/curve.json``. ``seco
 time: the Trainer's ``train_runtime`` includes it, so a step-time measurement subtracts it. It never reads the
 reported benchmark: settings are chosen on these numbers. A resumed run keeps the points it has and computes only
 the missing ones. Only the main process evaluates.
+
+``keep_best``: validation checkpoint selection. Whenever a point beats every earlier one (step 0 included), the
+student is written to ``output_dir/best-student`` (:data:`BEST_DIR`); :func:`best_point` names the point a caller
+keeps (the earliest on a tie; step 0 means the run's starting weights).
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ from transformers import TrainerCallback
 from evl_ecg.data.records import atomic_write_bytes, load_records, open_image
 
 CURVE_FILE = "curve.json"
+#: the student at the curve's best point after step 0 (``keep_best``)
+BEST_DIR = "best-student"
+
+
+def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The point of highest validation AUC, the earliest on a tie (step 0 included: the starting weights)."""
+    if not points:
+        raise ValueError("an empty learning curve has no best point")
+    return max(points, key=lambda p: (p["auc"], -p["step"]))
 
 
 class ValidationCurve(TrainerCallback):
@@ -37,6 +50,7 @@ class ValidationCurve(TrainerCallback):
         max_new_tokens: int = 32,
         batch_size: int = 16,
         limit: int | None = None,
+        keep_best: bool = False,
     ) -> None:
         if every < 1:
             raise ValueError(f"curve_every must be >= 1, got {every}")
@@ -52,6 +66,7 @@ class ValidationCurve(TrainerCallback):
         self.every = every
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.keep_best = keep_best
         path = self.out / CURVE_FILE
         self.points: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
 
@@ -84,9 +99,12 @@ class ValidationCurve(TrainerCallback):
                 model.train(was_training)
         _, Y, P = label_matrices(self.bench_file, pred, self.records)
         seconds = round(time.perf_counter() - t0, 2)
-        self.points.append(
-            {"step": int(step), "auc": round(macro_auc(Y, P), 3), "n": len(self.records), "seconds": seconds}
-        )
+        point = {"step": int(step), "auc": round(macro_auc(Y, P), 3), "n": len(self.records), "seconds": seconds}
+        if self.keep_best and step > 0 and all(point["auc"] > p["auc"] for p in self.points if p["step"] < step):
+            from evl_ecg.train.trainer import export_student
+
+            export_student(model, None, self.out / BEST_DIR)
+        self.points.append(point)
         self.points.sort(key=lambda p: p["step"])
         atomic_write_bytes(self.out / CURVE_FILE, (json.dumps(self.points, indent=1) + "\n").encode("utf-8"))
 
@@ -100,4 +118,4 @@ class ValidationCurve(TrainerCallback):
             self._evaluate(model, state.global_step)
 
 
-__all__ = ["CURVE_FILE", "ValidationCurve"]
+__all__ = ["BEST_DIR", "CURVE_FILE", "ValidationCurve", "best_point"]

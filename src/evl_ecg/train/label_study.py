@@ -13,7 +13,7 @@ Layout of ``out``::
     test/                         the reported test benchmark (its own seed; scored after every choice is made)
     answers/teacher/              the teacher's answers to every training record's pool question (one file)
     budgets/<b>/seed-<s>/         labelled.json, pool.json, budget.json; the composed training file of each row
-    choose/<b>/                   the choice of step counts on the validation split (the control, first seed)
+    choose/<b>/                   phase-1 steps (the control) and the label smoothing, chosen on validation (first seed)
     phase1/<b>/seed-<s>/          phase 1: SFT on the labelled records (vision pretraining on their findings only)
     self/<b>/seed-<s>/            the phase-1 student's own answers to its pool (self-training)
     runs/<b>/<row>/seed-<s>/      one phase-2 run from that phase-1 student, its evaluation in eval/, done.json
@@ -23,8 +23,15 @@ Every stage that reads a label reads ``labelled.json`` only: vision pretraining 
 phase 1, phase 2, and the validation curves, which read no more validation records than the budget has labels. A
 pool record enters training only with a model's answer (the teacher's, or for self-training the student's own).
 
+Phase 2 is the same for every row: ``phase2_steps`` steps with a validation curve, and the row keeps the student of
+its best validation point (validation checkpoint selection, :func:`evl_ecg.train.curves.best_point`; step 0 is the
+phase-1 student itself). Every row thus has the same steps, data and tuning budget, and a control that only loses by
+training on further is not made to (the pilot of docs/train.md section 6a: the control's validation AUC fell from
+63.1 to 56.7 over 300 phase-2 steps while sequence-level KD needed more than 1,000 to gain).
+
 Every run is a subprocess, as in :mod:`evl_ecg.train.study`; a run is finished when its ``done.json`` exists, and a
-rerun of the same command resumes.
+rerun of the same command resumes. ``jobs`` runs that many subprocesses at once (each seed's runs in order; a
+single run, such as the teacher's answers, gets every job's threads).
 """
 
 from __future__ import annotations
@@ -33,14 +40,17 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evl_ecg.data.budget import Budget, BudgetError
 from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.train.curves import BEST_DIR, best_point
 from evl_ecg.train.study import (
     REPORTED,
     TINY_METHOD_SETS,
@@ -151,9 +161,8 @@ class LabelStudySettings:
     test_seed: int = 2100
     generator: int = 2
     phase1_steps: int | None = None
-    phase2_steps: int | None = None
+    phase2_steps: int = 1200
     phase1_max: int = 2000
-    phase2_max: int = 600
     choice_points: int = 4
     smoothing_grid: tuple[float, ...] = (0.05, 0.1, 0.2)
     max_new_tokens: int = 32
@@ -161,6 +170,7 @@ class LabelStudySettings:
     teacher: str | None = None
     quick: bool = False
     threads: int = 2
+    jobs: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -182,9 +192,12 @@ class LabelStudySettings:
             raise StudyError("--seeds: give at least one seed (and other_seeds >= 1)")
         if self.n_train < 2 or self.n_val < 1 or self.test_ptb < 1:
             raise StudyError("n_train must be >= 2, n_val and test_ptb >= 1")
-        for name, value in (("phase1_steps", self.phase1_steps), ("phase2_steps", self.phase2_steps)):
-            if value is not None and value < 1:
-                raise StudyError(f"{name} must be >= 1 (or unset: chosen on validation)")
+        if self.phase1_steps is not None and self.phase1_steps < 1:
+            raise StudyError("phase1_steps must be >= 1 (or unset: chosen on validation)")
+        if self.phase2_steps < 1 or self.choice_points < 1:
+            raise StudyError("phase2_steps and choice_points must be >= 1")
+        if self.jobs < 1 or self.threads < 1:
+            raise StudyError("jobs and threads must be >= 1")
         if not self.smoothing_grid or not all(0 < e < 1 for e in self.smoothing_grid):
             raise StudyError("smoothing_grid: strengths in (0, 1)")
         clash = {name: seed for name, seed in STUDY_SEEDS.items() if seed in (self.data_seed, self.test_seed)}
@@ -297,7 +310,9 @@ class LabelStudy:
         return sets + [f"curve_records={self._val_records(labelled)}"]
 
     # ---- phases --------------------------------------------------------------------------------------------------
-    def _phase1(self, data: Path, budget: str, seed: int, steps: int, run_dir: Path, curve: int = 0) -> Path:
+    def _phase1(
+        self, data: Path, budget: str, seed: int, steps: int, run_dir: Path, curve: int = 0, threads: int | None = None
+    ) -> Path:
         """Phase 1 (SFT) on the budget's labelled records: vision pretraining on their findings only."""
         s = self.settings
         if (run_dir / "done.json").exists():
@@ -318,11 +333,11 @@ class LabelStudy:
             sets += self._curve_sets(data, steps, info["labelled"], curve)
         cmd = _cli("train", "sft", "--data", str(folder / "labelled.json"), "--out", str(run_dir))
         args = [*cmd, *[x for v in sets for x in ("--set", v)]]
-        usage = self.run_process(args, run_dir.with_suffix(".log"), s.threads)
+        usage = self.run_process(args, run_dir.with_suffix(".log"), threads or s.threads)
         _write_json(run_dir / "done.json", usage)
         return run_dir / "student"
 
-    def _teacher_answers(self, teacher: Path, data: Path) -> Path:
+    def _teacher_answers(self, teacher: Path, data: Path, threads: int | None = None) -> Path:
         """The teacher's answers to every training record's pool question, once (every budget and seed)."""
         from evl_ecg.eval.answers import answers_file
         from evl_ecg.models.fingerprint import model_fingerprint
@@ -344,7 +359,7 @@ class LabelStudy:
                 "--max-new-tokens",
                 str(self.settings.answer_tokens),
             )
-            _write_json(done, self.run_process(cmd, folder / "answers.log", self.settings.threads))
+            _write_json(done, self.run_process(cmd, folder / "answers.log", threads or self.settings.threads))
         return path
 
     def _self_answers(self, student: Path, data: Path, budget: str, seed: int) -> Path:
@@ -443,7 +458,7 @@ class LabelStudy:
             f"logging_steps={max(1, min(25, steps))}",
         ]
         sets += [x.replace("EPS", str(eps)) for x in row.sets]
-        sets += self._curve_sets(data, steps, labelled, 1 if test is not None else s.choice_points)
+        sets += [*self._curve_sets(data, steps, labelled, s.choice_points), "curve_keep_best=true"]
         cmd = _cli(
             "distill",
             "--method",
@@ -458,21 +473,28 @@ class LabelStudy:
             str(run_dir / "train"),
         )
         train = self.run_process([*cmd, *[x for v in sets for x in ("--set", v)]], run_dir / "train.log", s.threads)
+        curve = _read_curve(run_dir / "train")
+        if not curve:
+            raise StudyError(f"{run_dir / 'train'}: the run wrote no validation curve")
+        best = best_point(curve)
+        # the row's model: the student of its best validation point (step 0: the phase-1 student itself)
+        model = run_dir / "train" / BEST_DIR if best["step"] > 0 else student
         result: dict[str, Any] = {
             "row": row.name,
             "budget": budget,
             "seed": seed,
             "steps": steps,
             "train": train,
-            "curve": _read_curve(run_dir / "train"),
+            "curve": curve,
+            "chosen_step": int(best["step"]),
+            "val_auc": float(best["auc"]),
+            "model": str(model),
             "train_file": str(train_file),
         }
         if eps is not None:
             result["label_smoothing"] = eps
         if test is not None:
-            result["eval"] = self.run_process(
-                self._eval_cmd(run_dir / "train" / "student", test, run_dir), run_dir / "eval.log", s.threads
-            )
+            result["eval"] = self.run_process(self._eval_cmd(model, test, run_dir), run_dir / "eval.log", s.threads)
             result["scores"] = str(run_dir / "eval" / "scores.json")
         _write_json(done, result)
         return result
@@ -482,14 +504,15 @@ class LabelStudy:
         cmd = _cli("eval", "run", "--model", str(model), "--bench", str(test / "bench"), "--out", str(run_dir / "eval"))
         return cmd + ["--max-new-tokens", str(8 if self.settings.quick else self.settings.max_new_tokens), *subsets]
 
-    def _teacher_eval(self, teacher: Path, test: Path) -> dict:
+    def _teacher_eval(self, teacher: Path, test: Path, threads: int | None = None) -> dict:
         run_dir = self.out / "runs" / "teacher"
         done = run_dir / "done.json"
         if done.exists():
             return json.loads(done.read_text())
         self.log("[labels] the teacher on the test benchmark")
         run_dir.mkdir(parents=True, exist_ok=True)
-        usage = self.run_process(self._eval_cmd(teacher, test, run_dir), run_dir / "eval.log", self.settings.threads)
+        cmd = self._eval_cmd(teacher, test, run_dir)
+        usage = self.run_process(cmd, run_dir / "eval.log", threads or self.settings.threads)
         result = {
             "row": "teacher",
             "budget": None,
@@ -511,8 +534,9 @@ class LabelStudy:
         return int(best["step"]), float(best["auc"])
 
     def _choose(self, data: Path, teacher: Path, budget: str) -> dict:
-        """Phase-1 and phase-2 step counts at ``budget``, chosen for the control on the validation split (first
-        seed) before any teacher row runs; the label-smoothing strength at the main budget likewise."""
+        """The phase-1 step count at ``budget``, chosen for the control on the validation split (first seed) before
+        any teacher row runs; the label-smoothing strength at the main budget likewise (each strength's run keeps its
+        best validation point, as every row does). Phase 2's length is a setting; its checkpoint is chosen per run."""
         s = self.settings
         folder = self.out / "choose" / _slug(budget)
         path = folder / "choice.json"
@@ -526,50 +550,30 @@ class LabelStudy:
             "labelled": info["labelled"],
             "val_records": self._val_records(info["labelled"]),
         }
-        p1max, p2max = (4, 4) if s.quick else (s.phase1_max, s.phase2_max)
+        p1max = 4 if s.quick else s.phase1_max
         if s.phase1_steps is not None:
             choice["phase1_steps"] = s.phase1_steps
         else:
-            self._phase1(data, budget, seed, p1max, folder / "phase1", curve=s.choice_points)
+            alone = s.threads * s.jobs  # the choice run runs alone
+            self._phase1(data, budget, seed, p1max, folder / "phase1", curve=s.choice_points, threads=alone)
             curve = _read_curve(folder / "phase1")
             choice["phase1_steps"], choice["phase1_val_auc"] = self.best_step(curve)
             choice["phase1_curve"] = curve
-        student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
-        train_file = self._compose(ROWS["control"], data, budget, seed, None)
-        if s.phase2_steps is not None:
-            choice["phase2_steps"] = s.phase2_steps
-        else:
-            run = self._phase2(
-                ROWS["control"],
-                budget,
-                seed,
-                train_file,
-                student,
-                teacher,
-                data,
-                p2max,
-                folder / "phase2",
-                info["labelled"],
-            )
-            choice["phase2_steps"], choice["phase2_val_auc"] = self.best_step(run["curve"])
-            choice["phase2_curve"] = run["curve"]
+        choice["phase2_steps"] = min(4, s.phase2_steps) if s.quick else s.phase2_steps
         if budget == s.main_budget and "label-smoothing" in s.rows:
-            scores = {}
-            for eps in s.smoothing_grid:
-                run = self._phase2(
-                    ROWS["label-smoothing"],
-                    budget,
-                    seed,
-                    train_file,
-                    student,
-                    teacher,
-                    data,
-                    choice["phase2_steps"],
-                    folder / f"smoothing-{eps}",
-                    info["labelled"],
-                    eps=eps,
+            student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
+            train_file = self._compose(ROWS["control"], data, budget, seed, None)
+
+            def smoothing(eps: float) -> dict:
+                run_dir = folder / f"smoothing-{eps}"
+                row = ROWS["label-smoothing"]
+                steps = choice["phase2_steps"]
+                return self._phase2(
+                    row, budget, seed, train_file, student, teacher, data, steps, run_dir, info["labelled"], eps
                 )
-                scores[str(eps)] = run["curve"][-1]["auc"] if run["curve"] else math.nan
+
+            runs = self._parallel([lambda e=e: smoothing(e) for e in s.smoothing_grid])
+            scores = {str(eps): run["val_auc"] for eps, run in zip(s.smoothing_grid, runs, strict=True)}
             choice["label_smoothing"] = float(max(scores, key=lambda e: (scores[e], -float(e))))
             choice["label_smoothing_val_auc"] = scores
         _write_json(path, choice)
@@ -581,22 +585,25 @@ class LabelStudy:
     def seconds_left(
         self, grid: list[tuple[str, str, tuple[int, ...]]], choices: dict[str, dict], eval_s: float
     ) -> float:
-        """The grid's wall time, from what the step choices measured: each budget's phase-1 run, its control's
-        phase-2 seconds per step (x3 for a row that runs the teacher live, as a KD step costs on the tiny pair), and
-        the teacher's evaluation as a bound on a student's; runs already finished count 0."""
+        """The grid's wall time, from what has been measured: each budget's phase-1 run, a phase-2 run's seconds per
+        step (x3 for a row that runs the teacher live, as a KD step costs on the tiny pair), and the teacher's
+        evaluation as a bound on a student's; runs already finished count 0; divided among the jobs."""
         total = 0.0
         for budget, name, seeds in grid:
             choice = choices[budget]
-            folder = self.out / "choose" / _slug(budget)
             p1 = self._done_seconds(self._phase1_dir(budget, choice["seed"]))
-            p2 = self._done_seconds(folder / "phase2", per_step=True) or 0.0
+            done = sorted((self.out / "choose" / _slug(budget)).glob("smoothing-*/done.json"))
+            done += sorted((self.out / "runs" / _slug(budget)).glob("*/seed-*/done.json"))
+            p2 = self._done_seconds(done[0].parent, per_step=True) if done else None
+            if p2 is None:
+                p2 = (p1 or 0.0) / max(1, choice["phase1_steps"])
             for seed in seeds:
                 if (self.out / "runs" / _slug(budget) / name / f"seed-{seed}" / "done.json").exists():
                     continue
                 if not (self._phase1_dir(budget, seed) / "done.json").exists():
                     total += p1 or 0.0
                 total += p2 * choice["phase2_steps"] * (1 if ROWS[name].method == "sft" else 3) + eval_s
-        return total
+        return total / self.settings.jobs
 
     @staticmethod
     def _done_seconds(run_dir: Path, per_step: bool = False) -> float | None:
@@ -609,7 +616,58 @@ class LabelStudy:
             return None
         return seconds / max(1, int(doc.get("steps", 1))) if per_step else float(seconds)
 
+    def _parallel(self, tasks: list[Callable[[], Any]], on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Run ``tasks`` (each runs its subprocesses in order) ``jobs`` at a time; their results in order.
+        ``on_done(i, result)`` as each finishes, one at a time. A task that fails stops the tasks not yet begun."""
+        results: list[Any] = [None] * len(tasks)
+        if self.settings.jobs == 1 or len(tasks) < 2:
+            for i, t in enumerate(tasks):
+                results[i] = t()
+                if on_done is not None:
+                    on_done(i, results[i])
+            return results
+        pool = ThreadPoolExecutor(max_workers=self.settings.jobs)
+        try:
+            futures = {pool.submit(t): i for i, t in enumerate(tasks)}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                if on_done is not None:
+                    on_done(futures[f], results[futures[f]])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
+
     # ---- the grid ------------------------------------------------------------------------------------------------
+    def _cell(self, data: Path, teacher: Path, test: Path, budget: str, name: str, seed: int, choice: dict) -> dict:
+        """One row at one (budget, seed): the seed's phase-1 student (made once, whichever row asks first), the row's
+        training file, its phase 2 and its evaluation."""
+        row = ROWS[name]
+        with self._seed_lock(budget, seed):  # the seed's split, phase 1, self-training answers and files, once
+            _, info = self._split(data, budget, seed)
+            student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
+            answers = None
+            if row.pool in ("teacher", "shuffled"):
+                answers = self._teacher_answers(teacher, data)
+            elif row.pool == "self":
+                answers = self._self_answers(student, data, budget, seed)
+            train_file = self._compose(row, data, budget, seed, answers)
+        run_dir = self.out / "runs" / _slug(budget) / name / f"seed-{seed}"
+        eps = choice.get("label_smoothing", self.settings.smoothing_grid[0]) if name == "label-smoothing" else None
+        steps = choice["phase2_steps"]
+        result = self._phase2(
+            row, budget, seed, train_file, student, teacher, data, steps, run_dir, info["labelled"], eps=eps, test=test
+        )
+        with self._lock:
+            self._finished += 1
+            rate = (time.perf_counter() - self._started) / self._finished
+            left = rate * (self._total - self._finished) / 60
+            self.log(f"[labels] {self._finished}/{self._total} runs; about {left:.0f} min left")
+        return result
+
+    def _seed_lock(self, budget: str, seed: int) -> threading.Lock:
+        with self._lock:
+            return self._seed_locks.setdefault((budget, seed), threading.Lock())
+
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         s = self.settings
@@ -618,59 +676,60 @@ class LabelStudy:
         data, test = self._data()
         grid = s.grid()
         self.log(f"[labels] {estimate(s)}")
-        teacher_run = self._teacher_eval(teacher, test)
-        choices = {b: self._choose(data, teacher, b) for b in s.budgets}
-        left = self.seconds_left(grid, choices, teacher_run["eval"]["seconds"])
-        self.log(f"[labels] the grid: about {left / 60:.0f} min on this machine (from the step choices' timings)")
-        main_eps = choices[s.main_budget].get("label_smoothing", s.smoothing_grid[0])
-        teacher_answers = None
-        runs = []
-        total, started = sum(len(seeds) for _, _, seeds in grid), time.perf_counter()
-        for budget, name, seeds in grid:
-            row = ROWS[name]
-            choice = choices[budget]
-            for seed in seeds:
-                if runs:
-                    rate = (time.perf_counter() - started) / len(runs)
-                    self.log(f"[labels] {len(runs)}/{total} runs; about {rate * (total - len(runs)) / 60:.0f} min left")
-                _, info = self._split(data, budget, seed)
-                student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
-                answers = None
-                if row.pool in ("teacher", "shuffled"):
-                    teacher_answers = teacher_answers or self._teacher_answers(teacher, data)
-                    answers = teacher_answers
-                elif row.pool == "self":
-                    answers = self._self_answers(student, data, budget, seed)
-                train_file = self._compose(row, data, budget, seed, answers)
-                run_dir = self.out / "runs" / _slug(budget) / name / f"seed-{seed}"
-                eps = main_eps if name == "label-smoothing" else None
-                runs.append(
-                    self._phase2(
-                        row,
-                        budget,
-                        seed,
-                        train_file,
-                        student,
-                        teacher,
-                        data,
-                        choice["phase2_steps"],
-                        run_dir,
-                        info["labelled"],
-                        eps=eps,
-                        test=test,
-                    )
-                )
-        runs.append(teacher_run)
+        alone = s.threads * s.jobs  # a run that runs alone gets every job's threads
+        teacher_run = self._teacher_eval(teacher, test, alone)
+        if any(ROWS[name].pool in ("teacher", "shuffled") for _, name, _ in grid):
+            self._teacher_answers(teacher, data, alone)
+        # the main budget first: its rows answer the study's question
+        order = [s.main_budget, *[b for b in s.budgets if b != s.main_budget]]
+        self._lock, self._finished, self._started = threading.Lock(), 0, time.perf_counter()
+        self._seed_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._total = sum(len(seeds) for _, _, seeds in grid)
+        choices: dict[str, dict] = {}
+        done: dict[tuple[str, str, int], dict] = {}
+        for budget in order:
+            choices[budget] = self._choose(data, teacher, budget)
+            cells = [(b, name, seeds) for b, name, seeds in grid if b == budget]
+            left = self.seconds_left(cells, choices, teacher_run["eval"]["seconds"])
+            self.log(f"[labels] {budget}: about {left / 60:.0f} min on this machine (from the timings so far)")
+            # row by row (the controls and sequence-level KD first), each row's seeds side by side: the jobs make
+            # different seeds' phase-1 students at once, and a stopped study has its first rows complete
+            order_cells = [(name, seed) for _, name, seeds in cells for seed in seeds]
+            tasks = [
+                (lambda b=budget, n=name, k=seed, c=choices[budget]: self._cell(data, teacher, test, b, n, k, c))
+                for name, seed in order_cells
+            ]
+
+            def finished(i: int, result: dict, budget: str = budget, cells: list = cells, order=order_cells) -> None:
+                """Partial results whenever a row has every seed: a long study can be read as it goes."""
+                name, seed = order[i]
+                done[(budget, name, seed)] = result
+                seeds = next(ss for _, n, ss in cells if n == name)
+                if all((budget, name, k) in done for k in seeds):
+                    complete = [done[(b, n, k)] for b, n, ss in grid for k in ss if all((b, n, x) in done for x in ss)]
+                    self._write_results([*complete, teacher_run], test, choices, t0, partial=True)
+
+            self._parallel(tasks, on_done=finished)
+        # results in the grid's order, whatever order the jobs finished in
+        runs = [done[(b, name, seed)] for b, name, seeds in grid for seed in seeds]
+        return self._write_results([*runs, teacher_run], test, choices, t0)
+
+    def _write_results(
+        self, runs: list[dict], test: Path, choices: dict[str, dict], t0: float, partial: bool = False
+    ) -> dict[str, Any]:
+        """results.json, results.md, summary.json and the figure from ``runs``; ``partial`` after a budget of a
+        study that goes on (the budgets still to run are missing from the tables, and the files say so)."""
+        s = self.settings
         res = label_results(runs, test, s, choices)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        res["partial"] = partial
         res["figures"] = label_figures(res, self.out / "figures")
         _write_json(self.out / "results.json", res)
         atomic_write_bytes(self.out / "results.md", label_markdown(res).encode("utf-8"))
-        _write_json(
-            self.out / "summary.json",
-            {k: res[k] for k in ("settings", "primary", "table", "labels_saved", "answers", "wall_seconds")},
-        )
-        self.log(f"[labels] wrote {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
+        keys = ("settings", "primary", "table", "labels_saved", "answers", "wall_seconds", "partial")
+        _write_json(self.out / "summary.json", {k: res[k] for k in keys})
+        what = "partial results (the study goes on)" if partial else "results"
+        self.log(f"[labels] wrote {what} to {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
         return res
 
 
@@ -687,8 +746,9 @@ def estimate(s: LabelStudySettings) -> str:
 
 # ---- results ---------------------------------------------------------------------------------------------------------
 def _final_val(run: dict) -> float | None:
+    """The validation AUC of the run's kept student (its best curve point)."""
     curve = run.get("curve") or []
-    return float(curve[-1]["auc"]) if curve else None
+    return float(best_point(curve)["auc"]) if curve else None
 
 
 def label_results(runs: list[dict], test: Path, s: LabelStudySettings, choices: dict[str, dict]) -> dict[str, Any]:
@@ -737,8 +797,8 @@ def label_results(runs: list[dict], test: Path, s: LabelStudySettings, choices: 
     teacher_row = {sub: macro_auc(*m) for sub, m in teacher.items()}
     # the primary method: a rule stated before the test split is read
     rule = (
-        f"the teacher-using row with the best mean strict PTB-XL AUC on the validation split (last curve point) at "
-        f"{s.main_budget}"
+        "the teacher-using row with the best mean strict PTB-XL AUC on the validation split (each run's kept point) "
+        f"at {s.main_budget}"
     )
     candidates = {r: val[(s.main_budget, r)] for r in s.rows if ROWS[r].teacher and (s.main_budget, r) in val}
     primary_name = max(candidates, key=lambda r: mean_std(candidates[r])[0]) if candidates else None
@@ -814,12 +874,15 @@ def label_markdown(res: dict[str, Any]) -> str:
         "Teacher (one model): " + ", ".join(f"{k} {v:.1f}" for k, v in res["teacher"].items()),
         "",
     ]
+    if res.get("partial"):
+        missing = [b for b in s["budgets"] if b not in res["table"]]
+        lines += [f"**Partial**: the study goes on; budgets not yet run: {', '.join(missing) or 'none'}.", ""]
     for budget, rows in res["table"].items():
         choice = res["choices"].get(budget, {})
         lines += [
             f"## {budget} labels ({res['labelled'][budget]} records; validation {choice.get('val_records')} records; "
-            f"{choice.get('phase1_steps')} phase-1 and {choice.get('phase2_steps')} phase-2 steps, chosen for the "
-            "control on validation)",
+            f"{choice.get('phase1_steps')} phase-1 steps, chosen for the control on validation; "
+            f"{choice.get('phase2_steps')} phase-2 steps, each run keeping its best validation point)",
             "",
             "| row | val PTB-XL | " + " | ".join(REPORTED) + " | PTB-XL vs control | share of gap (PTB-XL) |",
             "|---|---:|" + "---:|" * len(REPORTED) + "---:|---:|",

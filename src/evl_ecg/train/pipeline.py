@@ -443,7 +443,12 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         from evl_ecg.train.curves import ValidationCurve
 
         curve = ValidationCurve(
-            config.curve_bench, out_dir, every=config.curve_every, image_root=None, limit=config.curve_records
+            config.curve_bench,
+            out_dir,
+            every=config.curve_every,
+            image_root=None,
+            limit=config.curve_records,
+            keep_best=config.curve_keep_best,
         )
         callbacks = [*(callbacks or []), curve]
     trainer = EvlTrainer(
