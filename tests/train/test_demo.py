@@ -27,7 +27,7 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
             }
         )
     )
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(study)])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(study), "--labels", "all"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["timings_s"]) >= {"synth", "teacher", "sft", "control", "kd", "eval teacher", "figures"}
@@ -53,19 +53,71 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     card = (out / "kd" / "student" / "README.md").read_text()
     assert "not a medical device" in card and "| ptb-test | strict |" in card  # scored by the demo's evaluation
     # a second run reuses every finished stage
-    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--labels", "all"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["timings_s"].get("kd", 0) < 1.0
     # the same folder with the paper's objective would relabel the tiny-settings student: refused
-    other = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--paper-objective"])
+    other = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--paper-objective", "--labels", "all"])
     assert other.exit_code != 0 and "other settings" in other.output and "--out" in other.output
+
+
+def test_quick_demo_runs_the_label_budget_regime_by_default(tmp_path):
+    """The default demo: 10 % labels, the teacher's pool answers, the control, the label study's primary method and
+    it with EVL-ECG's terms, each keeping its best validation point; the label study's numbers beside them."""
+    from evl_ecg.cli import app
+
+    out = tmp_path / "demo"
+    cell = {"auc_mean": 66.25, "auc_std": 1.5}
+    summary = {
+        "settings": {"seeds": [0, 1, 2, 3, 4], "other_seeds": 3, "main_budget": "10%", "test_seed": 2100,
+                     "test_ptb": 500, "data_seed": 21},
+        "primary": {"row": "seq-kd", "rule": "by hand"},
+        "choices": {"10%": {"phase1_steps": 3}},
+        "table": {"10%": {"control": {"ptb-test": cell}, "seq-kd": {"ptb-test": {**cell, "auc_mean": 74.5}}}},
+        "teacher": {"ptb-test": 91.7},
+    }  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["labels"] == "10%"
+    methods = {r["method"] for r in doc["table"]["rows"]}
+    assert methods == {"teacher", "control-student", "seq-kd-student", "seq-kd+evl-ecg-student"}
+    budget = json.loads((out / "budget" / "budget.json").read_text())
+    assert (budget["labelled"], budget["pool"], budget["records"]) == (5, 43, 48)
+    pool = json.loads((out / "budget" / "pool.json").read_text())
+    assert all("labels" not in p and "meta" not in p for p in pool)  # the pool carries no label
+    # phase 1 read the labelled records only, for the study's phase-1 choice of steps
+    sft = json.loads((out / "sft" / "provenance.json").read_text())["config"]
+    assert sft["train_file"].endswith("labelled.json") and sft["pretrain_vision_data"] == "train"
+    assert sft["max_steps"] == 4  # --quick shortens every run
+    seq = json.loads((out / "seq-kd" / "provenance.json").read_text())["config"]
+    assert seq["train_file"].endswith("train-teacher.json") and seq["curve_keep_best"]
+    kd = json.loads((out / "seq-kd+evl-ecg" / "provenance.json").read_text())["config"]
+    assert kd["method"] == "evl-ecg" and kd["objective"]["alpha_warmup"] == 150
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# evl-ecg demo, 10% labels") and "5 of 48 training records labelled" in markdown
+    beside = markdown.split("beside the label study")[1].split("Stage times")[0]
+    lines = {line.split("|")[1].strip(): line for line in beside.splitlines() if line.startswith("| ")}
+    assert "66.2 +- 1.5" in lines["control-student"] and "74.5 +- 1.5" in lines["seq-kd-student"]
+    assert "91.7 (one model)" in lines["teacher"] and "seeds [0, 1, 2, 3, 4]" in beside
+
+
+def test_demo_refuses_a_label_budget_it_cannot_read(tmp_path):
+    from evl_ecg.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--labels", "ten"])
+    assert result.exit_code != 0 and "ten" in result.output and "Traceback" not in result.output
 
 
 def test_demo_names_a_study_folder_without_results(tmp_path):
     from evl_ecg.cli import app
 
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--study", str(tmp_path)])
+    d = str(tmp_path / "d")
+    result = CliRunner().invoke(app, ["demo", "--out", d, "--quick", "--study", str(tmp_path), "--labels", "all"])
     assert result.exit_code != 0 and "--study" in result.output and "results.json" in result.output
+    result = CliRunner().invoke(app, ["demo", "--out", d, "--quick", "--study", str(tmp_path)])
+    assert result.exit_code != 0 and "--study" in result.output and "summary.json" in result.output
 
 
 def test_beside_study_says_when_the_study_ran_another_generator_or_teacher():

@@ -270,8 +270,16 @@ def demo(
     teacher: Annotated[
         Path | None, typer.Option(help="teacher checkpoint in place of the shipped tiny one (e.g. the v1 teacher).")
     ] = None,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="label budget: a count or a fraction of the training records ('10%', '200'); 'all' for the paper's "
+            "regime (every record labelled)."
+        ),
+    ] = "10%",
 ) -> None:
-    """synth -> teacher -> student SFT -> control (CE) and KD (EVL-ECG), same budget -> evaluation, results table."""
+    """synth -> label budget -> teacher answers the pool -> student SFT on the labelled records -> control, the
+    label study's primary method and it with EVL-ECG's terms, same steps -> evaluation, results table."""
     from evl_ecg.train.demo import run_demo
 
     t0 = time.perf_counter()
@@ -284,6 +292,7 @@ def demo(
             study=study,
             generator=generator,
             teacher=teacher,
+            labels=labels,
         )
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -1,9 +1,15 @@
 """``evl-ecg demo``: the whole pipeline on the offline default, with each stage's time and a results table.
 
-synth (a synthetic ECGInstruct-style corpus and ECGBench-style subsets) -> teacher (the shipped tiny teacher, or
-trained when none ships) -> student SFT (phase 1) -> from that checkpoint, the same phase-2 step budget twice: the
-control (CE only) and KD with EVL-ECG -> evaluation of the teacher, the control and the distilled student with both
-scorers -> ``results.json`` / ``results.md``. One seed is never the evidence: ``evl-ecg study`` runs the seeds.
+The default is the regime where distillation pays (``labels="10%"``, docs/train.md section 6a): synth (a synthetic
+ECGInstruct-style corpus with a validation split, and ECGBench-style subsets) -> the label budget (``labelled.json``
+and the unlabelled ``pool.json``, :mod:`evl_ecg.data.budget`) -> the shipped tiny teacher answers the pool -> student
+SFT on the labelled records (phase 1; vision pretraining on their findings only) -> from that checkpoint, the same
+phase-2 steps three times, each keeping its best validation point: the control (the labelled records), the primary
+method of the label study (sequence-level KD: the teacher's pool answers beside the labelled records) and the
+primary method with EVL-ECG's terms -> evaluation with both scorers -> ``results.json`` / ``results.md``.
+
+``labels="all"``: the paper's regime (every record labelled): SFT -> the control (CE only) and KD with EVL-ECG on
+the same phase-2 budget. One seed is never the evidence: ``evl-ecg study`` (``--labels``) runs the seeds.
 
 Every stage is resumable: rerunning the demo in the same directory reuses what finished.
 """
@@ -65,14 +71,16 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool, se
     quick_settings = {"max_steps": 4, "save_steps": 2, "logging_steps": 1}
     quick_settings.update(pretrain_vision_steps=2, pretrain_vision_records=32)
     extra = quick_settings if quick else {}
-    cfg = load_config(tiny_config_path(phase), sets, output_dir=str(out_dir), **overrides, **extra)
+    cfg = load_config(tiny_config_path(phase), sets, output_dir=str(out_dir), **{**overrides, **extra})
     return run(cfg).student_dir
 
 
-def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_dir: Path) -> dict[str, Path]:
+def write_figures(
+    out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_dir: Path, kd_run: Path | None = None
+) -> dict[str, Path]:
     """``out/figures/``: the Sinkhorn plan of one benchmark ECG under the trained ``W_p`` (paper Figure 2), the
     singular-value spectra of the teacher's and both students' visual tokens over a few ECGs (Figure 3), and the
-    curve of every loss term of the KD run."""
+    curve of every loss term of the KD run (``kd_run``, the folder that trained ``kd_dir``: by default its parent)."""
     import torch
     from safetensors.torch import load_file
 
@@ -97,8 +105,10 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
 
     teacher, sft, kd = visual_tokens(teacher_dir), visual_tokens(sft_dir), visual_tokens(kd_dir)
     paths: dict[str, Path] = {}
-    checkpoint = last_complete_checkpoint(kd_dir.parent)
-    objective = load_file(str(Path(checkpoint) / "objective.safetensors")) if checkpoint else {}
+    kd_run = kd_run if kd_run is not None else kd_dir.parent
+    checkpoint = last_complete_checkpoint(kd_run)
+    weights = Path(checkpoint) / "objective.safetensors" if checkpoint else None
+    objective = load_file(str(weights)) if weights is not None and weights.exists() else {}
     proj = objective.get("terms.ot.proj.weight")
     if proj is not None:
         paths["transport_plan"] = plot_transport_plan(
@@ -109,13 +119,21 @@ def write_figures(out: Path, data: Path, teacher_dir: Path, sft_dir: Path, kd_di
         fig_dir / "singular_values.png",
         title="Visual-token spectra over 8 ptb-test ECGs",
     )
-    history = json.loads((kd_dir.parent / "log_history.json").read_text())
+    history = json.loads((kd_run / "log_history.json").read_text())
     paths["loss_curves"] = plot_loss_curves(history, fig_dir / "loss_curves.png")
     return paths
 
 
 #: the study behind the demo's one seed (``evl-ecg study``; written by ``evl_ecg.train.study.study_summary``)
 SHIPPED_STUDY = Path(__file__).resolve().parents[1] / "assets" / "tiny-study.json"
+#: the label study behind the budget demo (``evl-ecg study --labels``: its ``summary.json``)
+SHIPPED_LABEL_STUDY = Path(__file__).resolve().parents[1] / "assets" / "tiny-label-study.json"
+#: the budget demo's primary method when no label-study summary names one: the pilot's choice on validation
+DEFAULT_PRIMARY = "seq-kd"
+#: phase-1 steps of the budget demo when no label-study summary has a choice for its budget (the label study's
+#: choice on validation at 10 %, seed 0); phase-2 steps of every row (the label study's default)
+BUDGET_PHASE1_STEPS = 1000
+BUDGET_VAL_RECORDS = 100
 #: demo model -> study method
 STUDY_ROWS = {"teacher": "teacher", "control-student": "control", "evl-ecg-student": "evl-ecg"}
 STUDY_SUBSETS = ("ptb-test", "code15-test", "cpsc-test")
@@ -181,6 +199,56 @@ def beside_study(rows: dict[str, Any], study: dict[str, Any], seed: int, generat
     return "\n".join(lines)
 
 
+def load_label_study_summary(path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """A label study's summary: ``path`` (its folder or its ``summary.json``), else the shipped one (None if the
+    package has none)."""
+    target = Path(path) if path is not None else SHIPPED_LABEL_STUDY
+    if target.is_dir():
+        target = target / "summary.json"
+    if not target.exists():
+        if path is not None:
+            raise FileNotFoundError(f"--study {path}: no summary.json (run `evl-ecg study --labels ... --out DIR`)")
+        return None
+    doc = json.loads(target.read_text())
+    if "primary" not in doc or "table" not in doc:
+        raise ValueError(f"--study {target}: not a label study's summary (evl-ecg study --labels)")
+    return doc
+
+
+def beside_label_study(rows: dict[str, Any], study: dict[str, Any], seed: int, budget: str) -> str:
+    """Markdown: this run's strict AUC of each model beside the label study's mean +- std over seeds at the same
+    budget (the teacher: one model)."""
+    table = study["table"].get(budget, {})
+    head = "| model | " + " | ".join(f"{x} (this run) | {x} (study)" for x in STUDY_SUBSETS) + " |"
+    lines = [head, "|---|" + "---:|" * (2 * len(STUDY_SUBSETS))]
+    for row in rows["rows"]:
+        if row.get("scorer") != "strict":
+            continue
+        name = row["method"].removesuffix("-student")
+        cells = []
+        for subset in STUDY_SUBSETS:
+            mine = row["cells"].get(f"{subset}/AUC", {}).get("mean")
+            cells.append("-" if mine is None else f"{mine:.1f}")
+            if name == "teacher":
+                theirs = (study.get("teacher") or {}).get(subset)
+                cells.append("-" if theirs is None else f"{theirs:.1f} (one model)")
+            else:
+                cell = table.get(name, {}).get(subset)
+                cells.append("-" if cell is None else f"{cell['auc_mean']:.1f} +- {cell['auc_std']:.1f}")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    s = study["settings"]
+    seeds = s["seeds"] if budget == s["main_budget"] else s["seeds"][: s["other_seeds"]]
+    lines += [
+        "",
+        f"This run: seed {seed}, {rows.get('records', 'the demo’s')} records per subset, {budget} labels. Study: "
+        f"seeds {seeds}, test benchmark seed {s['test_seed']} ({s['test_ptb']} PTB-XL records), corpus seed "
+        f"{s['data_seed']}; mean +- std over the seeds; primary method {study['primary']['row']} (chosen on "
+        "validation)" + (" (partial: the study was still running)" if study.get("partial") else "") + ". "
+        "One seed is never the evidence.",
+    ]
+    return "\n".join(lines)
+
+
 def _check_teacher(given: Path, teacher_dir: Path) -> None:
     """``--teacher`` must be a model folder, and the one a demo folder already holds (same weights), if any."""
     from evl_ecg.models.fingerprint import model_fingerprint
@@ -194,6 +262,119 @@ def _check_teacher(given: Path, teacher_dir: Path) -> None:
             )
 
 
+def _all_labelled_stages(
+    out: Path, train_file: str, teacher_dir: Path, seed: int, quick: bool, timings: dict, paper_objective: bool
+) -> tuple[dict[str, Path], Path, Path, Path, Path]:
+    """The paper's regime: SFT on every record, then the control (CE) and KD with EVL-ECG on the same budget."""
+    from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
+
+    base = {"train_file": train_file, "seed": seed}
+    sft_dir = _stage("sft", timings, _train, "sft", out / "sft", base, quick)
+    kd = {**base, "student": str(sft_dir), "teacher": str(teacher_dir)}
+    control_dir = _stage("control", timings, _train, "kd", out / "control", {**kd, "method": "sft"}, quick)
+    sets = [] if paper_objective else method_settings(TINY_METHOD_SETS, "evl-ecg")
+    kd_dir = _stage("kd", timings, _train, "kd", out / "kd", kd, quick, sets)
+    models = {"teacher": teacher_dir, "control-student": control_dir, "evl-ecg-student": kd_dir}
+    return models, sft_dir, control_dir, kd_dir, kd_dir.parent
+
+
+def _budget_stages(
+    out: Path,
+    data: Path,
+    teacher_dir: Path,
+    budget: Any,
+    seed: int,
+    quick: bool,
+    timings: dict,
+    study: dict[str, Any] | None,
+    paper_objective: bool,
+) -> tuple[dict[str, Path], Path, Path, Path, Path]:
+    """The label-budget regime (module docstring): the split, the teacher's pool answers, phase 1 on the labelled
+    records, and three phase-2 runs that each keep their best validation point."""
+    import dataclasses
+
+    from evl_ecg.data.budget import BUDGET_FILE, LABELLED_FILE, POOL_FILE, compose, load_answers, load_pool, write_split
+    from evl_ecg.data.records import load_records, save_records
+    from evl_ecg.eval.answers import answer_pool
+    from evl_ecg.train.curves import BEST_DIR, best_point
+    from evl_ecg.train.label_study import ROWS, LabelStudySettings, evl_sets
+
+    split_dir = out / "budget"
+    if not (split_dir / BUDGET_FILE).exists():
+        write_split(data / "train.json", split_dir, budget, seed)
+    info = json.loads((split_dir / BUDGET_FILE).read_text())
+    print(f"[demo] {budget} labels: {info['labelled']} labelled records, {info['pool']} in the pool", flush=True)
+    primary_name = (study or {}).get("primary", {}).get("row") or DEFAULT_PRIMARY
+    primary = ROWS[primary_name]
+    terms = evl_sets() if not paper_objective else ()
+    with_terms = dataclasses.replace(primary, name=f"{primary_name}+evl-ecg", method="evl-ecg")
+    with_terms = dataclasses.replace(with_terms, sets=(*primary.sets, *terms))
+    if primary.method == "evl-ecg":  # the study's primary has the terms already: show it without them
+        primary, with_terms = dataclasses.replace(primary, name="seq-kd", method="sft", sets=()), primary
+    choice = ((study or {}).get("choices") or {}).get(str(budget)) or {}
+    phase1_steps = int(choice.get("phase1_steps") or BUDGET_PHASE1_STEPS)
+    phase2_steps = int(choice.get("phase2_steps") or LabelStudySettings.phase2_steps)
+    images = str(data / "images")
+    labelled_file = split_dir / LABELLED_FILE
+
+    phase1 = {
+        "train_file": str(labelled_file),
+        "seed": seed,
+        "image_root": images,
+        "pretrain_vision_data": "train",  # vision pretraining sees the labelled records' findings only
+        "max_steps": phase1_steps,
+        "save_steps": phase1_steps,
+    }
+    sft_dir = _stage("sft", timings, _train, "sft", out / "sft", phase1, quick)
+
+    def pool_file(row: Any) -> Path:
+        if row.pool is None:
+            return labelled_file
+        path = split_dir / (f"train-teacher-gold{row.gold}.json" if row.gold > 1 else "train-teacher.json")
+        if not path.exists():
+            answers = _stage(
+                "teacher answers", timings, answer_pool, teacher_dir, data / "train.json", out / "answers",
+                image_root=data / "images", progress=True,
+            )  # fmt: skip
+            labelled = load_records(labelled_file)
+            records, _ = compose(labelled, load_pool(split_dir / POOL_FILE), load_answers(answers))
+            copies = [dataclasses.replace(r, id=f"{r.id}~{k}") for k in range(2, row.gold + 1) for r in labelled]
+            save_records(path, records + copies)
+        return path
+
+    def phase2(stage: str, row: Any) -> Path:
+        run_dir = out / stage
+        settings = {
+            "train_file": str(pool_file(row)),
+            "seed": seed,
+            "student": str(sft_dir),
+            "teacher": str(teacher_dir),
+            "method": row.method,
+            "image_root": images,
+            "max_steps": phase2_steps,
+            "save_steps": phase2_steps,
+            "curve_every": max(1, phase2_steps // 4),
+            "curve_bench": str(data / "val" / "ptb-test.json"),
+            "curve_records": BUDGET_VAL_RECORDS,
+            "curve_keep_best": True,
+        }
+        _stage(stage, timings, _train, "kd", run_dir, settings, quick, list(row.sets))
+        best = best_point(json.loads((run_dir / "curve.json").read_text()))
+        print(f"[demo] {stage}: kept the student of step {best['step']} (validation AUC {best['auc']:.1f})")
+        return run_dir / BEST_DIR if best["step"] > 0 else sft_dir
+
+    control_dir = phase2("control", ROWS["control"])
+    primary_dir = phase2(primary.name, primary)
+    kd_dir = phase2(with_terms.name, with_terms)
+    models = {
+        "teacher": teacher_dir,
+        "control-student": control_dir,
+        f"{primary.name}-student": primary_dir,
+        f"{with_terms.name}-student": kd_dir,
+    }
+    return models, sft_dir, control_dir, kd_dir, out / with_terms.name
+
+
 def run_demo(
     out: str | os.PathLike[str],
     *,
@@ -203,8 +384,13 @@ def run_demo(
     study: str | os.PathLike[str] | None = None,
     generator: int = 2,
     teacher: str | os.PathLike[str] | None = None,
+    labels: str = "10%",
 ) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary written to ``results.json``.
+
+    ``labels``: the label budget (a count or a fraction of the training records; default 10 %), or ``"all"`` for
+    the paper's regime (every record labelled). Under a budget the table shows the teacher, the control, the label
+    study's primary method and that method with EVL-ECG's terms (module docstring).
 
     The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.train.study.TINY_METHOD_SETS``), or with
     the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table puts
@@ -212,9 +398,11 @@ def run_demo(
     generator of the corpus (1, the frozen first one; 2, closer to real ECGs). ``teacher``: a teacher folder to use
     in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another teacher is refused).
     """
-    from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
+    from evl_ecg.data.budget import Budget
 
-    summary_of_study = load_study_summary(study)
+    budget = Budget.parse(labels)
+    regime = None if budget.is_all else budget
+    summary_of_study = load_label_study_summary(study) if regime else load_study_summary(study)
     if summary_of_study is None:
         print("[demo] no study summary shipped with this package: the table has this seed only", flush=True)
     from evl_ecg.data.corpus import build_corpus
@@ -229,6 +417,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     n_train, n_bench = (48, 4) if quick else (2000, 50)
+    n_val = (4 if quick else BUDGET_VAL_RECORDS) if regime else 0
     data = out / "data"
     _stage(
         "synth",
@@ -241,6 +430,7 @@ def run_demo(
         workers=2,
         progress=True,
         generator=generator,
+        **({"n_val": n_val} if n_val else {}),
     )
     train_file = str(data / "train.json")
 
@@ -256,28 +446,14 @@ def run_demo(
             _stage(
                 "teacher", timings, _train, "teacher", out / "teacher", {"train_file": train_file, "seed": seed}, quick
             )
-    sft_dir = _stage("sft", timings, _train, "sft", out / "sft", {"train_file": train_file, "seed": seed}, quick)
-    control_dir = _stage(
-        "control",
-        timings,
-        _train,
-        "kd",
-        out / "control",
-        {"train_file": train_file, "seed": seed, "student": str(sft_dir), "teacher": str(teacher_dir), "method": "sft"},
-        quick,
-    )
-    kd_dir = _stage(
-        "kd",
-        timings,
-        _train,
-        "kd",
-        out / "kd",
-        {"train_file": train_file, "seed": seed, "student": str(sft_dir), "teacher": str(teacher_dir)},
-        quick,
-        [] if paper_objective else method_settings(TINY_METHOD_SETS, "evl-ecg"),
-    )
-
-    models = {"teacher": teacher_dir, "control-student": control_dir, "evl-ecg-student": kd_dir}
+    if regime is not None:
+        models, sft_dir, control_dir, kd_dir, kd_run = _budget_stages(
+            out, data, teacher_dir, regime, seed, quick, timings, summary_of_study, paper_objective
+        )
+    else:
+        models, sft_dir, control_dir, kd_dir, kd_run = _all_labelled_stages(
+            out, train_file, teacher_dir, seed, quick, timings, paper_objective
+        )
     docs = []
     for name, model_dir in models.items():
         eval_dir = out / "eval" / name
@@ -298,7 +474,7 @@ def run_demo(
             update_card=True,  # the demo's own model folders: their cards gain the scores
         )
         docs.append(load_score_doc(eval_dir / "scores.json"))
-    figures = _stage("figures", timings, write_figures, out, data, teacher_dir, control_dir, kd_dir)
+    figures = _stage("figures", timings, write_figures, out, data, teacher_dir, control_dir, kd_dir, kd_run)
     rows = build_table(docs, with_reference=False)
     table_md = to_markdown(rows)
     likelihood = {}
@@ -309,13 +485,28 @@ def run_demo(
     rows_json = to_json(rows)
     objective = "the paper's objective (--paper-objective)" if paper_objective else "the tiny preset's settings"
     study_md = ""
-    if summary_of_study is not None:
+    if summary_of_study is not None and regime is not None:
+        study_md = "\n\n## This seed beside the label study (strict macro AUC)\n\n" + beside_label_study(
+            {**rows_json, "records": n_bench}, summary_of_study, seed, str(regime)
+        )
+    elif summary_of_study is not None:
         study_md = "\n\n## This seed beside the study (strict macro AUC)\n\n" + beside_study(
             {**rows_json, "records": n_bench}, summary_of_study, seed, generator
         )
+    if regime is not None:
+        info = json.loads((out / "budget" / "budget.json").read_text())
+        title = f"# evl-ecg demo, {regime} labels (synthetic ECGs; not a clinical evaluation)\n\n"
+        intro = (
+            f"{info['labelled']} of {info['records']} training records labelled; the teacher answered the other "
+            f"{info['pool']}. Every student starts from the same phase-1 student and keeps its best validation point; "
+            f"EVL-ECG's terms: {objective}.\n\n"
+        )
+    else:
+        title = "# evl-ecg demo results (synthetic ECGs; not a clinical evaluation)\n\n"
+        intro = f"EVL-ECG student: {objective}.\n\n"
     markdown = (
-        "# evl-ecg demo results (synthetic ECGs; not a clinical evaluation)\n\n"
-        + f"EVL-ECG student: {objective}.\n\n"
+        title
+        + intro
         + table_md
         + study_md
         + "\n\n## Stage times (s)\n\n| stage | seconds |\n|---|---|\n"
@@ -333,6 +524,7 @@ def run_demo(
         "figures": {k: str(v) for k, v in figures.items()},
         "quick": quick,
         "seed": seed,
+        "labels": str(regime) if regime is not None else "all",
     }
     _atomic_json(out / "results.json", summary)
     atomic_write_bytes(out / "results.md", markdown.encode("utf-8"))

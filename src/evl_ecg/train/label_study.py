@@ -89,7 +89,8 @@ class Row:
     note: str = ""
 
 
-def _evl_sets() -> tuple[str, ...]:
+def evl_sets() -> tuple[str, ...]:
+    """``--set`` overrides of EVL-ECG's terms at the tiny settings (the study's and the demo's)."""
     return tuple(method_settings(TINY_METHOD_SETS, "evl-ecg"))
 
 
@@ -112,7 +113,7 @@ ROWS: dict[str, Row] = {
             "seq-kd+evl-ecg",
             "teacher",
             "evl-ecg",
-            _evl_sets(),
+            evl_sets(),
             teacher=True,
             note="seq-kd with EVL-ECG's terms (the tiny settings)",
         ),
@@ -123,7 +124,7 @@ ROWS: dict[str, Row] = {
             teacher=True,
             note="seq-kd with the logit baseline (Vanilla KL)",
         ),
-        Row("evl-ecg", None, "evl-ecg", _evl_sets(), teacher=True, note="EVL-ECG's terms on the labelled records"),
+        Row("evl-ecg", None, "evl-ecg", evl_sets(), teacher=True, note="EVL-ECG's terms on the labelled records"),
     )
 }
 #: rows at the main budget (the pool exists), at the other budgets with a pool, and where every record is labelled
@@ -726,7 +727,17 @@ class LabelStudy:
         res["figures"] = label_figures(res, self.out / "figures")
         _write_json(self.out / "results.json", res)
         atomic_write_bytes(self.out / "results.md", label_markdown(res).encode("utf-8"))
-        keys = ("settings", "primary", "table", "labels_saved", "answers", "wall_seconds", "partial")
+        keys = (
+            "settings",
+            "primary",
+            "choices",
+            "table",
+            "teacher",
+            "labels_saved",
+            "answers",
+            "wall_seconds",
+            "partial",
+        )
         _write_json(self.out / "summary.json", {k: res[k] for k in keys})
         what = "partial results (the study goes on)" if partial else "results"
         self.log(f"[labels] wrote {what} to {self.out / 'results.md'} ({res['wall_seconds']:.0f} s this invocation)")
@@ -942,4 +953,13 @@ def run_label_study(
     return LabelStudy(out, settings, log).run()
 
 
-__all__ = ["ROWS", "LabelStudy", "LabelStudySettings", "Row", "estimate", "label_results", "run_label_study"]
+__all__ = [
+    "ROWS",
+    "LabelStudy",
+    "evl_sets",
+    "LabelStudySettings",
+    "Row",
+    "estimate",
+    "label_results",
+    "run_label_study",
+]
