@@ -846,7 +846,7 @@ def study_json(rel: str, *, legacy: bool = False, **changes: Any) -> Callable[[C
     resume key, or (``legacy``) the settings as one object, as an evl-ecg before resume keys wrote them."""
 
     def step(ctx: Ctx) -> None:
-        from evl_ecg.train.study import Study, StudySettings
+        from evl_ecg.experiments.study import Study, StudySettings
 
         out = ctx.d / rel
         out.mkdir(parents=True, exist_ok=True)

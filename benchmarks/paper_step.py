@@ -10,12 +10,13 @@ layers, CLIP ViT-L/14-336) and Qwen3-VL-2B-Instruct (28 layers, 24-block vision 
 device x 6 accumulation steps (Table 3), every other setting from ``configs/paper/kd.yaml`` (``sft.yaml`` for SFT,
 at the same batch): bf16 autocast over float32 student weights and AdamW moments, the frozen teacher in bf16,
 gradient checkpointing, max_length 4096, the student's 784 to 50,176 px. KD methods: the study's (Tables 1 and 6,
-:data:`evl_ecg.train.study.STUDY_METHODS` without ``control``, whose step is SFT's) unless ``--method`` names others.
+:data:`evl_ecg.experiments.study.STUDY_METHODS` without ``control``, whose step is SFT's) unless ``--method`` names
+others.
 
 **On a GPU** (``torch.cuda.is_available()``, or ``--gpu``): one process builds the student on the device (float32),
 runs SFT, then builds the teacher there (bf16) and runs each KD method; each run is the Trainer, collator, objective
 and adapters that :func:`evl_ecg.train.pipeline.run` wires (:func:`~evl_ecg.train.pipeline.build_objective`,
-:class:`~evl_ecg.data.paired.PairedDataset`, :class:`~evl_ecg.train.trainer.EvlTrainer`), on synthetic 2200 x 1700
+:class:`~evl_ecg.train.paired.PairedDataset`, :class:`~evl_ecg.train.trainer.EvlTrainer`), on synthetic 2200 x 1700
 ECG pages (``--pages`` rendered, repeated). Measured per run: the median wall time of an optimiser step after
 ``--warmup`` steps (data loading, the teacher's forward and the 6 accumulation micro-batches included; the
 ``StepTimer`` of ``benchmarks/step_time.py``) and the peak of ``torch.cuda.max_memory_allocated`` (and ``_reserved``)
@@ -62,7 +63,7 @@ TOKENIZER_TEXTS = [
 def kd_methods(chosen: list[str] | None) -> list[str]:
     """``chosen`` (checked against the registered presets) or the study's KD methods (Tables 1 and 6)."""
     from evl_ecg.distill.presets import list_presets
-    from evl_ecg.train.study import STUDY_METHODS
+    from evl_ecg.experiments.study import STUDY_METHODS
 
     if not chosen:
         return [m for m in STUDY_METHODS if m != "control"]
@@ -120,7 +121,7 @@ def estimate(methods: list[str]) -> list[dict]:
     """Parameter counts (meta device) and the weights + optimiser-state memory estimate of SFT and each method."""
     import torch
 
-    from evl_ecg.models.base import make_loss_context
+    from evl_ecg.distill.registry import LossContext
     from evl_ecg.models.paper_shape import build_pulse_adapter, build_qwen3_vl_adapter, read_config
     from evl_ecg.train.pipeline import build_objective
 
@@ -128,7 +129,7 @@ def estimate(methods: list[str]) -> list[dict]:
     student = build_qwen3_vl_adapter(read_config(STUDENT_CONFIG), TOKENIZER_TEXTS, **full)
     teacher = build_pulse_adapter(read_config(TEACHER_CONFIG), TOKENIZER_TEXTS, **full)
     n_s, n_t = count(student.model), count(teacher.model)
-    make_loss_context(student, teacher)  # fails early if the pair cannot make one
+    LossContext.from_adapters(student, teacher)  # fails early if the pair cannot make one
     rows = [{"run": "sft", "student": n_s, "objective": 0, "teacher": 0, "bytes": 16 * n_s}]
     with tempfile.TemporaryDirectory(prefix="evl-paper-step-") as tmp:
         for method in methods:
@@ -182,10 +183,10 @@ def measure_gpu(methods: list[str], steps: int, warmup: int, pages: int, workers
     import torch
 
     from evl_ecg.data.corpus import build_corpus
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.data.records import load_records
     from evl_ecg.models.paper_shape import build_pulse_adapter, build_qwen3_vl_adapter, read_config
     from evl_ecg.models.tokenizers import corpus_from_records
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import build_objective, image_loader
     from evl_ecg.train.trainer import DistillModule, EvlTrainer
 

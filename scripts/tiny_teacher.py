@@ -61,10 +61,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from evl_ecg.data.corpus import build_corpus
+    from evl_ecg.eval.curves import curve_callbacks
     from evl_ecg.eval.run import evaluate_model
     from evl_ecg.models import load_adapter
+    from evl_ecg.models.card import write_model_card
     from evl_ecg.models.tiny import save_compact
-    from evl_ecg.train.card import write_model_card
     from evl_ecg.train.config import load_config, tiny_config_path
     from evl_ecg.train.pipeline import run
 
@@ -90,7 +91,7 @@ def main() -> None:
     except (ValueError, OSError) as exc:
         sys.exit(f"error: {exc}")
     t0 = time.perf_counter()
-    result = run(cfg)
+    result = run(cfg, callbacks=curve_callbacks(cfg))
     timings["train_s"] = time.perf_counter() - t0
 
     run_dir = Path(cfg.output_dir)

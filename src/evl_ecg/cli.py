@@ -77,8 +77,8 @@ _GROUPS = [
 _COMMANDS = [
     ("evl_ecg.eval.commands", "report", "report"),
     ("evl_ecg.train.commands", "distill", "distill"),
-    ("evl_ecg.train.commands", "demo", "demo"),
-    ("evl_ecg.train.commands", "study", "study"),
+    ("evl_ecg.experiments.commands", "demo", "demo"),
+    ("evl_ecg.experiments.commands", "study", "study"),
     ("evl_ecg.infer.commands", "predict", "predict"),
     ("evl_ecg.infer.commands", "export", "export"),
     ("evl_ecg.infer.commands", "serve", "serve"),

@@ -225,7 +225,7 @@ class ResumeKey:
 
     def write(self) -> None:
         """Record the key (atomically; for a key kept elsewhere, use :meth:`document`)."""
-        from evl_ecg.data.records import atomic_write_bytes
+        from evl_ecg.files import atomic_write_bytes
 
         assert self.path is not None
         doc = self.document()

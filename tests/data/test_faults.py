@@ -23,11 +23,11 @@ from evl_ecg.data.records import (
     Record,
     RecordError,
     Turn,
-    atomic_write_bytes,
     load_records,
     save_records,
     write_png,
 )
+from evl_ecg.files import atomic_write_bytes
 
 runner = CliRunner()
 SIZE = (64, 48)

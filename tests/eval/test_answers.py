@@ -21,7 +21,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher():
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     return shipped_teacher()
 

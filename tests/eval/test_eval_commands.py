@@ -331,7 +331,7 @@ def model_dir(tmp_path):
     """A copy of the shipped tiny teacher (an evl-ecg model card included)."""
     import shutil
 
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     src = shipped_teacher()
     if src is None:
@@ -406,7 +406,7 @@ def test_eval_run_update_card_on_a_read_only_folder_fails_after_writing_the_scor
         def refuse(path, data):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-        monkeypatch.setattr("evl_ecg.train.card.atomic_write_bytes", refuse)
+        monkeypatch.setattr("evl_ecg.models.card.atomic_write_bytes", refuse)
     before = tree_digest(model_dir)
     out = tmp_path / "out"
     set_read_only(model_dir, how == "chmod")

@@ -37,7 +37,7 @@ def error_lines(result) -> list[str]:
 @pytest.fixture
 def model_dir(tmp_path):
     """A copy of the shipped tiny teacher."""
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     src = shipped_teacher()
     if src is None:

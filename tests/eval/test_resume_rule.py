@@ -37,7 +37,7 @@ def bench_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A copy of the shipped tiny teacher."""
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     src = shipped_teacher()
     if src is None:

@@ -43,9 +43,9 @@ def corpus(tmp_path_factory) -> Path:
 def student_dir(corpus, tmp_path_factory) -> Path:
     """An (untrained) tiny student saved with a model card written by the training code's card writer."""
     from evl_ecg.data.records import load_records
+    from evl_ecg.models.card import write_model_card
     from evl_ecg.models.tiny import build_tiny_student
     from evl_ecg.models.tokenizers import corpus_from_records
-    from evl_ecg.train.card import write_model_card
 
     texts = corpus_from_records(load_records(corpus / "train.json"))
     root = tmp_path_factory.mktemp("infer-models") / "student"

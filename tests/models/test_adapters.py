@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from evl_ecg.models import load_adapter, make_loss_context
+from evl_ecg.distill.registry import LossContext
+from evl_ecg.models import load_adapter
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 SIDES = ["teacher", "student", "pulse"]
@@ -213,7 +214,7 @@ def test_greedy_generation_starts_with_the_argmax(adapters, records, image, side
 
 
 def test_loss_context(teacher, student, pulse):
-    ctx = make_loss_context(student, teacher)
+    ctx = LossContext.from_adapters(student, teacher)
     assert (ctx.student_hidden, ctx.teacher_hidden) == (128, 256)
     assert (ctx.student_visual, ctx.teacher_visual) == (128, 256)
     assert (ctx.student_layers, ctx.teacher_layers, ctx.student_heads, ctx.teacher_heads) == (2, 2, 4, 4)

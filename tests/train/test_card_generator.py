@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evl_ecg.train.card import render_card, training_facts
+from evl_ecg.models.card import render_card, training_facts
 
 
 @pytest.mark.parametrize(

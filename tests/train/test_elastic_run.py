@@ -82,10 +82,10 @@ def _embed_command(student, head, corpus, tmp_path, checkpoints):
 
 
 def test_the_collator_puts_the_findings_in_the_student_batch(tiny_corpus, tiny_checkpoints):
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.data.records import load_records, open_image
     from evl_ecg.ecg.labels import FINDINGS
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
 
     records = load_records(tiny_corpus / "train.json")[:3]
     student = load_adapter(tiny_checkpoints["student"])

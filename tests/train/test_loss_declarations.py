@@ -133,8 +133,8 @@ def test_the_new_loss_trains_from_the_cache_as_from_the_live_teacher(
 ):
     """Through EvlTrainer (its collator, denominators and compute_loss): one step with the live teacher and one
     from a cache built for this loss alone give the same loss and the same gradients."""
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import build_objective, image_loader, load_training_records
     from evl_ecg.train.teacher_cache import open_or_build
     from evl_ecg.train.trainer import DistillModule, EvlTrainer
@@ -185,7 +185,7 @@ def test_a_new_loss_s_preset_joins_the_study_and_its_cache_without_an_edit_elsew
     """The third place a new loss used to fail: the study's method list. A preset registered here is a study method,
     served by the shared teacher cache because the loss declares what it reads; TinyBERT's attention maps stay live."""
     from evl_ecg.distill.presets import register_preset, unregister_preset
-    from evl_ecg.train.study import StudySettings, cached, known_methods
+    from evl_ecg.experiments.study import StudySettings, cached, known_methods
 
     register_preset("test-norm-gap", {"alpha": 0.5, "terms": {NAME: {"weight": 1.0}}})
     try:

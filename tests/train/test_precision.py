@@ -42,8 +42,8 @@ class _Spy:
 
 
 def _kd_trainer(cfg):
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import _student_adapter, build_objective, image_loader, load_training_records
     from evl_ecg.train.trainer import DistillModule, EvlTrainer
 
@@ -153,8 +153,8 @@ def test_every_teacher_dtype_a_config_allows_is_resolved_or_refused(tmp_path, ti
 
 
 def test_max_length_cuts_both_sides_and_the_cut_is_counted(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
-    from evl_ecg.data.paired import PairedDataset, encode_pair, load_record_image
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedDataset, encode_pair, load_record_image
     from evl_ecg.train.pipeline import image_loader, load_training_records
 
     cfg = tiny_config(tmp_path / "run", tiny_corpus)

@@ -56,7 +56,7 @@ def _open(cfg, **kwargs) -> TeacherCache:
 
 
 def _batches(cfg, adapters, cache: TeacherCache, indices: list[int]):
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import image_loader, load_training_records
 
     records, loader = load_training_records(cfg), image_loader(cfg)
@@ -97,7 +97,7 @@ def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
     cfg = _config(tiny_config, tiny_corpus, tiny_checkpoints, tmp_path, method=method)
     cache = _open(cfg)
     assert cache.fields == spec_fields(get_preset(method))
-    from evl_ecg.data.teacher_side import TeacherSide
+    from evl_ecg.train.teacher_side import TeacherSide
 
     assert isinstance(cache, TeacherSide) and cache.encodes is None  # one of the teacher's sides: nothing to encode
     student, teacher = adapters.student, adapters.teacher
@@ -130,7 +130,7 @@ def test_a_kd_step_of_the_trainer_from_the_cache_equals_one_with_the_live_teache
 ):
     """Through EvlTrainer: its data loader (collator with the cache, no teacher encoding), input preparation, global
     denominators and compute_loss; same loss and gradients."""
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import build_objective, image_loader, load_training_records
     from evl_ecg.train.trainer import DistillModule, EvlTrainer
 

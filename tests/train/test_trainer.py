@@ -87,8 +87,8 @@ def test_every_registered_method_runs_a_kd_step(method, tmp_path, tiny_corpus, t
 
 
 def test_objective_modules_train_at_the_projector_learning_rate(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import build_objective, image_loader, load_training_records
     from evl_ecg.train.trainer import DistillModule, EvlTrainer
 
@@ -153,8 +153,8 @@ def test_hidden_positions_reach_the_hidden_state_losses_or_are_refused(
 
 
 def test_text_positions_are_counted_as_the_adapter_marks_them(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
-    from evl_ecg.data.paired import PairedCollator, PairedDataset
     from evl_ecg.models import load_adapter
+    from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import image_loader, load_training_records
 
     cfg = tiny_config(tmp_path, tiny_corpus, phase="sft", student=str(tiny_checkpoints["student"]))
@@ -173,7 +173,7 @@ def test_text_positions_are_counted_as_the_adapter_marks_them(tmp_path, tiny_cor
 
 def test_export_writes_a_model_card_that_evaluation_completes(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
     from evl_ecg.eval.run import evaluate_model
-    from evl_ecg.train.card import NOT_A_DEVICE, has_model_card
+    from evl_ecg.models.card import NOT_A_DEVICE, has_model_card
     from evl_ecg.train.pipeline import run
 
     cfg = tiny_config(

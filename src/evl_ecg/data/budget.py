@@ -41,12 +41,12 @@ from evl_ecg.data.records import (
     Record,
     RecordError,
     Turn,
-    atomic_write_bytes,
     load_records,
     read_text_file,
     save_records,
     validate,
 )
+from evl_ecg.files import atomic_write_bytes
 
 LABELLED_FILE = "labelled.json"
 POOL_FILE = "pool.json"

@@ -53,13 +53,12 @@ from evl_ecg.data.questions import BENCH_SUBSETS, build_record
 from evl_ecg.data.records import (
     TEMP_NAME,
     Record,
-    atomic_write_bytes,
     dumps_records,
-    human_bytes,
     image_is_valid,
     write_png,
 )
 from evl_ecg.ecg.labels import FINDINGS, VOCABULARIES
+from evl_ecg.files import atomic_write_bytes, human_bytes
 
 #: Validation splits: one per benchmark subset, in its format (``val/<subset>.json``).
 VAL_SPLITS: tuple[str, ...] = tuple(f"val-{name}" for name in BENCH_SUBSETS)

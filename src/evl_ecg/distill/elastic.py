@@ -49,9 +49,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from evl_ecg.data.records import atomic_write_bytes
 from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
 from evl_ecg.ecg.labels import FINDINGS, findings_multi_hot  # noqa: F401  (re-exported)
+from evl_ecg.files import atomic_write_bytes
 from evl_ecg.outputs import SideOutputs
 
 #: the head's files, written beside the student's (``embedding_head.safetensors`` + ``embedding_head.json``).

@@ -143,6 +143,15 @@ class LossContext:
     student_heads: int | None = None
     teacher_heads: int | None = None
 
+    @classmethod
+    def from_adapters(cls, student: Any, teacher: Any | None = None) -> LossContext:
+        """Filled from the two models' adapters (anything with :meth:`loss_context`, as
+        :class:`evl_ecg.models.Adapter` has): ``hidden``, ``visual``, ``vocab``, ``layers`` and ``heads``."""
+        s = student.loss_context()
+        t = teacher.loss_context() if teacher is not None else {}
+        fields = ("hidden", "visual", "vocab", "layers", "heads")
+        return cls(**{f"student_{f}": s[f] for f in fields}, **{f"teacher_{f}": t.get(f) for f in fields})
+
     def need(self, *names: str, loss: str = "loss") -> None:
         """Raise a clear error if any of ``names`` is unset."""
         missing = [n for n in names if getattr(self, n) is None]

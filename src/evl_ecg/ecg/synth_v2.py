@@ -1,4 +1,4 @@
-"""Generator 2: the dipole model of :mod:`evl_ecg.ecg.synth` with the quantities of issue 17 widened to published
+"""Generator 2: the dipole model of :mod:`evl_ecg.ecg.synth_model` with the quantities of issue 17 widened to published
 ranges (``docs/signals.md`` section 2.1 cites each).
 
 Generator 1 (:func:`evl_ecg.ecg.synth.generate` with ``generator=1``, the default) is frozen: every corpus built
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import signal as sps
 
-from evl_ecg.ecg import synth as s1
+from evl_ecg.ecg import synth_model as m
 from evl_ecg.ecg.signal import Ecg
 
 __all__ = ["ELECTRODES", "NoiseSpecV2", "draw_noise", "electrode_to_leads", "generate"]
@@ -53,7 +53,7 @@ _E2L = electrode_to_leads()
 
 
 @dataclass(frozen=True)
-class NoiseSpecV2(s1.NoiseSpec):
+class NoiseSpecV2(m.NoiseSpec):
     """Noise levels of generator 2 in mV, per electrode (see :func:`electrode_to_leads`).
 
     Attributes:
@@ -128,11 +128,11 @@ def _lognormal(rng: np.random.Generator, median: float, sigma: float, lo: float,
 
 def _st_gain() -> float:
     """Largest projection of the ST-depression direction on II, V5, V6 (mV per unit ST vector)."""
-    return float(max(s1._L[s1._IDX[k]] @ s1._STD_DIR for k in ("II", "V5", "V6")))
+    return float(max(m.LEAD_MATRIX[m.LEAD_INDEX[k]] @ m.ST_DEPRESSION_DIR for k in ("II", "V5", "V6")))
 
 
-def _draw_params(spec: s1.SynthSpec, rng: np.random.Generator) -> s1._Params:
-    p = s1._draw_params(spec, rng)  # generator 1's draws, then the widened ones from the same stream
+def _draw_params(spec: m.SynthSpec, rng: np.random.Generator) -> m.Params:
+    p = m.draw_params(spec, rng)  # generator 1's draws, then the widened ones from the same stream
     f = spec.findings
     e = dict(p.extras)
     rate = p.rate
@@ -164,7 +164,7 @@ def _motion_sos(fs: int) -> np.ndarray:
     return sps.butter(2, [0.5, min(8.0, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
 
 
-def _noise(spec: s1.NoiseSpec, n: int, fs: int, rng: np.random.Generator) -> np.ndarray:
+def _noise(spec: m.NoiseSpec, n: int, fs: int, rng: np.random.Generator) -> np.ndarray:
     """Noise ``8 x n`` (mV) on I, II, V1-V6: drawn per electrode, mapped by :func:`electrode_to_leads`."""
     t = np.arange(n) / fs
     k = len(ELECTRODES)
@@ -179,7 +179,7 @@ def _noise(spec: s1.NoiseSpec, n: int, fs: int, rng: np.random.Generator) -> np.
     if spec.muscle > 0:
         chosen = rng.choice(k, size=int(rng.integers(1, 4)), replace=False)
         white = rng.standard_normal((len(chosen), n + 200))
-        emg = sps.sosfilt(s1._emg_sos(fs), white, axis=1)[:, 200:]
+        emg = sps.sosfilt(m.emg_sos(fs), white, axis=1)[:, 200:]
         emg /= emg.std(axis=1, keepdims=True)
         env = np.full((len(chosen), n), 0.15)
         for row in range(len(chosen)):  # 1-4 contraction bursts of 0.3-2 s
@@ -211,14 +211,14 @@ def _noise(spec: s1.NoiseSpec, n: int, fs: int, rng: np.random.Generator) -> np.
     return out
 
 
-def _f_waves(p: s1._Params, n: int, fs: int) -> np.ndarray:
+def _f_waves(p: m.Params, n: int, fs: int) -> np.ndarray:
     """Generator 1's f waves with a slowly varying (non-stationary) amplitude between 0.3 and 1.7 times."""
     e = p.extras
     t = np.arange(n) / fs
     env = 1.0 + 0.7 * np.sin(2 * np.pi * e["f_env"][0] * t + e["f_phases"][1]) * np.sin(
         2 * np.pi * e["f_env"][1] * t + e["f_phases"][2]
     )
-    return s1._f_waves(p, n, fs) * env[None, :]
+    return m.af_waves(p, n, fs) * env[None, :]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class _Beat:
     qrs_samples: int
 
 
-def _beat_template(wave: s1._Wave, pre: float, post: float, qrs: float, fs: int) -> _Beat:
+def _beat_template(wave: m.Wave, pre: float, post: float, qrs: float, fs: int) -> _Beat:
     n_pre, n_post = int(np.ceil(pre * fs)), int(np.ceil(post * fs))
     t = np.arange(-n_pre, n_post + 1) / fs
     return _Beat(dipole=wave.dipole(t), onset=n_pre, qrs_samples=int(round(qrs * fs)))
@@ -245,7 +245,7 @@ def _rot_z(deg: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def generate(spec: s1.SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0) -> Ecg:
+def generate(spec: m.SynthSpec, *, seed: int, fs: int = 500, duration: float = 10.0) -> Ecg:
     """Generator 2; the same contract and ``meta`` as :func:`evl_ecg.ecg.synth.generate`, plus ``generator: 2``.
 
     Each beat ``k`` is the beat type's dipole loop ``D`` scaled and rotated about the sagittal axis,
@@ -254,46 +254,46 @@ def generate(spec: s1.SynthSpec, *, seed: int, fs: int = 500, duration: float = 
     ``spec.noise`` may be a generator-1 :class:`~evl_ecg.ecg.synth.NoiseSpec` (no motion or pops) or a
     :class:`NoiseSpecV2`; either is drawn per electrode.
     """
-    fs, n, rng, ss_noise = s1._record_streams(seed, fs, duration)
+    fs, n, rng, ss_noise = m.record_streams(seed, fs, duration)
     f = spec.findings
     p = _draw_params(spec, rng)
     e = p.extras
     rr = 60.0 / p.rate
     qt = p.qtc * np.sqrt(rr)
 
-    wave_n = s1._qrs_and_repol(f, p, qt)
-    sok = s1._sokolow(wave_n, p.qrs)
+    wave_n = m.qrs_and_repol(f, p, qt)
+    sok = m.sokolow(wave_n, p.qrs)
     if p.pr is not None:
-        s1._add_p(wave_n, p.pr, p.p_dur, p.a_p * s1._frontal(s1._P_DIR_SINUS, 0.2))
+        m.add_p(wave_n, p.pr, p.p_dur, p.a_p * m.frontal(m.P_AXIS_SINUS, 0.2))
     pre = (p.pr or 0.0) + 0.02
     post = qt + 0.06
     beats = {"N": _beat_template(wave_n, pre, post, p.qrs, fs)}
-    axis_tmpl = s1._template(wave_n, pre, post, p.qrs, fs)
+    axis_tmpl = m.template(wave_n, pre, post, p.qrs, fs)
     if "PAC" in f:
-        wave_a = s1._qrs_and_repol(f, p, qt)
+        wave_a = m.qrs_and_repol(f, p, qt)
         pr_a = p.pr if p.pr is not None else 0.16
-        s1._add_p(wave_a, min(pr_a, 0.2) if "IAVB" not in f else pr_a, 0.08, 0.16 * s1._frontal(e["pac_axis"], 0.3))
+        m.add_p(wave_a, min(pr_a, 0.2) if "IAVB" not in f else pr_a, 0.08, 0.16 * m.frontal(e["pac_axis"], 0.3))
         beats["A"] = _beat_template(wave_a, max(pre, pr_a + 0.02), post, p.qrs, fs)
     if "PVC" in f:
-        beats["V"] = _beat_template(s1._pvc_wave(p, qt), 0.02, post + 0.02, e["pvc_qrs"], fs)
+        beats["V"] = _beat_template(m.pvc_wave(p, qt), 0.02, post + 0.02, e["pvc_qrs"], fs)
 
-    times, kinds = s1._beat_times(p, f, duration, rng)
+    times, kinds = m.beat_times(p, f, duration, rng)
     resp = np.sin(2 * np.pi * e["resp_hz"] * times + e["resp_phase"])
     gains = 1.0 + e["beat_scale_resp"] * resp + e["beat_scale_rand"] * rng.standard_normal(len(times))
     angles = e["beat_rot_deg"] * resp
     pad = max(b.dipole.shape[1] for b in beats.values()) + 2
-    clean = np.zeros((len(s1.ELECTRODE_LEADS), n + 2 * pad))
+    clean = np.zeros((len(m.ELECTRODE_LEADS), n + 2 * pad))
     r_samples: list[int] = []
     beat_kinds: list[str] = []
-    ii = s1._IDX["II"]
+    ii = m.LEAD_INDEX["II"]
     for t_r, kind, g, ang in zip(times, kinds, gains, angles, strict=True):
         b = beats[kind]
-        leads = s1._L @ (g * _rot_z(ang)) @ b.dipole
+        leads = m.LEAD_MATRIX @ (g * _rot_z(ang)) @ b.dipole
         r_off = int(np.argmax(np.abs(leads[ii, b.onset : b.onset + b.qrs_samples + 1])))
         r_idx = int(round(t_r * fs))
         start = r_idx - r_off - b.onset + pad
-        s1._place_beat(clean, leads, start, r_idx, kind, n, r_samples, beat_kinds)
-    sig = s1._twelve_leads(clean, pad, n, p, spec.noise, fs, ss_noise, f_waves=_f_waves, add_noise=_noise)
+        m.place_beat(clean, leads, start, r_idx, kind, n, r_samples, beat_kinds)
+    sig = m.twelve_leads(clean, pad, n, p, spec.noise, fs, ss_noise, f_waves=_f_waves, add_noise=_noise)
 
     r_times = [r / fs for r in r_samples]
     heart_rate = 60.0 * (len(r_times) - 1) / (r_times[-1] - r_times[0]) if len(r_times) >= 2 else p.rate
@@ -304,7 +304,7 @@ def generate(spec: s1.SynthSpec, *, seed: int, fs: int = 500, duration: float = 
         "qrs_ms": 1000 * p.qrs,
         "qt_ms": 1000 * qt,
         "qtc_ms": 1000 * qt / np.sqrt(60.0 / heart_rate),
-        "axis_deg": s1._frontal_axis(axis_tmpl),
+        "axis_deg": m.frontal_axis(axis_tmpl),
         "r_peaks_s": r_times,
         "r_peak_lead": "II",
         "beats": beat_kinds,

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evl_ecg.data.records import temp_file_beside
 from evl_ecg.distill.sinkhorn import sinkhorn, uniform_marginals
+from evl_ecg.files import temp_file_beside
 
 
 def _pyplot() -> Any:

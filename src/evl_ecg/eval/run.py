@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from evl_ecg.data.records import Record, RecordError, atomic_write_bytes, open_image, read_text_file
+from evl_ecg.data.records import Record, RecordError, open_image, read_text_file
 from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
 from evl_ecg.eval.likelihood import (
@@ -46,6 +46,7 @@ from evl_ecg.eval.likelihood import (
     roc_auc_per_class,
 )
 from evl_ecg.eval.predictions import TASKS, EvalInputError, load_bench, read_json_rows
+from evl_ecg.files import atomic_write_bytes
 from evl_ecg.resume import FOLDER_KEY, ResumeKey, file_digest
 
 logger = logging.getLogger(__name__)
@@ -433,12 +434,12 @@ class CardUpdateError(RuntimeError):
 def update_model_card(
     model_dir: str | os.PathLike[str], scores: dict[str, Any], scores_path: str | os.PathLike[str]
 ) -> Path | None:
-    """Add ``scores`` to the card evl-ecg wrote in ``model_dir`` (:func:`evl_ecg.train.card.write_model_card`).
+    """Add ``scores`` to the card evl-ecg wrote in ``model_dir`` (:func:`evl_ecg.models.card.write_model_card`).
 
     A folder without such a card is left alone (a warning: never overwrite someone else's README). A folder that
     cannot be read or written raises :class:`CardUpdateError`, one line naming it and ``scores_path``.
     """
-    from evl_ecg.train.card import has_model_card, write_model_card
+    from evl_ecg.models.card import has_model_card, write_model_card
 
     model_dir = Path(model_dir)
     try:

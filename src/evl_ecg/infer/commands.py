@@ -27,7 +27,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _load_interpreter(model: Path, render_spec: str | None) -> Any:
     from evl_ecg.infer.interpreter import Interpreter
-    from evl_ecg.models.base import ModelLoadError
+    from evl_ecg.models.checkpoints import ModelLoadError
 
     try:
         return Interpreter.from_pretrained(model, render_spec=render_spec)
@@ -215,7 +215,7 @@ def export(
     """Export a model in bf16 or with int8 language-model weights; the card records the dtype and the AUC after it."""
     from evl_ecg.infer.export import ExportError, MissingExtraError, export_model
     from evl_ecg.infer.interpreter import DISCLAIMER
-    from evl_ecg.models.base import ModelLoadError
+    from evl_ecg.models.checkpoints import ModelLoadError
 
     try:
         result = export_model(model, out, dtype, bench=bench, measure=measure, overwrite=overwrite)
@@ -250,7 +250,7 @@ def serve(
     """Serve a local page and HTTP API (POST /predict, GET /health) for one model."""
     from evl_ecg.infer.export import MissingExtraError
     from evl_ecg.infer.serve import serve as run_server
-    from evl_ecg.models.base import ModelLoadError
+    from evl_ecg.models.checkpoints import ModelLoadError
 
     try:
         run_server(
@@ -286,7 +286,7 @@ def embed(
     from evl_ecg.data.records import RecordError, load_records, open_image
     from evl_ecg.infer.embed import check_existing, embed_records, embeddings_key, write_embeddings
     from evl_ecg.infer.interpreter import DISCLAIMER
-    from evl_ecg.models.base import ModelLoadError
+    from evl_ecg.models.checkpoints import ModelLoadError
 
     root = image_root
     if root is None:

@@ -173,7 +173,7 @@ def write_embeddings(result: Embeddings, out: str | os.PathLike[str], key: Any =
     (:func:`embeddings_key`) in the metadata; atomic."""
     from safetensors.torch import save
 
-    from evl_ecg.data.records import atomic_write_bytes
+    from evl_ecg.files import atomic_write_bytes
 
     out = Path(out)
     if out.suffix != ".safetensors":

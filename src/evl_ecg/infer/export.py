@@ -329,7 +329,7 @@ def _export(
     name = f"{card.get('name') or source.name} ({dtype} export)"
     doc = {"name": name, "facts": facts, "scores": None}
     (out / "card.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-    from evl_ecg.train.card import write_model_card
+    from evl_ecg.models.card import write_model_card
 
     write_model_card(out, name=name)
     return ExportResult(

@@ -12,16 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evl_ecg.models.base import (
-    ADAPTER_FILE,
-    Adapter,
-    ModelLoadError,
-    Turn,
-    checkpoint_family,
-    conversation_turns,
-    make_loss_context,
-    require_files,
-)
+from evl_ecg.models.base import Adapter
+from evl_ecg.models.checkpoints import ADAPTER_FILE, ModelLoadError, checkpoint_family, require_files
+from evl_ecg.models.conversation import Turn, conversation_turns
 from evl_ecg.models.llava import LlavaAdapter
 from evl_ecg.models.pulse import PulseAdapter, PulseImageProcessor, PulseLlavaForConditionalGeneration, load_pulse
 from evl_ecg.models.qwen3vl import Qwen3VLAdapter
@@ -81,6 +74,5 @@ __all__ = [
     "conversation_turns",
     "load_adapter",
     "load_pulse",
-    "make_loss_context",
     "train_tokenizer",
 ]

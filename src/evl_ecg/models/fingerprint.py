@@ -2,7 +2,7 @@
 
 :func:`model_fingerprint` reads, without loading the model:
 
-* ``card.json``'s training facts (the ``facts`` of :mod:`evl_ecg.train.card`; its ``scores`` are left out, since an
+* ``card.json``'s training facts (the ``facts`` of :mod:`evl_ecg.models.card`; its ``scores`` are left out, since an
   evaluation adds them to the folder of the model it scored) and ``provenance.json`` when the folder has one;
 * the bytes (sha256) of the configuration files (``config.json``, ``generation_config.json``, the adapter settings,
   weight index files), of the tokenizer files and of the image-processor files, all small;
@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 from typing import Any
+
+from evl_ecg.models.checkpoints import safetensors_header
 
 FORMAT = 1
 
@@ -54,7 +55,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 CARD_FILE = "card.json"
 PROVENANCE_FILE = "provenance.json"
 #: a safetensors header larger than this is not a header (a corrupt or foreign file)
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def _sha256(data: bytes) -> str:
@@ -64,26 +64,6 @@ def _sha256(data: bytes) -> str:
 def canonical_json(data: Any) -> bytes:
     """``data`` as JSON with sorted keys and no whitespace (the bytes digests are taken of)."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
-
-
-def safetensors_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a ``.safetensors`` file: ``{name: {"dtype", "shape", "data_offsets"}, "__metadata__"?}``.
-
-    The file starts with the header's length (little-endian u64) and the header itself; nothing else is read.
-    """
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > _MAX_HEADER:
-            raise ValueError(f"{path}: header length {length} is not plausible; not a safetensors file")
-        raw = fh.read(length)
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: unreadable safetensors header ({exc.msg})") from None
 
 
 def count_parameters(directory: str | Path) -> int | None:
@@ -252,7 +232,7 @@ def describe_differences(first: dict[str, Any], second: dict[str, Any], limit: i
 # ---- what a cache of a model's outputs also depends on: its family's template and its image processor --------------
 def model_family(directory: str | Path) -> str:
     """The adapter family :func:`evl_ecg.models.load_adapter` would choose for ``directory`` (same rule)."""
-    from evl_ecg.models.base import checkpoint_family
+    from evl_ecg.models.checkpoints import checkpoint_family
 
     return checkpoint_family(directory)
 
@@ -265,7 +245,7 @@ def template_signature(directory: str | Path) -> dict[str, Any]:
     is how a change of it is seen. No model is loaded (``render`` reads only the family's class attributes).
     """
     from evl_ecg.models import FAMILIES
-    from evl_ecg.models.base import Turn
+    from evl_ecg.models.conversation import Turn
 
     family = model_family(directory)
     cls = FAMILIES.get(family)

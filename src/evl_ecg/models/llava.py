@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration
 
-from evl_ecg.models.base import Adapter, Rendered, Turn, load_hf_checkpoint
+from evl_ecg.models.base import Adapter, Rendered
+from evl_ecg.models.checkpoints import load_hf_checkpoint
+from evl_ecg.models.conversation import Turn
 from evl_ecg.models.tokenizers import LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
 
 

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import CLIPVisionConfig, Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from evl_ecg.models.base import read_json_object
+from evl_ecg.models.checkpoints import read_json_object
 from evl_ecg.models.pulse import (
     CLIP_L_336,
     PulseAdapter,
@@ -75,7 +75,8 @@ STUDENT_TOKENIZER_SIZE = 1500
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """A published ``config.json`` (one JSON object); :class:`~evl_ecg.models.base.ModelLoadError` if it is not one."""
+    """A published ``config.json`` (one JSON object); :class:`~evl_ecg.models.checkpoints.ModelLoadError` if it is
+    not one."""
     return read_json_object(path, "published model configuration")
 
 

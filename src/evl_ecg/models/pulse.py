@@ -44,7 +44,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextPreTrainedModel,
 )
 
-from evl_ecg.models.base import (
+from evl_ecg.models.checkpoints import (
     WEIGHT_FILES,
     ModelLoadError,
     check_weight_files,

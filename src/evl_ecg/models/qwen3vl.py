@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 from transformers import Qwen2VLImageProcessorPil, Qwen3VLForConditionalGeneration
 
-from evl_ecg.models.base import Adapter, Rendered, Turn, load_hf_checkpoint
+from evl_ecg.models.base import Adapter, Rendered
+from evl_ecg.models.checkpoints import load_hf_checkpoint
+from evl_ecg.models.conversation import Turn
 from evl_ecg.models.tokenizers import CHATML_TEMPLATE
 
 #: Paper Table 2's student pixel limits (784 to 50,176 px: at most 224 x 224, i.e. about 49 visual tokens).

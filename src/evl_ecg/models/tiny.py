@@ -46,6 +46,20 @@ from evl_ecg.models.pulse import (
 from evl_ecg.models.qwen3vl import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, Qwen3VLAdapter
 from evl_ecg.models.tokenizers import train_tokenizer
 
+#: the tiny teacher that ships with the package: v2 (generator 2; ``python scripts/tiny_teacher.py`` with
+#: configs/tiny/teacher.yaml). The v1 teacher of the earlier releases is rebuilt by its documented command
+#: (docs/train.md section 3) and given as ``--teacher DIR``.
+SHIPPED_TEACHER = "assets/tiny-teacher"
+
+
+def shipped_teacher() -> Path | None:
+    """The shipped tiny teacher's folder (``None`` if this install has none)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("evl_ecg") / SHIPPED_TEACHER))
+    return path if (path / "config.json").exists() else None
+
+
 TEACHER_IMAGE_SIZE = 448
 TEACHER_PATCH = 32
 

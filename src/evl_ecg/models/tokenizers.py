@@ -192,7 +192,7 @@ def train_tokenizer(
 
 def corpus_from_records(records: Iterable) -> list[str]:
     """Every turn's text of ECGInstruct-style records (dicts or objects with ``.conversations``), no ``<image>``."""
-    from evl_ecg.models.base import conversation_turns
+    from evl_ecg.models.conversation import conversation_turns
 
     out = []
     for rec in records:

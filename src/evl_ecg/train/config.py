@@ -162,7 +162,7 @@ class EvlConfig(TrainingArguments):
         default=0,
         metadata={
             "help": "learning curve: strict macro AUC of the student on curve_bench every N steps, at step 0 and at "
-            "the end, into output_dir/curve.json (evl_ecg.train.curves; 0: off)."
+            "the end, into output_dir/curve.json (evl_ecg.eval.curves; 0: off)."
         },
     )
     curve_bench: str | None = field(

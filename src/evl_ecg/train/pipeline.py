@@ -36,21 +36,23 @@ from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from evl_ecg.data.budget import training_budget
-from evl_ecg.data.paired import PairedCollator, PairedDataset
-from evl_ecg.data.records import Record, atomic_write_bytes, default_image_root, load_records, open_image
-from evl_ecg.data.teacher_side import LiveTeacher, TeacherSide
+from evl_ecg.data.records import Record, default_image_root, load_records, open_image
 from evl_ecg.distill.elastic import embedding_head_of
 from evl_ecg.distill.objective import Objective
 from evl_ecg.distill.presets import get_preset
-from evl_ecg.distill.registry import registered, units
+from evl_ecg.distill.registry import LossContext, registered, units
+from evl_ecg.files import atomic_write_bytes
 from evl_ecg.models import FAMILIES, load_adapter
-from evl_ecg.models.base import Adapter, checkpoint_family, make_loss_context
+from evl_ecg.models.base import Adapter
+from evl_ecg.models.card import write_model_card
+from evl_ecg.models.checkpoints import checkpoint_family
 from evl_ecg.models.fingerprint import count_parameters
 from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
 from evl_ecg.models.tokenizers import corpus_from_records
 from evl_ecg.train import teacher_cache
-from evl_ecg.train.card import write_model_card
 from evl_ecg.train.config import EvlConfig
+from evl_ecg.train.paired import PairedCollator, PairedDataset
+from evl_ecg.train.teacher_side import LiveTeacher, TeacherSide
 from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student, submodule_state
 
 PACKAGES = ("evl-ecg", "torch", "transformers", "tokenizers", "accelerate", "pot", "numpy", "pillow", "scikit-learn")
@@ -369,7 +371,7 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: TeacherSide | 
                 f"phase {config.phase!r} trains CE alone: objective may set 'ce' only, not {sorted(extra)}"
             )
         ce = dict((config.objective or {}).get("ce") or {})
-        return Objective.from_preset("sft", make_loss_context(student), **({"ce": ce} if ce else {}))
+        return Objective.from_preset("sft", LossContext.from_adapters(student), **({"ce": ce} if ce else {}))
     hidden = config.hidden_positions
     spec = get_preset(config.method, **dict(config.objective or {}))
     spec["terms"] = {name: dict(options) for name, options in spec["terms"].items()}
@@ -378,7 +380,7 @@ def build_objective(config: EvlConfig, student: Adapter, teacher: TeacherSide | 
         cls = registered().get(name)
         if cls is not None and cls.unit in over_positions and "positions" in inspect.signature(cls).parameters:
             options.setdefault("positions", hidden)
-    objective = Objective(spec, make_loss_context(student, teacher))
+    objective = Objective(spec, LossContext.from_adapters(student, teacher))
     for name, term in objective.terms.items():
         used = getattr(term, "positions", "all")
         if term.unit in over_positions and used != hidden:
@@ -408,7 +410,8 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     take files (:func:`prepare_output_dir`); a checkpoint cut short by a kill is skipped with a warning
     (:func:`last_complete_checkpoint`). A run whose loss or weights stop being finite raises
     :class:`~evl_ecg.train.trainer.NonFiniteError` and exports nothing. ``callbacks`` are transformers
-    ``TrainerCallback`` objects added to the Trainer's own.
+    ``TrainerCallback`` objects added to the Trainer's own; a config with ``curve_every > 0`` needs its learning
+    curve among them (:func:`evl_ecg.eval.curves.curve_callbacks`: evaluation is a stage above training).
     """
     t0 = time.perf_counter()
     set_seed(config.seed)
@@ -439,18 +442,12 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     from evl_ecg.train.callbacks import ObjectiveStep
 
     callbacks = [*(callbacks or []), ObjectiveStep(objective)]
-    if config.curve_every > 0:
-        from evl_ecg.train.curves import ValidationCurve
-
-        curve = ValidationCurve(
-            config.curve_bench,
-            out_dir,
-            every=config.curve_every,
-            image_root=None,
-            limit=config.curve_records,
-            keep_best=config.curve_keep_best,
+    if config.curve_every > 0 and not any(getattr(cb, "learning_curve", False) for cb in callbacks):
+        # evaluation sits above training: the caller hands the curve in (evl_ecg.eval.curves.curve_callbacks)
+        raise ValueError(
+            "curve_every > 0: pass the learning curve's callback, run(config, callbacks="
+            "evl_ecg.eval.curves.curve_callbacks(config)) (the train and distill commands do)"
         )
-        callbacks = [*(callbacks or []), curve]
     trainer = EvlTrainer(
         model=module,
         args=config,

@@ -34,9 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from evl_ecg.data.teacher_side import teacher_side
 from evl_ecg.distill.registry import Denominators, LossOutput, units
 from evl_ecg.outputs import IGNORE_INDEX
+from evl_ecg.train.teacher_side import teacher_side
 
 OBJECTIVE_FILE = "objective.safetensors"
 STUDENT_DIR = "student"
@@ -191,7 +191,7 @@ class EvlTrainer(Trainer):
 
     Args:
         model: a :class:`DistillModule`.
-        teacher: the teacher's side (:class:`~evl_ecg.data.teacher_side.TeacherSide`: a live teacher, frozen here
+        teacher: the teacher's side (:class:`~evl_ecg.train.teacher_side.TeacherSide`: a live teacher, frozen here
             and moved to ``teacher_device`` or the training device; or a
             :class:`~evl_ecg.train.teacher_cache.TeacherCache`, whose batch entries stand for the teacher's outputs),
             or its adapter (a live teacher); ``None`` for SFT and teacher training. The collator must hold the same.
@@ -421,7 +421,7 @@ def export_student(
         module.student.save_pretrained(tmp, state_dict=weights)
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(tmp)
-    from evl_ecg.data.records import chmod_as_umask
+    from evl_ecg.files import chmod_as_umask
 
     chmod_as_umask(tmp)  # safetensors writes 0600 files: the student is as readable as any other output
     if out_dir.exists():

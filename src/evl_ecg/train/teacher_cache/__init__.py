@@ -42,7 +42,7 @@ the same key continues from its last complete shard; runs started at once on one
 beside it, :func:`build_lock`), the others wait and reuse it.
 """
 
-from evl_ecg.data.records import human_bytes
+from evl_ecg.files import human_bytes
 from evl_ecg.train.teacher_cache.build import build_lock, build_teacher_cache, open_or_build
 from evl_ecg.train.teacher_cache.key import (
     BASE_FIELDS,

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from evl_ecg.data.paired import encode_truncated, load_record_image
-from evl_ecg.data.records import atomic_write_bytes, human_bytes
-from evl_ecg.models.base import record_id
+from evl_ecg.files import atomic_write_bytes, human_bytes
+from evl_ecg.models.conversation import record_id
 from evl_ecg.models.fingerprint import (
     model_fingerprint,
 )
 from evl_ecg.outputs import SideOutputs
+from evl_ecg.train.paired import encode_truncated, load_record_image
 from evl_ecg.train.teacher_cache.key import (
     BUILD_FILE,
     CACHE_FILE,

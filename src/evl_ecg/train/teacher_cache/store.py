@@ -13,7 +13,8 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from evl_ecg.models.base import image_positions, record_id
+from evl_ecg.models.base import image_positions
+from evl_ecg.models.conversation import record_id
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 from evl_ecg.train.teacher_cache.key import (
     BASE_FIELDS,
@@ -244,7 +245,7 @@ class TeacherCache:
             batch["attentions"] = maps
         return batch
 
-    # ---- the teacher side of a batch (:class:`~evl_ecg.data.teacher_side.TeacherSide`) ------------------------
+    # ---- the teacher side of a batch (:class:`~evl_ecg.train.teacher_side.TeacherSide`) ------------------------
     kind = "cache"
     encodes = None  # nothing of the teacher is encoded per sample: the batch is read by record index
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from evl_ecg.train.study import (
+from evl_ecg.experiments.study import (
     STUDY_METHODS,
     TINY_METHOD_SETS,
     StudyError,
@@ -129,7 +129,7 @@ def test_gap_closed_is_the_difference_over_the_teachers_only_where_the_teacher_i
 def test_the_cache_holds_what_each_method_reads_with_its_own_overrides(tmp_path):
     """A ``--method-set`` that adds a logit term to EVL-ECG makes the cache hold the teacher's logits as well; the
     presets alone read hidden states and visual tokens (SPEC: MHCA, OT; relation reads MHCA's output)."""
-    from evl_ecg.train.study import Study
+    from evl_ecg.experiments.study import Study
 
     plain = Study(tmp_path, StudySettings(method_overrides=()))._cache_fields(["evl-ecg"])
     assert plain == {"hidden", "visual"}

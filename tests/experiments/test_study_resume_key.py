@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evl_ecg.train.study import Study, StudyError, StudySettings, run_study
+from evl_ecg.experiments.study import Study, StudyError, StudySettings, run_study
 
 
 def _quiet(_message: str) -> None:
@@ -30,7 +30,7 @@ def _no_study_work(monkeypatch):
 
 @pytest.fixture
 def teacher(tmp_path) -> Path:
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     src = shipped_teacher()
     if src is None:

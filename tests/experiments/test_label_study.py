@@ -1,4 +1,5 @@
-"""The label-budget study (evl_ecg.train.label_study): its grid, its refusals, and a label budget every stage respects.
+"""The label-budget study (evl_ecg.experiments.label_study): its grid, its refusals, and a label budget every stage
+respects.
 
 The end-to-end test runs a --quick study twice, the second time on a training corpus whose pool records carry other
 answers, labels and findings: every file the stages write from the pool (pool.json, the answers), and every weight
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from evl_ecg.data.budget import load_answers
-from evl_ecg.train.curves import BEST_DIR, best_point
-from evl_ecg.train.label_study import (
+from evl_ecg.eval.curves import BEST_DIR, best_point
+from evl_ecg.experiments.label_study import (
     ALL_LABELLED_ROWS,
     CONTROLS,
     MAIN_ROWS,
@@ -23,7 +24,7 @@ from evl_ecg.train.label_study import (
     LabelStudy,
     LabelStudySettings,
 )
-from evl_ecg.train.study import StudyError
+from evl_ecg.experiments.study import StudyError
 
 
 def test_the_grid_runs_every_row_at_the_main_budget_and_the_controls_elsewhere():

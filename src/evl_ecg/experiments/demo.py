@@ -20,22 +20,12 @@ import json
 import os
 import shutil
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes
+from evl_ecg.models.tiny import shipped_teacher
 from evl_ecg.train.config import load_config, tiny_config_path
-
-#: the tiny teacher that ships with the package: v2 (generator 2; ``python scripts/tiny_teacher.py`` with
-#: configs/tiny/teacher.yaml). The v1 teacher of the earlier releases is rebuilt by its documented command
-#: (docs/train.md section 3) and given as ``--teacher DIR``.
-SHIPPED_TEACHER = "assets/tiny-teacher"
-
-
-def shipped_teacher() -> Path | None:
-    path = Path(str(resources.files("evl_ecg") / SHIPPED_TEACHER))
-    return path if (path / "config.json").exists() else None
 
 
 def _atomic_json(path: Path, data: Any) -> None:
@@ -72,7 +62,9 @@ def _train(phase: str, out_dir: Path, overrides: dict[str, Any], quick: bool, se
     quick_settings.update(pretrain_vision_steps=2, pretrain_vision_records=32)
     extra = quick_settings if quick else {}
     cfg = load_config(tiny_config_path(phase), sets, output_dir=str(out_dir), **{**overrides, **extra})
-    return run(cfg).student_dir
+    from evl_ecg.eval.curves import curve_callbacks
+
+    return run(cfg, callbacks=curve_callbacks(cfg)).student_dir
 
 
 def write_figures(
@@ -124,7 +116,7 @@ def write_figures(
     return paths
 
 
-#: the study behind the demo's one seed (``evl-ecg study``; written by ``evl_ecg.train.study.study_summary``)
+#: the study behind the demo's one seed (``evl-ecg study``; written by ``evl_ecg.experiments.study.study_summary``)
 SHIPPED_STUDY = Path(__file__).resolve().parents[1] / "assets" / "tiny-study.json"
 #: the label study behind the budget demo (``evl-ecg study --labels``: its ``summary.json``)
 SHIPPED_LABEL_STUDY = Path(__file__).resolve().parents[1] / "assets" / "tiny-label-study.json"
@@ -142,7 +134,7 @@ STUDY_SUBSETS = ("ptb-test", "code15-test", "cpsc-test")
 def load_study_summary(path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
     """A study's summary: ``path`` (a study folder, its ``results.json`` or a ``tiny-study.json``), else the
     shipped one (None if the package has none)."""
-    from evl_ecg.train.study import study_summary
+    from evl_ecg.experiments.study import study_summary
 
     target = Path(path) if path is not None else SHIPPED_STUDY
     if target.is_dir():
@@ -266,7 +258,7 @@ def _all_labelled_stages(
     out: Path, train_file: str, teacher_dir: Path, seed: int, quick: bool, timings: dict, paper_objective: bool
 ) -> tuple[dict[str, Path], Path, Path, Path, Path]:
     """The paper's regime: SFT on every record, then the control (CE) and KD with EVL-ECG on the same budget."""
-    from evl_ecg.train.study import TINY_METHOD_SETS, method_settings
+    from evl_ecg.experiments.study import TINY_METHOD_SETS, method_settings
 
     base = {"train_file": train_file, "seed": seed}
     sft_dir = _stage("sft", timings, _train, "sft", out / "sft", base, quick)
@@ -296,8 +288,8 @@ def _budget_stages(
     from evl_ecg.data.budget import BUDGET_FILE, LABELLED_FILE, POOL_FILE, compose, load_answers, load_pool, write_split
     from evl_ecg.data.records import load_records, save_records
     from evl_ecg.eval.answers import answer_pool
-    from evl_ecg.train.curves import BEST_DIR, best_point
-    from evl_ecg.train.label_study import ROWS, LabelStudySettings, evl_sets
+    from evl_ecg.eval.curves import BEST_DIR, best_point
+    from evl_ecg.experiments.label_study import ROWS, LabelStudySettings, evl_sets
 
     split_dir = out / "budget"
     if not (split_dir / BUDGET_FILE).exists():
@@ -392,11 +384,12 @@ def run_demo(
     the paper's regime (every record labelled). Under a budget the table shows the teacher, the control, the label
     study's primary method and that method with EVL-ECG's terms (module docstring).
 
-    The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.train.study.TINY_METHOD_SETS``), or with
-    the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table puts
-    beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``). ``generator``: the synthetic-ECG
-    generator of the corpus (1, the frozen first one; 2, closer to real ECGs). ``teacher``: a teacher folder to use
-    in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another teacher is refused).
+    The KD stage trains EVL-ECG with the tiny preset's settings (``evl_ecg.experiments.study.TINY_METHOD_SETS``), or
+    with the paper's objective as written when ``paper_objective``. ``study``: the study whose mean +- std the table
+    puts beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``). ``generator``: the
+    synthetic-ECG generator of the corpus (1, the frozen first one; 2, closer to real ECGs). ``teacher``: a teacher
+    folder to use in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another
+    teacher is refused).
     """
     from evl_ecg.data.budget import Budget
 

@@ -24,13 +24,13 @@ phase 1, phase 2, and the validation curves, which read no more validation recor
 pool record enters training only with a model's answer (the teacher's, or for self-training the student's own).
 
 Phase 2 is the same for every row: ``phase2_steps`` steps with a validation curve, and the row keeps the student of
-its best validation point (validation checkpoint selection, :func:`evl_ecg.train.curves.best_point`; step 0 is the
+its best validation point (validation checkpoint selection, :func:`evl_ecg.eval.curves.best_point`; step 0 is the
 phase-1 student itself). Every row thus has the same steps, data and tuning budget, and a control that only loses by
 training on further is not made to (the pilot of docs/train.md section 6a: the control's validation AUC fell from
 63.1 to 56.7 over 300 phase-2 steps while sequence-level KD needed more than 1,000 to gain).
 
-Every run is a subprocess, as in :mod:`evl_ecg.train.study`; a run is finished when its ``done.json`` exists, and a
-rerun of the same command resumes. ``jobs`` runs that many subprocesses at once (each seed's runs in order; a
+Every run is a subprocess, as in :mod:`evl_ecg.experiments.study`; a run is finished when its ``done.json`` exists,
+and a rerun of the same command resumes. ``jobs`` runs that many subprocesses at once (each seed's runs in order; a
 single run, such as the teacher's answers, gets every job's threads).
 """
 
@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from evl_ecg.data.budget import Budget, BudgetError
-from evl_ecg.data.records import atomic_write_bytes
-from evl_ecg.train.curves import BEST_DIR, best_point
-from evl_ecg.train.study import (
+from evl_ecg.eval.curves import BEST_DIR, best_point
+from evl_ecg.experiments.study import (
     REPORTED,
     TINY_METHOD_SETS,
     StudyError,
@@ -63,6 +62,7 @@ from evl_ecg.train.study import (
     study_data,
     study_teacher,
 )
+from evl_ecg.files import atomic_write_bytes
 
 #: the file of the resume key
 KEY_FILE = "labels-study.json"

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes
 from evl_ecg.models.fingerprint import count_parameters
 
 CARD_FILE = "README.md"

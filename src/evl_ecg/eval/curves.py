@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from evl_ecg.data.records import atomic_write_bytes, load_records, open_image
+from evl_ecg.data.records import load_records, open_image
+from evl_ecg.files import atomic_write_bytes
 
 CURVE_FILE = "curve.json"
 #: the student at the curve's best point after step 0 (``keep_best``)
@@ -39,6 +40,9 @@ def best_point(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 class ValidationCurve(TrainerCallback):
     """Strict macro AUC of the student on a validation bench file every ``every`` steps (``curve.json``)."""
+
+    #: what :func:`evl_ecg.train.pipeline.run` looks for when a config asks for a learning curve
+    learning_curve = True
 
     def __init__(
         self,
@@ -118,4 +122,20 @@ class ValidationCurve(TrainerCallback):
             self._evaluate(model, state.global_step)
 
 
-__all__ = ["BEST_DIR", "CURVE_FILE", "ValidationCurve", "best_point"]
+def curve_callbacks(config: Any) -> list[TrainerCallback]:
+    """The learning curve a training config asks for (``curve_every``, ``curve_bench``, ``curve_records``,
+    ``curve_keep_best``; written to its ``output_dir``), as callbacks for :func:`evl_ecg.train.pipeline.run`;
+    none when ``curve_every`` is 0."""
+    if config.curve_every <= 0:
+        return []
+    curve = ValidationCurve(
+        config.curve_bench,
+        config.output_dir,
+        every=config.curve_every,
+        limit=config.curve_records,
+        keep_best=config.curve_keep_best,
+    )
+    return [curve]
+
+
+__all__ = ["BEST_DIR", "CURVE_FILE", "ValidationCurve", "best_point", "curve_callbacks"]

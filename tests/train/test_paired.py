@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from evl_ecg.data.paired import PairedCollator, PairedDataset, encode_pair, load_record_image
 from evl_ecg.models import build_tiny_student, build_tiny_teacher
 from evl_ecg.outputs import IGNORE_INDEX
+from evl_ecg.train.paired import PairedCollator, PairedDataset, encode_pair, load_record_image
 
 RECORDS = [
     {
@@ -109,7 +109,7 @@ def test_collator_refuses_a_missing_teacher_side(pair):
 def test_a_live_teacher_side_serves_what_the_teacher_adapter_computes(pair):
     """The teacher side (data.teacher_side): an adapter becomes a LiveTeacher; its outputs for a collated batch are
     the adapter's own forward on the same padded tensors, frozen and detached."""
-    from evl_ecg.data.teacher_side import LiveTeacher, TeacherSide, teacher_side
+    from evl_ecg.train.teacher_side import LiveTeacher, TeacherSide, teacher_side
 
     teacher, student = pair
     side = teacher_side(teacher)

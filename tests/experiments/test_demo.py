@@ -44,7 +44,7 @@ def test_quick_demo_runs_every_stage_and_writes_its_results(tmp_path):
     # the demo draws generator 2 by default; the hand-written study names no generator (a study made before the
     # setting: generator 1), so the table says the two settings differ
     assert "generator 2. Study:" in beside and "Not the same setting" in beside and "generator-1 corpora" in beside
-    # the KD stage trains EVL-ECG with the tiny preset's settings (evl_ecg.train.study.TINY_METHOD_SETS)
+    # the KD stage trains EVL-ECG with the tiny preset's settings (evl_ecg.experiments.study.TINY_METHOD_SETS)
     config = json.loads((out / "kd" / "provenance.json").read_text())["config"]
     assert config["hidden_positions"] == "response" and config["objective"]["alpha_warmup"] == 150
     for name in ("transport_plan", "singular_values", "loss_curves"):
@@ -121,7 +121,7 @@ def test_demo_names_a_study_folder_without_results(tmp_path):
 
 
 def test_beside_study_says_when_the_study_ran_another_generator_or_teacher():
-    from evl_ecg.train.demo import beside_study
+    from evl_ecg.experiments.demo import beside_study
 
     cell = {"mean": 70.0, "std": 1.0}
     rows = {"rows": [{"method": "control-student", "scorer": "strict", "cells": {"ptb-test/AUC": {"mean": 71.0}}}]}

@@ -14,9 +14,9 @@ Batch layout from :class:`PairedCollator`::
     {"ids": [record ids], "student": {input_ids, labels, attention_mask, token_offsets, pixel_values, ...},
      "teacher": {... the same keys for the teacher ...}}      # no "teacher" key in student-only mode (SFT)
 
-The teacher's side is one object (:class:`~evl_ecg.data.teacher_side.TeacherSide`), live or cached: the dataset
+The teacher's side is one object (:class:`~evl_ecg.train.teacher_side.TeacherSide`), live or cached: the dataset
 encodes the teacher's conversation only where the side has an adapter to encode it with (``side.encodes``), and the
-collator adds what the side returns (:meth:`~evl_ecg.data.teacher_side.TeacherSide.batch`). With a teacher-output
+collator adds what the side returns (:meth:`~evl_ecg.train.teacher_side.TeacherSide.batch`). With a teacher-output
 cache (:mod:`evl_ecg.train.teacher_cache`) nothing of the teacher is encoded (none of its image processing): each
 sample carries its ``index`` in the dataset, and the batch holds ``"indices"`` and ``"teacher_cache"`` (the cached
 teacher tensors of those records, padded as the teacher's own collate pads them) instead of ``"teacher"``.
@@ -32,9 +32,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from evl_ecg.data.teacher_side import TeacherSide, teacher_side
 from evl_ecg.ecg.labels import findings_multi_hot
-from evl_ecg.models.base import Adapter, record_id
+from evl_ecg.models.base import Adapter
+from evl_ecg.models.conversation import record_id
+from evl_ecg.train.teacher_side import TeacherSide, teacher_side
 
 ImageLoader = Callable[[Any], Image.Image] | Mapping[str, Image.Image] | None
 
@@ -106,7 +107,7 @@ class PairedDataset(Dataset):
     Args:
         records: a sequence of records.
         image_loader: see the module docstring.
-        teacher_adapter: the teacher's adapter or :class:`~evl_ecg.data.teacher_side.TeacherSide`, or ``None``.
+        teacher_adapter: the teacher's adapter or :class:`~evl_ecg.train.teacher_side.TeacherSide`, or ``None``.
         student_adapter: the student's adapter.
         train: full conversations with labels (``True``) or generation prompts (``False``).
     """
@@ -146,7 +147,7 @@ class PairedCollator:
     """Pads each side on its own: ``{"ids", "student": batch, "teacher": batch}`` (no teacher in student-only mode).
 
     ``padding_side="right"`` for training, ``"left"`` for generation. ``teacher``: the teacher's adapter or
-    :class:`~evl_ecg.data.teacher_side.TeacherSide` (live, or a teacher-output cache, which adds ``"indices"`` and
+    :class:`~evl_ecg.train.teacher_side.TeacherSide` (live, or a teacher-output cache, which adds ``"indices"`` and
     ``"teacher_cache"`` instead of ``"teacher"`` and serves training batches, right padding, only).
     """
 

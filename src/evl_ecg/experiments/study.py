@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evl_ecg.data.records import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes
 
 #: The 11 distinct methods of the paper's Tables 1 and 6 (Table 6's last row is EVL-ECG itself).
 TABLE1_METHODS = ("control", "vanilla-kl", "tinybert", "uld", "multilevel-ot", "dskd", "emkd", "rkd", "evl-ecg")
@@ -220,7 +220,7 @@ def _distill_cmd(
 
 
 def _read_curve(run_dir: Path) -> list[dict[str, Any]]:
-    from evl_ecg.train.curves import CURVE_FILE
+    from evl_ecg.eval.curves import CURVE_FILE
 
     path = run_dir / CURVE_FILE
     return json.loads(path.read_text()) if path.exists() else []
@@ -250,7 +250,7 @@ def study_teacher(given: str | None) -> Path:
     """The teacher of a study: ``given``, else the shipped tiny teacher."""
     if given:
         return Path(given)
-    from evl_ecg.train.demo import shipped_teacher
+    from evl_ecg.models.tiny import shipped_teacher
 
     shipped = shipped_teacher()
     if shipped is None:
