@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/generator.py [--n 200]
 
-The quantities, their measurement and their ranges are in ``evl_ecg.ecg.generators`` (sources in docs/signals.md).
+The quantities, their measurement and their ranges are in ``evl_ecg.ecg.realism`` (sources in docs/signals.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from evl_ecg.ecg.generators import QUANTITIES, measure
+from evl_ecg.ecg.realism import QUANTITIES, measure
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Time and peak memory of EVL-ECG's losses, the full objective, one Qwen3-VL-2B decoder layer, and OT solvers.
 
 Every measurement runs in its own subprocess (peak RSS via ``resource.getrusage`` on CPU, ``max_memory_allocated`` on
-CUDA) and prints one line; ratios are computed from the same run. Shapes (``../shared/SPEC.md`` section 1):
+CUDA) and prints one line; ratios are computed from the same run. Shapes (docs/distill.md, "Cost"):
 
 * ``paper``: B 4, D_s 2048, D_t 4096, student 512 positions (64 visual), teacher multi-tile 3,400 positions
   (2,880 visual) and single-tile 1,100 positions (576 visual); student vocabulary 151,936; Qwen3-VL-2B text layer

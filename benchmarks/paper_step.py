@@ -213,7 +213,7 @@ def measure_gpu(methods: list[str], steps: int, warmup: int, pages: int, workers
         objective = build_objective(config, student, teacher)
         teacher_used = teacher if objective.needs_teacher else None
         dataset = PairedDataset(records, image_loader(config), teacher_used, student, max_length=config.max_length)
-        module = DistillModule(student, objective, needs=objective.requires)
+        module = DistillModule(student, objective, requires=objective.requires)
         timer = StepTimer()
         trainer = EvlTrainer(
             model=module,

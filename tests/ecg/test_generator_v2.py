@@ -1,5 +1,5 @@
 """Generator versions: generator 1 is frozen byte for byte; generator 2 moves each quantity of issue 17 into its
-published range (``evl_ecg.ecg.generators``, sources in docs/signals.md 2.1) where generator 1 misses it."""
+published range (``evl_ecg.ecg.realism``, sources in docs/signals.md 2.1) where generator 1 misses it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from evl_ecg.ecg.generators import QUANTITIES, measure
 from evl_ecg.ecg.leads import LEADS, derived_limb_leads
+from evl_ecg.ecg.realism import QUANTITIES, measure
 from evl_ecg.ecg.synth import SynthSpec, generate, sample_spec
 from evl_ecg.ecg.synth_v2 import NoiseSpecV2
 

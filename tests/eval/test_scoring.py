@@ -10,22 +10,19 @@ import pytest
 
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_LABELS, PTBXL_SUPERCLASSES
 from evl_ecg.eval.metrics import pct, pulse_multilabel, strict_multilabel
-from evl_ecg.eval.predictions import BenchItem, EvalInputError, PredRow, jsonl_lines, load_predictions
-from evl_ecg.eval.scoring import (
-    ScoreOptions,
+from evl_ecg.eval.parsing import (
     ecgqa_candidates,
     pulse_code15_gold,
     pulse_code15_pred,
-    pulse_compute_f1_auc,
     pulse_ecgqa,
     pulse_extract_letter,
     pulse_labels,
-    pulse_round,
-    score_file,
     strict_ecgqa,
     strict_extract_letter,
     strict_labels,
 )
+from evl_ecg.eval.predictions import BenchItem, EvalInputError, PredRow, jsonl_lines, load_predictions
+from evl_ecg.eval.scoring import ScoreOptions, pulse_compute_f1_auc, pulse_round, score_file
 
 
 def items(*triples: tuple[str, str, object]) -> list[BenchItem]:

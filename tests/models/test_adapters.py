@@ -180,7 +180,7 @@ def test_needs_add_all_hidden_and_attentions(adapters, records, image, side):
     a = adapters[side]
     b = _batch(a, records[:1], image)
     with torch.no_grad():
-        out = a.forward(b, needs=frozenset({"all_hidden", "attentions"}))
+        out = a.forward(b, requires=frozenset({"all_hidden", "attentions"}))
     ctx = a.loss_context()
     length = b["input_ids"].shape[1]
     assert len(out.all_hidden) == ctx["layers"] + 1

@@ -28,7 +28,7 @@ Where the fixtures' values come from (the releases' own files could not be read 
   4096, intermediate 11008, 32 heads and KV heads, 32 layers, vocab 32,000, max positions 4096, rms eps 1e-5, rope
   theta 10,000; ``mm_hidden_size`` 1024, ``mlp2x_gelu``, ``anyres`` with the five LLaVA-1.6 pinpoints, layer -2,
   ``patch`` features, tower ``openai/clip-vit-large-patch14-336``, ``torch_dtype`` bfloat16) with the two values that
-  PULSE is documented to differ in (``../shared/reference/ecgbench-scoring.md`` section 3.2): ``model_type``
+  PULSE is documented to differ in (docs/eval.md section 2): ``model_type``
   ``llava_llama`` (the hub's tag for PULSE and the original LLaVA code's name; the PaddleMIX copy says ``llava``) and
   ``mm_patch_merge_type`` ``flat`` (PULSE's training script never passes it, so LLaVA's default replaced 1.6's
   ``spatial_unpad``; its load log drops ``model.image_newline``). Not verified for PULSE: the fields its training

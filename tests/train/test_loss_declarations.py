@@ -160,7 +160,7 @@ def test_the_new_loss_trains_from_the_cache_as_from_the_live_teacher(
         side = teacher if live else cache  # one teacher side, held by the dataset, the collator and the trainer
         objective = build_objective(cfg, student, side)
         assert list(objective.terms) == [NAME]
-        module = DistillModule(student, objective, needs=objective.requires)
+        module = DistillModule(student, objective, requires=objective.requires)
         dataset = PairedDataset(records, loader, side, student)
         trainer = EvlTrainer(
             model=module, args=cfg, train_dataset=dataset, data_collator=PairedCollator(student, side), teacher=side

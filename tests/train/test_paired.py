@@ -124,6 +124,6 @@ def test_a_live_teacher_side_serves_what_the_teacher_adapter_computes(pair):
     got = side.outputs(batch, {"hidden"})
     padded = teacher.collate([ds[0]["teacher"], ds[1]["teacher"]], padding_side="right")
     with torch.no_grad():
-        want = teacher.forward(padded, needs={"hidden"})
+        want = teacher.forward(padded, requires={"hidden"})
     assert torch.equal(got.hidden, want.hidden) and not got.hidden.requires_grad
     assert side.outputs({"student": batch["student"]}, {"hidden"}) is None  # a batch without the teacher's entries

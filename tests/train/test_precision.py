@@ -52,7 +52,7 @@ def _kd_trainer(cfg):
     teacher = load_adapter(cfg.teacher, family=cfg.teacher_family, dtype=cfg.teacher_torch_dtype)
     objective = build_objective(cfg, student, teacher)
     spy = _Spy(objective)
-    module = DistillModule(student, objective, needs=objective.requires)
+    module = DistillModule(student, objective, requires=objective.requires)
     trainer = EvlTrainer(
         model=module,
         args=cfg,

@@ -113,12 +113,12 @@ def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
     def step(teacher_outputs):
         objective.zero_grad(set_to_none=True)
         student.model.zero_grad(set_to_none=True)
-        out = objective(student.forward(cached_batch["student"], needs=objective.requires), teacher_outputs)
+        out = objective(student.forward(cached_batch["student"], requires=objective.requires), teacher_outputs)
         out.loss.backward()
         return out, _grads(student.model, objective)
 
     with torch.no_grad():
-        live = teacher.forward(live_batch["teacher"], needs=objective.requires).detached()
+        live = teacher.forward(live_batch["teacher"], requires=objective.requires).detached()
     a, grads_a = step(live)
     b, grads_b = step(cache.side_outputs(cached_batch["teacher_cache"]))
     _assert_same_step(a, b, grads_a, grads_b, rel=1e-6, rtol=1e-6)
@@ -143,7 +143,7 @@ def test_a_kd_step_of_the_trainer_from_the_cache_equals_one_with_the_live_teache
         torch.manual_seed(0)
         side = teacher if live else cache
         objective = build_objective(cfg, student, side)
-        module = DistillModule(student, objective, needs=objective.requires)
+        module = DistillModule(student, objective, requires=objective.requires)
         trainer = EvlTrainer(
             model=module,
             args=cfg,

@@ -103,7 +103,7 @@ def test_objective_modules_train_at_the_projector_learning_rate(tmp_path, tiny_c
     )
     student, teacher = load_adapter(cfg.student), load_adapter(cfg.teacher)
     objective = build_objective(cfg, student, teacher)
-    module = DistillModule(student, objective, needs=objective.requires)
+    module = DistillModule(student, objective, requires=objective.requires)
     records = load_training_records(cfg)
     trainer = EvlTrainer(
         model=module,

@@ -216,7 +216,7 @@ def split_file(split: str) -> str:
     return f"bench/{split}.json"
 
 
-def record_id(split: str, index: int) -> str:
+def synth_record_id(split: str, index: int) -> str:
     """``synth-train-000042``, ``synth-ptb-test-00007``."""
     return f"synth-{split}-{index:06d}" if split == "train" else f"synth-{split}-{index:05d}"
 
@@ -236,7 +236,7 @@ def make_item(settings: CorpusSettings, out_dir: Path, split: str, index: int) -
     from evl_ecg.ecg.render import Augment, RenderSpec, render
     from evl_ecg.ecg.synth import generate, sample_spec
 
-    rid = record_id(split, index)
+    rid = synth_record_id(split, index)
     ss_spec, ss_signal, ss_render, ss_text = record_seed(settings.seed, split, index).spawn(4)
     rng_spec = np.random.default_rng(ss_spec)
     if split == "train":
@@ -700,6 +700,6 @@ __all__ = [
     "foreign_files",
     "label_frequencies",
     "make_item",
-    "record_id",
+    "synth_record_id",
     "record_seed",
 ]

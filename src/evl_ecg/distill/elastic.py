@@ -15,7 +15,7 @@ Registered names (off by default: no preset lists them; add them as extra terms 
 * ``mic`` (:class:`MICLoss`): ``matryoshka`` plus SCR (cross-correlation between each prefix and the dimensions
   after it, driven to zero), SIR (hyperspherical uniformity, or a flat covariance spectrum, of the low-dimensional
   prefixes) and self-distillation (the full embedding's batch-similarity rows teach each prefix's). Only the MIC
-  abstract is at hand (``../shared/reference/mic-abstract.md``): every equation here is our reading of it
+  abstract is at hand (docs/elastic.md, "The losses"): every equation here is our reading of it
   (docs/distill.md, "Elastic embeddings"; docs/elastic.md).
 
 The findings: a ``B x C`` multi-hot float tensor (1 where record ``b`` carries finding ``c``;

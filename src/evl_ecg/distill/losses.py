@@ -1,4 +1,4 @@
-r"""EVL-ECG's loss terms (paper section 2, ``../shared/SPEC.md`` section 2) and the student's CE.
+r"""EVL-ECG's loss terms (paper section 2; docs/distill.md, "The terms") and the student's CE.
 
 Registered names: ``ce`` (:class:`CrossEntropyLoss`), ``mhca`` (:class:`MHCALoss`), ``ot`` (:class:`OTLoss`),
 ``relation`` (:class:`RelationLoss`). Shapes: ``B`` batch, ``L_s``/``L_t`` student/teacher positions,

@@ -6,8 +6,8 @@ only :class:`~evl_ecg.outputs.SideOutputs` of both sides and returns a :class:`L
 ``@register("name")``; build one by name with :func:`build_loss`.
 
 Normalisation. A token-mean divides by the number of its valid units. Under gradient accumulation or data
-parallelism that number must be the *global* count over the accumulated batch (../shared/SPEC.md section 2),
-so the trainer passes :class:`Denominators`; a loss that gets ``None`` uses its local count.
+parallelism that number must be the *global* count over the accumulated batch (docs/distill.md, "Normalisation
+under accumulation"), so the trainer passes :class:`Denominators`; a loss that gets ``None`` uses its local count.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ For each sample ``b`` of a batch, with cost ``C_b`` (``n x m``) and marginals ``
 Token sets of different sizes are padded to a common ``n`` and ``m`` and the pads get **zero mass**
 (:func:`uniform_marginals`); in the log domain a zero mass is a ``-inf`` log-weight, so pads receive exactly zero
 plan mass and change nothing else. Everything runs in float32 (float64 if given) with autocast disabled: bf16
-log-Sinkhorn is not accurate (``../shared/reference/kd-baselines.md`` section 2.2).
+log-Sinkhorn is not accurate (docs/distill.md, "Sinkhorn").
 
 Two interchangeable solvers compute the same plan (tests check both against POT's per-problem
 ``ot.sinkhorn(..., method="sinkhorn_log")``):

@@ -13,11 +13,12 @@ from pathlib import Path
 import typer
 
 from evl_ecg.console import fail as _fail
+from evl_ecg.eval.parsing import ECGQA_RULES
 from evl_ecg.eval.predictions import (
     EvalInputError,
 )
 from evl_ecg.eval.scores import score_paths
-from evl_ecg.eval.scoring import ECGQA_RULES, SCORERS, ScoreOptions
+from evl_ecg.eval.scoring import SCORERS, ScoreOptions
 
 app = typer.Typer(
     name="eval",

@@ -25,7 +25,7 @@ import numpy as np
 
 from evl_ecg.data.records import load_records
 from evl_ecg.eval.likelihood import gold_labels, vocabulary_of
-from evl_ecg.eval.scoring import strict_classes, strict_labels
+from evl_ecg.eval.parsing import strict_classes, strict_labels
 
 
 def label_matrices(
@@ -35,7 +35,7 @@ def label_matrices(
 
     ``records``: the bench file's records to use (default: all of them, in file order); the subset is the file's.
 
-    Predictions are parsed by the strict scorer's :func:`~evl_ecg.eval.scoring.strict_labels`; a record without a
+    Predictions are parsed by the strict scorer's :func:`~evl_ecg.eval.parsing.strict_labels`; a record without a
     prediction row is an error (a study compares complete runs only).
     """
     bench_file, predictions_file = Path(bench_file), Path(predictions_file)

@@ -3,7 +3,7 @@
 A hospital holds an archive of ECGs of which a few carry a reviewed diagnosis, and a foundation model. This study
 measures, on one command, how many labels the teacher saves: the control (CE on the labelled records alone) at
 several label budgets, and at the main budget the teacher-using methods beside the controls that could explain
-their gain (label smoothing, self-training, a shuffled teacher). Definitions: ``../shared/reference/kd-regimes.md``
+their gain (label smoothing, self-training, a shuffled teacher). Definitions: docs/train.md section 6a
 and :mod:`evl_ecg.data.budget`.
 
 Layout of ``out``::

@@ -9,7 +9,7 @@ path, an :class:`~evl_ecg.ecg.signal.Ecg`, a PIL image or an :class:`~evl_ecg.in
   warning; augmentation is always off); images are used as they are, with a warning when their size or aspect is far
   from the training images';
 * the question (:mod:`evl_ecg.infer.questions`) is put in the model's chat template and answered greedily;
-* the answer's labels are parsed with the strict scorer's rules (:func:`evl_ecg.eval.scoring.strict_labels`), and
+* the answer's labels are parsed with the strict scorer's rules (:func:`evl_ecg.eval.parsing.strict_labels`), and
   with PULSE's published substring rule for comparison;
 * each label's probability comes from the teacher-forced likelihood of the answer naming that label alone
   (:mod:`evl_ecg.eval.likelihood`, ``softmax`` normalisation over the label answers and the corpus's no-label
@@ -45,6 +45,7 @@ import torch
 from evl_ecg.ecg.signal import Ecg
 from evl_ecg.infer.inputs import EcgInput, image_warnings, read_input
 from evl_ecg.infer.questions import QUESTIONS, Question, get_question
+from evl_ecg.models.card import DISCLAIMER  # said by every output (CLI text, JSON, the page)
 
 __all__ = [
     "DISCLAIMER",
@@ -55,11 +56,6 @@ __all__ = [
     "resolve_render_spec",
 ]
 
-#: Said by every output (CLI text, JSON, the page).
-DISCLAIMER = (
-    "Research artefact, not a medical device: not validated clinically and not cleared by any regulator; "
-    "never use it to diagnose, treat or triage a patient."
-)
 
 PROBABILITY_METHOD = (
     "softmax of the teacher-forced log-likelihoods of the answers naming one label each and of the no-label "
@@ -462,7 +458,7 @@ class Interpreter:
     @staticmethod
     def parse_answer(answer: str, question: Question) -> tuple[dict[str, list[str]], list[str]]:
         """``(strict labels per vocabulary, PULSE labels)`` of an answer to ``question``."""
-        from evl_ecg.eval.scoring import pulse_code15_pred, pulse_labels, strict_labels
+        from evl_ecg.eval.parsing import pulse_code15_pred, pulse_labels, strict_labels
 
         if question.vocabulary is None:
             subsets = {"ptbxl": "ptb-test", "cpsc": "cpsc-test", "code15": "code15-test"}

@@ -2,7 +2,7 @@
 
 Each question is one of the corpus's task wordings (``evl_ecg.data.questions``; the first template of each, so that
 the same ECG always gets the same prompt), with the label vocabulary its answers are parsed in, the scorer subset
-whose strict rules parse them (``evl_ecg.eval.scoring.strict_labels``), the gold format of a one-label answer
+whose strict rules parse them (``evl_ecg.eval.parsing.strict_labels``), the gold format of a one-label answer
 (``"coded"``: ``MI(myocardial infarction)``; ``"code"``: ``AF``) and the corpus's "nothing applies" answers, which are
 the no-label candidates of the label probabilities (``evl_ecg.eval.likelihood``, ``softmax`` normalisation).
 """

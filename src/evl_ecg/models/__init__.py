@@ -14,7 +14,7 @@ from pathlib import Path
 
 from evl_ecg.models.base import Adapter
 from evl_ecg.models.checkpoints import ADAPTER_FILE, ModelLoadError, checkpoint_family, require_files
-from evl_ecg.models.conversation import Turn, conversation_turns
+from evl_ecg.models.conversation import ChatTurn, conversation_turns
 from evl_ecg.models.llava import LlavaAdapter
 from evl_ecg.models.pulse import PulseAdapter, PulseImageProcessor, PulseLlavaForConditionalGeneration, load_pulse
 from evl_ecg.models.qwen3vl import Qwen3VLAdapter
@@ -66,7 +66,7 @@ __all__ = [
     "PulseImageProcessor",
     "PulseLlavaForConditionalGeneration",
     "Qwen3VLAdapter",
-    "Turn",
+    "ChatTurn",
     "build_tiny_pulse",
     "build_tiny_student",
     "build_tiny_teacher",

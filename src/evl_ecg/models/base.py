@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from evl_ecg.models.checkpoints import ADAPTER_FILE
-from evl_ecg.models.conversation import IMAGE_MARKER, Turn, conversation_turns, record_id
+from evl_ecg.models.conversation import IMAGE_MARKER, ChatTurn, conversation_turns, record_id
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 
@@ -79,7 +79,7 @@ class Adapter:
         self._vocab: list[str] | None = None
 
     # ---- family hooks -----------------------------------------------------------------------------------------
-    def render(self, turns: Sequence[Turn], *, generation: bool) -> Rendered:  # pragma: no cover - abstract
+    def render(self, turns: Sequence[ChatTurn], *, generation: bool) -> Rendered:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def process_image(self, image: Any) -> tuple[dict[str, Tensor], int]:  # pragma: no cover - abstract
@@ -277,14 +277,14 @@ class Adapter:
         return batch
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, Tensor], *, needs: frozenset[str] = frozenset()) -> SideOutputs:
+    def forward(self, batch: Mapping[str, Tensor], *, requires: frozenset[str] = frozenset()) -> SideOutputs:
         """Run the model on a collated batch and return :class:`SideOutputs`.
 
-        ``needs`` is the union of the losses' ``requires``: ``"all_hidden"`` adds every layer's hidden states,
+        ``requires`` is the union of the losses' ``requires``: ``"all_hidden"`` adds every layer's hidden states,
         ``"attentions"`` every layer's attention probabilities (switching the model to eager attention).
         """
-        want_attn = "attentions" in needs
-        want_all = "all_hidden" in needs
+        want_attn = "attentions" in requires
+        want_all = "all_hidden" in requires
         if want_attn and self.model.config._attn_implementation != "eager":
             self.model.set_attn_implementation("eager")
         captured: dict[str, Tensor] = {}

@@ -20,11 +20,12 @@ CARD_FILE = "README.md"
 FACTS_FILE = "card.json"
 MARKER = "<!-- evl-ecg model card -->"
 
-NOT_A_DEVICE = (
-    "**Research artefact, not a medical device.** This model has not been validated clinically, is not cleared or "
-    "approved by any regulator, and must not be used to diagnose, treat or triage patients or to support any "
-    "clinical decision."
+#: what every model card, prediction, command output and page says (one sentence, one place)
+DISCLAIMER = (
+    "Research artefact, not a medical device: not validated clinically and not cleared or approved by any regulator; "
+    "never use it to diagnose, treat or triage a patient or to support any clinical decision."
 )
+NOT_A_DEVICE = f"**{DISCLAIMER}**"
 
 
 def render_settings(corpus_settings: Any) -> dict[str, Any] | None:
@@ -241,4 +242,12 @@ def has_model_card(model_dir: str | os.PathLike[str]) -> bool:
     return path.is_file() and MARKER in path.read_text(errors="replace")
 
 
-__all__ = ["NOT_A_DEVICE", "has_model_card", "render_card", "render_settings", "training_facts", "write_model_card"]
+__all__ = [
+    "DISCLAIMER",
+    "NOT_A_DEVICE",
+    "has_model_card",
+    "render_card",
+    "render_settings",
+    "training_facts",
+    "write_model_card",
+]

@@ -11,7 +11,7 @@ IMAGE_MARKER = "<image>"
 
 
 @dataclass(frozen=True)
-class Turn:
+class ChatTurn:
     """One turn: ``role`` is ``"user"`` or ``"assistant"``; ``text`` has the ``<image>`` marker removed."""
 
     role: str
@@ -37,7 +37,7 @@ def record_id(record: Any) -> str:
     return "" if rid is None else str(rid)
 
 
-def conversation_turns(record: Any) -> list[Turn]:
+def conversation_turns(record: Any) -> list[ChatTurn]:
     """The turns of a record in the ECGInstruct format, checked and normalised.
 
     Accepts a dict ``{"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}`` or an object with
@@ -49,7 +49,7 @@ def conversation_turns(record: Any) -> list[Turn]:
     convs = _field(record, "conversations", "conversation")
     if not convs:
         raise ValueError(f"record {record_id(record)!r} has no conversations")
-    turns: list[Turn] = []
+    turns: list[ChatTurn] = []
     for i, t in enumerate(convs):
         role = _field(t, "from", "role", "from_")
         value = _field(t, "value", "content")
@@ -65,8 +65,8 @@ def conversation_turns(record: Any) -> list[Turn]:
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
             raise ValueError(f"record {record_id(record)!r} turn {i}: expected a {expected} turn, got {role}")
-        turns.append(Turn(role, value))
+        turns.append(ChatTurn(role, value))
     return turns
 
 
-__all__ = ["IMAGE_MARKER", "Turn", "conversation_turns", "record_id"]
+__all__ = ["IMAGE_MARKER", "ChatTurn", "conversation_turns", "record_id"]

@@ -245,14 +245,14 @@ def template_signature(directory: str | Path) -> dict[str, Any]:
     is how a change of it is seen. No model is loaded (``render`` reads only the family's class attributes).
     """
     from evl_ecg.models import FAMILIES
-    from evl_ecg.models.conversation import Turn
+    from evl_ecg.models.conversation import ChatTurn
 
     family = model_family(directory)
     cls = FAMILIES.get(family)
     if cls is None:
         return {"family": family, "adapter": None, "render_sha256": None}
     probe = cls(None, None, None)
-    turns = [Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2"), Turn("assistant", "a2")]
+    turns = [ChatTurn("user", "q1"), ChatTurn("assistant", "a1"), ChatTurn("user", "q2"), ChatTurn("assistant", "a2")]
     rendered = [probe.render(turns, generation=False), probe.render(turns[:1], generation=True)]
     payload = [[r.text, r.answers] for r in rendered]
     payload.append([cls.image_placeholder, cls.add_bos])

@@ -25,7 +25,7 @@ from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration
 
 from evl_ecg.models.base import Adapter, Rendered
 from evl_ecg.models.checkpoints import load_hf_checkpoint
-from evl_ecg.models.conversation import Turn
+from evl_ecg.models.conversation import ChatTurn
 from evl_ecg.models.tokenizers import LLAVA_V1_SYSTEM, LLAVA_V1_TEMPLATE
 
 
@@ -37,7 +37,7 @@ class LlavaAdapter(Adapter):
     add_bos = True
     system = LLAVA_V1_SYSTEM
 
-    def render(self, turns: Sequence[Turn], *, generation: bool) -> Rendered:
+    def render(self, turns: Sequence[ChatTurn], *, generation: bool) -> Rendered:
         text = self.system + " "
         answers = []
         for i, turn in enumerate(turns):

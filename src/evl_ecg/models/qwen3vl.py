@@ -21,7 +21,7 @@ from transformers import Qwen2VLImageProcessorPil, Qwen3VLForConditionalGenerati
 
 from evl_ecg.models.base import Adapter, Rendered
 from evl_ecg.models.checkpoints import load_hf_checkpoint
-from evl_ecg.models.conversation import Turn
+from evl_ecg.models.conversation import ChatTurn
 from evl_ecg.models.tokenizers import CHATML_TEMPLATE
 
 #: Paper Table 2's student pixel limits (784 to 50,176 px: at most 224 x 224, i.e. about 49 visual tokens).
@@ -47,7 +47,7 @@ class Qwen3VLAdapter(Adapter):
         ids = [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         return [int(i) for i in ids if i is not None and i != self.tokenizer.unk_token_id]
 
-    def render(self, turns: Sequence[Turn], *, generation: bool) -> Rendered:
+    def render(self, turns: Sequence[ChatTurn], *, generation: bool) -> Rendered:
         text = ""
         answers = []
         for i, turn in enumerate(turns):
@@ -102,7 +102,7 @@ class Qwen3VLAdapter(Adapter):
         if not template:
             return False
         got = self.tokenizer.apply_chat_template(_PROBE, tokenize=False)
-        ok = got == self.render([Turn("user", "q"), Turn("assistant", "a")], generation=False).text
+        ok = got == self.render([ChatTurn("user", "q"), ChatTurn("assistant", "a")], generation=False).text
         if not ok:
             warnings.warn(
                 f"the checkpoint's chat template renders {got!r}, not the ChatML the adapter builds", stacklevel=2

@@ -438,7 +438,7 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         frozen += freeze_projector(student)
     dataset = PairedDataset(records, image_loader(config), teacher, student, max_length=config.max_length)
     collator = PairedCollator(student, teacher)
-    module = DistillModule(student, objective, needs=objective.requires, frozen=frozen)
+    module = DistillModule(student, objective, requires=objective.requires, frozen=frozen)
     from evl_ecg.train.callbacks import ObjectiveStep
 
     callbacks = [*(callbacks or []), ObjectiveStep(objective)]

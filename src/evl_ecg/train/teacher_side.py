@@ -44,9 +44,9 @@ class TeacherSide(Protocol):
     ) -> dict[str, Any]:
         """The entries the collator adds to a batch of ``samples`` (record ids ``ids``), padded on ``padding_side``."""
 
-    def outputs(self, batch: Mapping[str, Any], needs: Iterable[str]) -> SideOutputs | None:
+    def outputs(self, batch: Mapping[str, Any], requires: Iterable[str]) -> SideOutputs | None:
         """The teacher's outputs for a collated ``batch`` (``None`` if the batch holds no teacher entries), with
-        at least the fields ``needs`` names; detached."""
+        at least the fields ``requires`` names; detached."""
 
     def describe(self) -> dict[str, Any]:
         """What ``provenance.json`` records of the source."""
@@ -90,7 +90,7 @@ class LiveTeacher:
             raise ValueError("PairedCollator has a teacher but a sample was encoded without one")
         return {"teacher": self.adapter.collate(encoded, padding_side=padding_side)}
 
-    def outputs(self, batch: Mapping[str, Any], needs: Iterable[str]) -> SideOutputs | None:
+    def outputs(self, batch: Mapping[str, Any], requires: Iterable[str]) -> SideOutputs | None:
         inputs = batch.get("teacher")
         if inputs is None:
             return None
@@ -98,7 +98,7 @@ class LiveTeacher:
             inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         with torch.no_grad():
             self.adapter.model.eval()
-            return self.adapter.forward(inputs, needs=set(needs)).detached()
+            return self.adapter.forward(inputs, requires=set(requires)).detached()
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.kind, "model": type(self.adapter.model).__name__}

@@ -9,7 +9,7 @@ logging. What this subclass adds:
   (:mod:`evl_ecg.train.teacher_cache`, the batch's ``"teacher_cache"`` key).
 * global loss denominators (:class:`~evl_ecg.distill.registry.Denominators`): every token-mean is divided by the count
   of its units in the whole accumulated batch on all ranks, so the loss does not depend on how a batch is split
-  (../shared/SPEC.md section 2); the loss is therefore already scaled for gradient accumulation.
+  (docs/distill.md, "Normalisation under accumulation"); the loss is therefore already scaled for gradient accumulation.
 * two optimizer groups: the student's vision projector/merger and the objective's modules at ``projector_lr``.
 * every loss term, feature norms and throughput in the logs.
 * checkpoints that hold the student as a plain transformers checkpoint (``student/``) and the objective's modules
@@ -79,13 +79,13 @@ class DistillModule(nn.Module):
         adapter: Any,
         objective: nn.Module,
         *,
-        needs: frozenset[str] = frozenset(),
+        requires: frozenset[str] = frozenset(),
         frozen: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
         self.student = adapter.model
         self.objective = objective
-        self.needs = needs
+        self.requires = requires
         object.__setattr__(self, "_adapter", adapter)  # not a submodule: its model is self.student
         object.__setattr__(self, "_frozen", tuple(frozen))  # parts of self.student that stay in eval mode
 
@@ -106,7 +106,7 @@ class DistillModule(nn.Module):
         teacher_outputs: Any = None,
         denominators: Denominators | None = None,
     ) -> LossOutput:
-        student_outputs = self._adapter.forward(student_batch, needs=self.needs)
+        student_outputs = self._adapter.forward(student_batch, requires=self.requires)
         return self.objective(student_outputs, teacher_outputs, denominators)
 
     @property
@@ -237,7 +237,7 @@ class EvlTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         unwrapped = self.accelerator.unwrap_model(model)
-        teacher_outputs = None if self.teacher is None else self.teacher.outputs(inputs, unwrapped.needs)
+        teacher_outputs = None if self.teacher is None else self.teacher.outputs(inputs, unwrapped.requires)
         if teacher_outputs is not None:
             teacher_outputs = teacher_outputs.to(**self._teacher_output_policy(unwrapped))
         if model.training and torch.is_tensor(inputs.get("truncated")):

@@ -1,7 +1,7 @@
 """The KD baselines the paper compares EVL-ECG against, as registered losses, with their objective presets.
 
 Registered names: ``vanilla_kl``, ``tinybert``, ``uld``, ``multilevel_ot``, ``dskd``, ``emkd``, ``rkd``. Their math as
-their authors implemented it: ``../shared/reference/kd-baselines.md`` section 1; ours, with every adaptation to a
+their authors implemented it: docs/baselines.md, "The methods"; ours, with every adaptation to a
 teacher/student pair with different tokenizers and visual-token counts: ``docs/baselines.md``.
 
 ``BASELINE_PRESETS`` maps each method to an objective dict (:class:`~evl_ecg.distill.objective.ObjectiveConfig`:

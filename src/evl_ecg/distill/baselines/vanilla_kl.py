@@ -10,7 +10,7 @@ each side's logits restricted to its ids of ``V`` and renormalised there; ``A``:
 row ``i``, teacher row ``j`` of sample ``b``; :func:`._common.align`); ``N``: ``Denominators.response_tokens`` (local:
 the student's supervised rows, so rows left unpaired by the alignment contribute 0). fp32 softmax, teacher detached.
 
-Convention (``../shared/SPEC.md`` section 3): forward KL(p_t || p_s), T² (torchdistill ``KDLoss``, DistillKit; DSKD and
+Convention (docs/baselines.md, "Vanilla KL"): forward KL(p_t || p_s), T² (torchdistill ``KDLoss``, DistillKit; DSKD and
 TRL GKD omit T², see ``reference/kd-baselines.md`` section 1.1), global token count.
 """
 

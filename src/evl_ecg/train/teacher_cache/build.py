@@ -165,7 +165,7 @@ def build_teacher_cache(
     model = teacher.model
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).eval()
-    needs = frozenset(f for f in ("all_hidden", "attentions") if f in fields)
+    requires = frozenset(f for f in ("all_hidden", "attentions") if f in fields)
     t0 = time.perf_counter()
     with _rng_untouched(), torch.no_grad():
         # record 0 (or the first record still to build) gives the size of one record, before anything is written
@@ -194,7 +194,7 @@ def build_teacher_cache(
         first = True
         for indices, batch in loader:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out = teacher.forward(batch, needs=needs)
+            out = teacher.forward(batch, requires=requires)
             for j, index in enumerate(indices):
                 pending[index] = record_tensors(batch, out, j, fields)
             if first:

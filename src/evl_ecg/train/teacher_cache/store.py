@@ -263,7 +263,7 @@ class TeacherCache:
         indices = [int(s["index"]) for s in samples]
         return {"indices": indices, "teacher_cache": self.collate(indices, ids)}
 
-    def outputs(self, batch: Mapping[str, Any], needs: Iterable[str] = ()) -> SideOutputs | None:
+    def outputs(self, batch: Mapping[str, Any], requires: Iterable[str] = ()) -> SideOutputs | None:
         """:meth:`side_outputs` of the batch's ``"teacher_cache"`` (``None`` if it has none)."""
         cached = batch.get("teacher_cache")
         return None if cached is None else self.side_outputs(cached)

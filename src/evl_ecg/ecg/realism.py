@@ -1,6 +1,7 @@
-"""The quantities issue 17 found unrealistic in generator 1, how each is measured on generated signals, and the
-published (or, where marked, assumed) range each should fall in. ``benchmarks/generator.py`` prints them for
-generators 1 and 2 side by side; ``tests/ecg/test_generator_v2.py`` checks them. Sources: ``docs/signals.md`` 2.1.
+"""How realistic a generator is: the quantities issue 17 found unrealistic in generator 1, how each is measured on
+generated signals, and the published (or, where marked, assumed) range each should fall in. ``benchmarks/generator.py``
+prints them for generators 1 and 2 side by side; ``tests/ecg/test_generator_v2.py`` checks them. Sources:
+``docs/signals.md`` 2.1.
 
 Every measurement reads the signal (12 x n mV) and the documented ``meta["r_peaks_s"]`` (the exact sample of each
 beat's lead-II extremum); noise quantities read the noise alone, ``generate(spec) - generate(spec, clean)`` (the
