@@ -68,4 +68,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-__all__ = ["atomic_write_bytes", "chmod_as_umask", "human_bytes", "temp_file_beside"]
+def read_text_file(
+    path: str | os.PathLike[str],
+    error: type[Exception] = ValueError,
+    *,
+    what: str = "file",
+    missing: type[Exception] | None = None,
+) -> str:
+    """The UTF-8 text of ``path``; any failure raises ``error`` with one line naming the file, ``what`` it should be
+    and the reason (``missing``, when given, for a file that is not there: ``FileNotFoundError`` where callers expect
+    it).
+
+    A missing file says "<what> not found", a folder "is a folder, not a <what>", a file that cannot be read the OS's
+    reason ("Permission denied"), never "not found" for a file that exists; bytes that are not UTF-8 say so.
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise (missing or error)(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text, so not a {what} ({exc.reason})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
+
+
+__all__ = ["atomic_write_bytes", "chmod_as_umask", "human_bytes", "read_text_file", "temp_file_beside"]

@@ -300,7 +300,7 @@ def test_an_unreadable_record_file_is_not_reported_as_missing(tmp_path, monkeypa
     monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(RecordError) as exc:
         load_records(path)
-    assert str(exc.value) == f"{path}: cannot read (Permission denied)"
+    assert str(exc.value) == f"{path}: cannot read the file (Permission denied)"
     monkeypatch.undo()
     with pytest.raises(RecordError, match="is a folder, not a file"):
         load_records(tmp_path)

@@ -123,9 +123,9 @@ def test_a_bad_objective_is_one_line_before_any_model_loads(case, tmp_path, tiny
 
 def test_a_config_path_that_is_a_directory_or_absent_is_one_line(tmp_path, tiny_corpus):
     result = _cli("train", "sft", "--config", tmp_path, "--data", tiny_corpus / "train.json")
-    _assert_one_error(result, f"{tmp_path}: is a directory, not a YAML config file")
+    _assert_one_error(result, f"{tmp_path}: is a folder, not a YAML config file")
     result = _cli("train", "sft", "--config", tmp_path / "absent.yaml", "--data", tiny_corpus / "train.json")
-    _assert_one_error(result, f"{tmp_path / 'absent.yaml'}: config file not found")
+    _assert_one_error(result, f"{tmp_path / 'absent.yaml'}: YAML config file not found")
 
 
 @pytest.mark.parametrize(

@@ -42,11 +42,10 @@ from evl_ecg.data.records import (
     RecordError,
     Turn,
     load_records,
-    read_text_file,
     save_records,
     validate,
 )
-from evl_ecg.files import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes, read_text_file
 
 LABELLED_FILE = "labelled.json"
 POOL_FILE = "pool.json"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evl_ecg.files import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes, read_text_file
 
 IMAGE_TOKEN = "<image>"
 HUMAN = "human"
@@ -295,25 +295,6 @@ def load_records(path: str | os.PathLike[str], *, normalize_image_token: bool = 
     return records
 
 
-def read_text_file(path: str | os.PathLike[str], error: type[Exception] = RecordError) -> str:
-    """The UTF-8 text of ``path``; any failure raises ``error`` with one line naming the file and the reason.
-
-    A missing file says "file not found", a folder "is a folder, not a file", a file that cannot be read the OS's
-    reason ("Permission denied"), never "not found" for a file that exists.
-    """
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
-
-
 #: Names of the temporary files :func:`atomic_write_bytes` writes beside ``<name>`` (and of those ``mkstemp``
 #: wrote before): ``.<name>.<8 random characters>.tmp``; group 1 is ``<name>``.
 TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
@@ -458,7 +439,6 @@ __all__ = [
     "image_is_valid",
     "load_records",
     "open_image",
-    "read_text_file",
     "resolve_image",
     "save_records",
     "strip_image_token",

@@ -252,7 +252,7 @@ def read_json_rows(
     first line) is JSON lines too. Lines are split as :func:`jsonl_lines` does. A file that cannot be read, or a JSON
     list that is not valid JSON, raises ``error`` naming it (and the line).
     """
-    from evl_ecg.data.records import read_text_file
+    from evl_ecg.files import read_text_file
 
     return _json_rows(path, read_text_file(path, error), error)
 
@@ -291,7 +291,7 @@ def _first_line_parses(text: str) -> bool:
 def _read_rows(path: Path) -> tuple[list[tuple[int, Any, str | None]], bool]:
     """:func:`read_json_rows`, refusing a file that holds one JSON object over several lines (an object, not a list
     of records nor JSON lines) with :class:`EvalInputError` naming it."""
-    from evl_ecg.data.records import read_text_file
+    from evl_ecg.files import read_text_file
 
     text = read_text_file(path, EvalInputError)
     rows, json_lines = _json_rows(path, text, EvalInputError)

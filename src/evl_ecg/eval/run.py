@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from evl_ecg.data.records import Record, RecordError, open_image, read_text_file
+from evl_ecg.data.records import Record, RecordError, open_image
 from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
 from evl_ecg.eval.likelihood import (
@@ -46,7 +46,7 @@ from evl_ecg.eval.likelihood import (
     roc_auc_per_class,
 )
 from evl_ecg.eval.predictions import TASKS, EvalInputError, load_bench, read_json_rows
-from evl_ecg.files import atomic_write_bytes
+from evl_ecg.files import atomic_write_bytes, read_text_file
 from evl_ecg.resume import FOLDER_KEY, ResumeKey, file_digest
 
 logger = logging.getLogger(__name__)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from evl_ecg.files import read_text_file
+
 ADAPTER_FILE = "evl_ecg_adapter.json"
 WEIGHT_FILES = (
     "model.safetensors",
@@ -75,14 +77,7 @@ def _first_line(exc: BaseException) -> str:
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     """The JSON object in file ``path`` (``what`` it holds, for messages); :class:`ModelLoadError` if it is not one."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (the {what})") from None
-    except UnicodeDecodeError:
-        raise ModelLoadError(f"{path}: not a text file; the {what} must be JSON") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    text = read_text_file(path, ModelLoadError, what=what, missing=FileNotFoundError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

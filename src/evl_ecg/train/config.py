@@ -26,6 +26,8 @@ from typing import Any
 import yaml
 from transformers import TrainingArguments
 
+from evl_ecg.files import read_text_file
+
 PHASES = ("teacher", "sft", "kd")
 TEACHER_FAMILIES = ("auto", "llava", "llava_next", "pulse")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -534,16 +536,7 @@ def tiny_config_path(phase: str) -> Path:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in YAML file ``path``; one-line errors naming the file for anything else."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a YAML config file") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (a config is YAML text)") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    text = read_text_file(path, ValueError, what="YAML config file", missing=FileNotFoundError)
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
