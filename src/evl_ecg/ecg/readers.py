@@ -1,5 +1,7 @@
 """Readers for real 12-lead ECGs in their published layouts: WFDB (PhysioNet, Challenge 2020, CPSC-2018),
-PTB-XL, CODE-15% (HDF5) and DICOM waveforms.
+PTB-XL, CODE-15% (HDF5) and DICOM waveforms; and the one registry of ECG file formats (:func:`register_format`), which
+also holds the exports of carts and archives read in :mod:`evl_ecg.ecg.exports` (CSV, EDF/EDF+) and
+:mod:`evl_ecg.ecg.xml_exports` (GE MUSE XML, Philips Sierra XML, HL7 aECG).
 
 Every reader returns an :class:`~evl_ecg.ecg.signal.Ecg`: ``12 x n`` float32 in mV, rows in standard lead
 order, with the dataset's own labels. A record that cannot be used raises :class:`~evl_ecg.ecg.signal.EcgError`
@@ -19,6 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from evl_ecg.ecg.checks import ECG_FS_RANGE
+from evl_ecg.ecg.checks import check_finite as _check_finite
+from evl_ecg.ecg.checks import mv_per_unit as _mv_per_unit
+from evl_ecg.ecg.checks import to_standard_order as _to_standard_order
+from evl_ecg.ecg.exports import is_edf, read_csv, read_edf
 from evl_ecg.ecg.labels import (
     CODE15_COLUMNS,
     CODE15_LABELS,
@@ -28,23 +35,26 @@ from evl_ecg.ecg.labels import (
     findings_from_code15,
     findings_from_snomed,
 )
-from evl_ecg.ecg.leads import LEADS, canonical_lead_name
+from evl_ecg.ecg.leads import LEADS
 from evl_ecg.ecg.signal import Ecg, EcgError
+from evl_ecg.ecg.xml_exports import is_aecg, is_muse, is_philips, read_aecg, read_muse, read_philips
 
 __all__ = [
     "CODE15_FS",
     "CODE15_SCALE_TO_MV",
     "ECG_FS_RANGE",
     "iter_ptbxl",
+    "read_aecg",
     "read_code15",
+    "read_csv",
     "read_dicom",
+    "read_edf",
+    "read_muse",
+    "read_philips",
     "read_ptbxl",
     "read_record",
     "read_wfdb",
 ]
-
-#: Millivolts per unit of each physical unit string a file may carry (case-insensitive).
-_MV_PER_UNIT: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 
 #: CODE-15% sampling rate (Hz) and the factor that takes its stored values to mV. The dataset's README says the
 #: tracings are "at the scale 1e-4V: so if the signal is in V it should be multiplied by 1000", i.e. values in
@@ -56,38 +66,6 @@ CODE15_SCALE_TO_MV: float = 1.0
 # --------------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _mv_per_unit(unit: str, source: str, lead: str) -> float:
-    key = (unit or "").strip().lower()
-    if key not in _MV_PER_UNIT:
-        raise EcgError(f"{source}: lead {lead} has unit {unit!r}; expected one of mV, uV, V")
-    return _MV_PER_UNIT[key]
-
-
-def _to_standard_order(signal: np.ndarray, names: list[str], source: str) -> np.ndarray:
-    """Rows of ``signal`` (``channels x n``) named ``names`` -> ``12 x n`` in :data:`LEADS` order."""
-    canon: list[str] = []
-    for name in names:
-        try:
-            canon.append(canonical_lead_name(name))
-        except KeyError:
-            raise EcgError(f"{source}: unknown lead name {name!r}; expected the 12 standard leads") from None
-    dup = sorted({c for c in canon if canon.count(c) > 1})
-    if dup:
-        raise EcgError(f"{source}: lead(s) {', '.join(dup)} appear more than once")
-    missing = [lead for lead in LEADS if lead not in canon]
-    if missing:
-        raise EcgError(f"{source}: {len(canon)} leads, missing {', '.join(missing)}; a 12-lead ECG is required")
-    order = [canon.index(lead) for lead in LEADS]
-    return signal[order]
-
-
-def _check_finite(signal: np.ndarray, source: str) -> None:
-    if not np.all(np.isfinite(signal)):
-        rows, cols = np.nonzero(~np.isfinite(signal))
-        leads = ", ".join(LEADS[i] for i in np.unique(rows))
-        raise EcgError(f"{source}: {rows.size} NaN/infinite sample(s) in lead(s) {leads} (first at sample {cols[0]})")
 
 
 def _parse_comments(comments: Iterable[str]) -> dict[str, str]:
@@ -114,10 +92,6 @@ def _wfdb_base(path: str | Path) -> Path:
 
 #: Bytes per sample of the WFDB storage formats whose data size we can check before reading.
 _WFDB_BYTES_PER_SAMPLE: dict[str, float] = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5}
-
-
-#: Sampling rates (Hz) a header may state for an ECG; outside them the value is a mistake, not an ECG.
-ECG_FS_RANGE: tuple[float, float] = (50.0, 20_000.0)
 
 
 def _field_error(source: str, where: str, field: str, value: str | None, problem: str) -> EcgError:
@@ -647,10 +621,18 @@ _FORMATS: dict[str, Format] = {}
 
 
 def register_format(fmt: Format) -> Format:
-    """Add a format (its reader, suffixes and content check): every command that reads an ECG then takes it."""
+    """Add a format (its reader, suffixes and content check): every command that reads an ECG then takes it.
+
+    A suffix chooses one format, unless every format that claims it has a content check (``sniff``): then the
+    content decides among them (``.xml``: GE MUSE, Philips and HL7 aECG by their root elements; :func:`format_of`).
+    """
     if fmt.kind in _FORMATS and _FORMATS[fmt.kind] != fmt:
         raise ValueError(f"format {fmt.kind!r} is already registered")
-    taken = {sfx: f.kind for f in _FORMATS.values() if f.kind != fmt.kind for sfx in f.suffixes + f.companions}
+    taken: dict[str, str] = {}
+    for f in _FORMATS.values():
+        if f.kind != fmt.kind and (f.sniff is None or fmt.sniff is None):
+            for sfx in f.suffixes + f.companions:
+                taken.setdefault(sfx, f.kind)
     clash = sorted(sfx for sfx in fmt.suffixes + fmt.companions if sfx in taken)
     if clash:
         raise ValueError(f"format {fmt.kind!r}: suffix {clash[0]} already chooses {taken[clash[0]]!r}")
@@ -677,12 +659,17 @@ def formats_help(signals: bool = False) -> str:
 
 def format_of(path: str | Path) -> Format | None:
     """The format that reads ``path``: by its suffix (an entry's or a companion's), then a WFDB base name (its
-    ``.hea`` beside it), then each format's content check; ``None`` when none does."""
+    ``.hea`` beside it), then each format's content check; ``None`` when none does.
+
+    A suffix that several formats share (``.xml``) goes to the first of them whose content check says yes; when none
+    does, to the first of them, whose reader then says in one line what the file is not (its root element)."""
     p = Path(path)
     suffix = p.suffix.lower()
-    for fmt in formats():
-        if suffix and suffix in fmt.suffixes + fmt.companions:
-            return fmt
+    shared = [fmt for fmt in formats() if suffix and suffix in fmt.suffixes + fmt.companions]
+    if len(shared) == 1:
+        return shared[0]
+    if shared:
+        return next((fmt for fmt in shared if fmt.sniff is not None and p.is_file() and fmt.sniff(p)), shared[0])
     if not suffix and Path(f"{p}.hea").is_file():
         return _FORMATS.get("wfdb")
     for fmt in formats():
@@ -707,6 +694,18 @@ register_format(Format("dicom", "a DICOM waveform (.dcm)", (".dcm",), (".dcm",),
                        read=lambda p, index: read_dicom(p), sniff=is_dicom))  # fmt: skip
 register_format(Format("code15", "a CODE-15% HDF5 file (.hdf5, .h5)", (".hdf5", ".h5"), (".hdf5", ".h5"),
                        needs_index=True, read=lambda p, index: read_code15(p, index)))  # fmt: skip
+# Exports of ECG carts and archives (evl_ecg.ecg.exports, evl_ecg.ecg.xml_exports; docs/data.md "ECG file formats").
+# The three XML formats share .xml: their content checks (the root element) choose among them.
+register_format(Format("csv", "a CSV file of the 12 leads (.csv)", (".csv",), (".csv",),
+                       read=lambda p, index: read_csv(p)))  # fmt: skip
+register_format(Format("edf", "an EDF/EDF+ file (.edf)", (".edf",), (".edf",),
+                       read=lambda p, index: read_edf(p), sniff=is_edf))  # fmt: skip
+register_format(Format("muse", "a GE MUSE XML file (.xml)", (".xml",), (".xml",),
+                       read=lambda p, index: read_muse(p), sniff=is_muse))  # fmt: skip
+register_format(Format("philips", "a Philips Sierra XML file (.xml)", (".xml",), (".xml",),
+                       read=lambda p, index: read_philips(p), sniff=is_philips))  # fmt: skip
+register_format(Format("aecg", "an HL7 aECG file (.xml)", (".xml",), (".xml",),
+                       read=lambda p, index: read_aecg(p), sniff=is_aecg))  # fmt: skip
 
 
 def read_record(path: str | Path, index: int | None = None) -> Ecg:
