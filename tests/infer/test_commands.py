@@ -46,7 +46,7 @@ def test_predict_errors_are_one_line(tmp_path, teacher_dir, records):
         (["predict", tmp_path / "x.txt", "--model", teacher_dir], "x.txt: unknown ECG file type"),
         (["predict", records["wfdb"], "--model", tmp_path / "nope"], "no such model folder"),
         (["predict", records["wfdb"], "--model", teacher_dir, "--question", "mood"], "unknown 'mood'"),
-        (["predict", records["wfdb"], records["png"], "--model", teacher_dir], "give --out FILE.jsonl"),
+        (["predict", records["wfdb"], records["png"], "--model", teacher_dir], "give --out FILE.jsonl (one JSON"),
         (["predict", records["wfdb"], "--model", teacher_dir, "--render-spec", "size=3"], "size must be"),
     ]
     for args, needle in cases:
@@ -55,6 +55,23 @@ def test_predict_errors_are_one_line(tmp_path, teacher_dir, records):
         errors = _errors(result)
         assert len(errors) == 1 and needle in errors[0], result.stderr
         assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_predict_several_inputs_with_json_and_no_out_are_json_lines_on_stdout(tmp_path, records, student_dir):
+    """As command-line tools do: one JSON object per ECG on standard output, errors and the summary on stderr."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = _run("predict", records["wfdb"], broken, records["dicom"], "--model", student_dir, "--json")
+    assert result.exit_code == 1  # one input failed, and said so on stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["kind"] for r in rows] == ["wfdb", "dicom"]  # in the order given, the broken one left out
+    assert rows[0]["question_id"] == f"{records['wfdb']}::ptbxl" and all(r["disclaimer"] == DISCLAIMER for r in rows)
+    assert _errors(result) == [
+        f"error: {broken}: not a readable PNG/JPEG image (cannot identify image file '{broken}')"
+    ]
+    assert "2 of 3 ECGs read" in result.stderr
+    fine = _run("predict", records["wfdb"], records["png"], "--model", student_dir, "--json", "--batch-size", "1")
+    assert fine.exit_code == 0 and len(fine.stdout.splitlines()) == 2
 
 
 def test_predict_folder_into_a_resumable_jsonl(tmp_path, records, student_dir, teacher_dir):

@@ -39,8 +39,12 @@ def predict(
     inputs: list[str] = typer.Argument(..., help=f"ECGs: {formats_help()}; or folders of them."),
     model: Path = typer.Option(..., "--model", help="Model folder (a trained or exported evl-ecg checkpoint)."),
     question: str = typer.Option("ptbxl", "--question", help="ptbxl, cpsc, code15 or report (a free interpretation)."),
-    out: Path | None = typer.Option(None, "--out", help="JSONL output (resumable; required for several inputs)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    out: Path | None = typer.Option(
+        None, "--out", help="JSONL output (resumable); several inputs without it need --json (lines on stdout)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON instead of text; several inputs: one JSON line per ECG on stdout."
+    ),
     render_spec: str | None = typer.Option(
         None, "--render-spec", help="Override the card's render settings: 'layout=3x4,size=512x384', 'dpi=200' or JSON."
     ),
@@ -74,11 +78,29 @@ def predict(
         typer.echo(f"warning: {note}", err=True)
     if not specs:
         _fail(f"{', '.join(inputs)}: no ECG file found (expected {formats_help()})")
-    if len(specs) > 1 and out is None:
-        _fail(f"{len(specs)} inputs: give --out FILE.jsonl (one JSON line per ECG, resumable)")
+    if len(specs) > 1 and out is None and not as_json:
+        _fail(
+            f"{len(specs)} inputs: give --out FILE.jsonl (one JSON line per ECG, resumable) or --json (one JSON line "
+            "per ECG on standard output)"
+        )
     if save_image is not None and len(specs) > 1:
         _fail("--save-image takes one input")
     interp = _load_interpreter(model, render_spec)
+    if out is None and len(specs) > 1:  # --json: one line per ECG on stdout, as command-line tools do
+        model_id = f"{interp.model_dir.resolve()}@{interp.dtype}"
+        keys = [f"{spec}::{question}" for spec in specs]
+        failed = 0
+        for key, pred in _predictions(interp, list(zip(specs, keys, strict=True)), question, batch_size,
+                                      max_new_tokens, probabilities, progress=False):  # fmt: skip
+            if pred is None:
+                failed += 1
+                continue
+            row = {"question_id": key, "model_id": model_id, **pred.to_dict()}
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        typer.echo(f"{len(specs) - failed} of {len(specs)} ECGs read. {DISCLAIMER}", err=True)
+        if failed:
+            raise typer.Exit(1)
+        return
     if out is None:
         try:
             item = read_input(specs[0])
@@ -106,6 +128,46 @@ def predict(
         raise typer.Exit(1)
 
 
+def _predictions(
+    interp: Any,
+    todo: list[tuple[str, str]],
+    question: str,
+    batch_size: int,
+    max_new_tokens: int | None,
+    probabilities: bool,
+    progress: bool,
+    initial: int = 0,
+    total: int | None = None,
+) -> Any:
+    """``(key, prediction)`` for each ``(input, key)`` of ``todo`` in batches, in order; ``(key, None)`` for an input
+    that cannot be read (its one-line error on stderr)."""
+    from tqdm.auto import tqdm
+
+    from evl_ecg.infer.inputs import is_input_error, read_input
+
+    bar = tqdm(total=total or len(todo), initial=initial, disable=not progress, unit="ecg", desc="predict")
+    try:
+        for start in range(0, len(todo), batch_size):
+            items, good = [], []
+            for spec, key in todo[start : start + batch_size]:
+                try:
+                    items.append(read_input(spec))
+                    good.append(key)
+                except Exception as exc:
+                    if not is_input_error(exc):
+                        raise
+                    typer.echo(f"error: {_one_line(exc)}", err=True)
+                    bar.update(1)
+                    yield key, None
+            if not items:
+                continue
+            preds = interp.predict_batch(items, question, max_new_tokens=max_new_tokens, probabilities=probabilities)
+            yield from zip(good, preds, strict=True)
+            bar.update(len(items))
+    finally:
+        bar.close()
+
+
 def _predict_many(
     interp: Any,
     specs: list[str],
@@ -119,10 +181,7 @@ def _predict_many(
 ) -> dict[str, Any]:
     """Batches of inputs into a resumable JSONL (keyed on ``input::question``; rows of another model, or of other
     settings (:func:`predict_key`), are refused)."""
-    from tqdm.auto import tqdm
-
     from evl_ecg.eval.generate import read_done
-    from evl_ecg.infer.inputs import is_input_error, read_input
 
     model_id = f"{interp.model_dir.resolve()}@{interp.dtype}"
     if out.is_dir():
@@ -138,38 +197,19 @@ def _predict_many(
         _fail(_one_line(exc))
     keys = [f"{spec}::{question}" for spec in specs]
     todo = [(s, k) for s, k in zip(specs, keys, strict=True) if k not in done]
-    failed = 0
+    failed = written = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), disable=not progress, unit="ecg", desc="predict")
-    written = 0
-    try:
-        with open(out, "a", encoding="utf-8") as fh:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                items, good = [], []
-                for spec, key in chunk:
-                    try:
-                        items.append(read_input(spec))
-                        good.append(key)
-                    except Exception as exc:
-                        if not is_input_error(exc):
-                            raise
-                        typer.echo(f"error: {_one_line(exc)}", err=True)
-                        failed += 1
-                        bar.update(1)
-                if not items:
-                    continue
-                preds = interp.predict_batch(
-                    items, question, max_new_tokens=max_new_tokens, probabilities=probabilities
-                )
-                for key, pred in zip(good, preds, strict=True):
-                    row = {"question_id": key, "model_id": model_id, **pred.to_dict()}
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    written += 1
-                bar.update(len(items))
-    finally:
-        bar.close()
+    with open(out, "a", encoding="utf-8") as fh:
+        rows = _predictions(interp, todo, question, batch_size, max_new_tokens, probabilities, progress,
+                            initial=len(specs) - len(todo), total=len(specs))  # fmt: skip
+        for key, pred in rows:
+            if pred is None:
+                failed += 1
+                continue
+            row = {"question_id": key, "model_id": model_id, **pred.to_dict()}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            written += 1
     return {
         "out": str(out),
         "inputs": len(specs),
