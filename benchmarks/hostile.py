@@ -1033,6 +1033,41 @@ def png_written(rel: str) -> Callable[[Ctx, Run], str | None]:
     return check
 
 
+def says_nothing_of(*secrets: str) -> Callable[[Ctx, Run], str | None]:
+    """Nothing the command printed holds any of ``secrets`` (a patient's name, id, birth date)."""
+
+    def check(ctx: Ctx, run: Run) -> str | None:
+        leaked = [x for x in secrets if x in run.out + run.err]
+        return f"printed {', '.join(leaked)}" if leaked else None
+
+    return check
+
+
+#: the export fixtures of tests/ecg/fixtures (written by make_export_fixtures.py from the published layouts)
+EXPORTS = Path(__file__).resolve().parents[1] / "tests" / "ecg" / "fixtures"
+
+
+def export(name: str, rel: str, edit: Callable[[bytes], bytes] = lambda b: b) -> Callable[[Ctx], None]:
+    """``rel`` holding the export fixture ``name``, passed through ``edit``."""
+    return lambda ctx: ctx.write(rel, edit((EXPORTS / name).read_bytes())) and None
+
+
+def _last_waveform_corrupted(xml: bytes) -> bytes:
+    at = xml.rindex(b"<WaveFormData>") + len(b"<WaveFormData>")
+    return xml[:at] + b"!!" + xml[at:]
+
+
+_ROWS = "\n".join(",".join(["0.1"] * 12) for _ in range(600))
+_BIG_ROWS = "\n".join(",".join(["950"] * 12) for _ in range(600))
+_LEADS_HEADER = "I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6\n"
+_BOMB = (
+    '<?xml version="1.0"?>\n<!DOCTYPE RestingECG [<!ENTITY a "aaaaaaaaaa">'
+    + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+    + "]>\n<RestingECG>&i;</RestingECG>\n"
+)
+_EXTERNAL = '<?xml version="1.0"?>\n<!DOCTYPE AnnotatedECG [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<AnnotatedECG>&x;</AnnotatedECG>\n'
+
+
 def same_predictions(rel: str, ref: str) -> Callable[[Ctx, Run], str | None]:
     """On exit 0: the prediction rows under ``rel`` are those of the uninterrupted run ``ref``, none twice."""
 
@@ -1383,6 +1418,31 @@ CASES: list[Case] = [
          setup=hea("HALF", dat="half"), names=("HALF",)),
     Case("wfdb-not-a-header", "data", C, ("data", "inspect", "{d}/bad.hea"),
          setup=write("bad.hea", "this is not a header\n"), names=("bad.hea",), note="control"),
+    # ------------------------------------------------------------------------------------- exports of carts
+    Case("xml-entity-bomb", "data", C, ("data", "inspect", "{d}/bomb.xml"), setup=write("bomb.xml", _BOMB),
+         names=("bomb.xml",), timeout=30, note="a billion laughs: refused at the declaration"),
+    Case("xml-external-entity", "data", C, ("data", "inspect", "{d}/x.xml"), setup=write("x.xml", _EXTERNAL),
+         names=("x.xml",), check=says_nothing_of("root:"), timeout=30, note="no file is read through the entity"),
+    Case("xml-unknown-root", "data", C, ("data", "inspect", "{d}/other.xml"),
+         setup=write("other.xml", '<?xml version="1.0"?>\n<invoice><total>3</total></invoice>\n'),
+         names=("other.xml", "invoice")),
+    Case("muse-bad-base64", "data", C, ("data", "inspect", "{d}/m.xml"),
+         setup=export("muse_rhythm.xml", "m.xml", _last_waveform_corrupted), names=("m.xml", "WaveFormData"),
+         note="the Rhythm waveform's data (the median one before it is not read)"),
+    Case("muse-no-patient-in-output", "data", H, ("data", "inspect", "{d}/m.xml"),
+         setup=export("muse_rhythm.xml", "m.xml"), check=says_nothing_of("DOE", "PID-90210", "1951"),
+         note="control: read, and no identifier printed"),
+    Case("aecg-render-no-patient", "data", H, ("data", "render", "{d}/a.xml", "--out", "{d}/a.png"),
+         setup=export("aecg_rhythm.xml", "a.xml"), check=png_written("{d}/a.png"), note="control"),
+    Case("csv-no-rate", "data", C, ("data", "inspect", "{d}/c.csv"),
+         setup=write("c.csv", _LEADS_HEADER + _ROWS + "\n"), names=("c.csv",), note="no time column, no # fs:"),
+    Case("csv-microvolts-read-as-millivolts", "data", C, ("data", "inspect", "{d}/c.csv"),
+         setup=write("c.csv", "# fs: 500\n" + _LEADS_HEADER + _BIG_ROWS + "\n"), names=("c.csv",),
+         note="950 mV is no ECG: a unit mistake"),
+    Case("edf-truncated", "data", C, ("data", "inspect", "{d}/e.edf"),
+         setup=export("ecg_export.edf", "e.edf", lambda b: b[: len(b) // 2]), names=("e.edf",)),
+    Case("philips-cut-payload", "data", C, ("data", "inspect", "{d}/p.xml"),
+         setup=export("philips_xli.xml", "p.xml", lambda b: b[: int(len(b) * 0.7)]), names=("p.xml",)),
     # ------------------------------------------------------------------------------------------------ config
     Case("config-yaml-syntax-error", "config", C, SFT_CFG, setup=write("cfg.yaml", "max_steps: [2\nseed: 0\n"),
          names=("cfg.yaml",)),
