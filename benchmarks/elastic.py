@@ -169,14 +169,14 @@ def main() -> None:
                 if variant == "none":  # the untrained head over the same pooled states, seeded
                     import torch
 
-                    from evl_ecg.distill.elastic import EmbeddingHead
                     from evl_ecg.models import load_adapter
+                    from evl_ecg.models.embedding_head import EmbeddingHead
 
                     torch.manual_seed(seed)
                     hidden = load_adapter(student).model.config.text_config.hidden_size
                     EmbeddingHead(hidden).save(student)
-                from evl_ecg.distill.elastic import EmbeddingHead
                 from evl_ecg.infer.embed import embed_records
+                from evl_ecg.models.embedding_head import EmbeddingHead
 
                 dims = list(EmbeddingHead.load(student).prefixes)
                 emb = embed_records(student, records, lambda r: open_image(r, test / "images"), dims, progress=False)

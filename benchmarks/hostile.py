@@ -343,7 +343,7 @@ class Fixtures:
         """The 1-step student with an (untrained) embedding head of prefixes 8 and 16 beside it (``evl-ecg embed``)."""
         import torch
 
-        from evl_ecg.distill.elastic import EmbeddingHead
+        from evl_ecg.models.embedding_head import EmbeddingHead
 
         out = self.root / "embedder"
         shutil.copytree(self.get("student"), out)

@@ -23,6 +23,12 @@ from torch import Tensor
 IGNORE_INDEX = -100
 
 
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype a loss or a head computes its reductions in: float32, or float64 when the input is float64
+    (gradcheck)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 @dataclass
 class SideOutputs:
     """Everything one model (student or teacher) gives the losses for one batch.

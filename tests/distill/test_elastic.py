@@ -12,9 +12,6 @@ import torch
 import evl_ecg.distill.elastic as elastic
 from evl_ecg.distill import Denominators, LossContext, Objective, build_loss, list_presets, registered
 from evl_ecg.distill.elastic import (
-    HEAD_CONFIG,
-    HEAD_WEIGHTS,
-    EmbeddingHead,
     embedding_head_of,
     findings_multi_hot,
     scr_penalty,
@@ -23,6 +20,7 @@ from evl_ecg.distill.elastic import (
     supcon_sums,
     uniformity,
 )
+from evl_ecg.models.embedding_head import HEAD_CONFIG, HEAD_WEIGHTS, EmbeddingHead
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 D_S = 6

@@ -118,7 +118,7 @@ def embedder(student_dir, tmp_path_factory) -> Path:
     """The tiny student with an (untrained) embedding head of prefixes 8 and 16 saved beside it."""
     import torch
 
-    from evl_ecg.distill.elastic import EmbeddingHead
+    from evl_ecg.models.embedding_head import EmbeddingHead
 
     root = Path(shutil.copytree(student_dir, tmp_path_factory.mktemp("embedder") / "student"))
     hidden = json.loads((root / "config.json").read_text())["text_config"]["hidden_size"]

@@ -11,7 +11,7 @@ import torch
 
 def test_a_kd_run_with_mic_trains_and_keeps_the_embedding_head(tmp_path, tiny_corpus, tiny_checkpoints, tiny_config):
     from evl_ecg.data.records import load_records
-    from evl_ecg.distill.elastic import HEAD_CONFIG, HEAD_WEIGHTS, EmbeddingHead
+    from evl_ecg.models.embedding_head import HEAD_CONFIG, HEAD_WEIGHTS, EmbeddingHead
     from evl_ecg.train.pipeline import run
 
     records = load_records(tiny_corpus / "train.json")

@@ -73,7 +73,7 @@ def test_deepspeed_exports_the_full_student_equal_to_an_unsharded_run(stage, tmp
 @needs_deepspeed
 def test_zero3_saves_the_gathered_embedding_head_equal_to_an_unsharded_run(tmp_path, tiny_corpus, tiny_checkpoints):
     """The elastic head trained under ZeRO-3 is written from its gathered weights, not from the process's shard."""
-    from evl_ecg.distill.elastic import EmbeddingHead
+    from evl_ecg.models.embedding_head import EmbeddingHead
 
     objective = {"alpha": 0.3, "terms": {"mic": {"weight": 1.0}}}
     kw = dict(max_steps=2, save_strategy="no", method="sft", objective=objective, per_device_train_batch_size=4)

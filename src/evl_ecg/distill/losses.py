@@ -25,13 +25,12 @@ from evl_ecg.distill.registry import (
     DistillLoss,
     LossContext,
     LossOutput,
-    compute_dtype,
     masked_mean_denominator,
     next_token_targets,
     register,
 )
 from evl_ecg.distill.sinkhorn import SOLVERS, sinkhorn, uniform_marginals
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.outputs import SideOutputs, compute_dtype
 
 POSITION_SETS = ("all", "response", "text")
 

@@ -23,11 +23,6 @@ from torch import Tensor, nn
 from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
 
 
-def compute_dtype(t: Tensor) -> torch.dtype:
-    """The dtype a loss computes its reductions in: float32, or float64 when the input is float64 (gradcheck)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 @dataclass(frozen=True)
 class Unit:
     """A count a loss's mean may divide by (its ``unit``), counted by the trainer over the whole accumulated batch on

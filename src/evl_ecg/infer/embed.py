@@ -2,7 +2,7 @@
 
 :func:`embed_records` runs the student over each record's image and first question (the generation prompt: the
 head's ``visual`` positions have seen the image only, under causal attention), pools its last hidden states through
-the :class:`~evl_ecg.distill.elastic.EmbeddingHead` saved beside it, and keeps the first ``d`` dimensions of each
+the :class:`~evl_ecg.models.embedding_head.EmbeddingHead` saved beside it, and keeps the first ``d`` dimensions of each
 requested prefix length, L2-normalised. :func:`write_embeddings` stores them as one safetensors file: a tensor
 ``d<d>`` (``N x d`` float32) per length, and in its metadata the record ids (JSON), the model folder and the format
 (:data:`EMBEDDINGS_FORMAT`). ``evl-ecg embed`` is the thin command over both.
@@ -75,9 +75,9 @@ def embed_records(
     """
     from tqdm.auto import tqdm
 
-    from evl_ecg.distill.elastic import EmbeddingHead
     from evl_ecg.eval.generate import _to_device, question_id
     from evl_ecg.models import load_adapter
+    from evl_ecg.models.embedding_head import EmbeddingHead
 
     if batch_size < 1:
         raise ValueError("--batch-size must be >= 1")

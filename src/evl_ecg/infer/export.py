@@ -283,7 +283,7 @@ def _export(
     out.mkdir(parents=True, exist_ok=True)
     adapter.save_pretrained(out)
     del adapter
-    from evl_ecg.distill.elastic import HEAD_CONFIG, HEAD_WEIGHTS
+    from evl_ecg.models.embedding_head import HEAD_CONFIG, HEAD_WEIGHTS
 
     for name in (HEAD_WEIGHTS, HEAD_CONFIG):  # the elastic-embedding head, when trained: kept, in float32
         if (source / name).is_file():

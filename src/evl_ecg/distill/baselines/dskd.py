@@ -48,11 +48,10 @@ from evl_ecg.distill.registry import (
     DistillLoss,
     LossContext,
     LossOutput,
-    compute_dtype,
     next_token_targets,
     register,
 )
-from evl_ecg.outputs import IGNORE_INDEX, SideOutputs
+from evl_ecg.outputs import IGNORE_INDEX, SideOutputs, compute_dtype
 
 _FIELDS = ("input_ids", "embedding_weight", "lm_head_weight")
 

@@ -33,8 +33,8 @@ from evl_ecg.distill.baselines._common import (
     rank_positions,
     student_rows,
 )
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.outputs import SideOutputs, compute_dtype
 
 
 def answer_probs(logits: Tensor, rows: Tensor, temperature: float, std_normalize: bool, dtype: torch.dtype) -> Tensor:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evl_ecg.distill.baselines._common import check_choice, need_teacher, no_autocast
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.outputs import SideOutputs, compute_dtype
 
 POOLINGS = ("mean", "last")
 

@@ -48,8 +48,8 @@ from evl_ecg.distill.baselines._common import (
     student_rows,
 )
 from evl_ecg.distill.baselines.vocab_map import VocabMapCache
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.outputs import SideOutputs, compute_dtype
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:

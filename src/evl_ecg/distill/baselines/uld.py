@@ -31,8 +31,8 @@ from evl_ecg.distill.baselines._common import (
     need_teacher,
     no_autocast,
 )
-from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, compute_dtype, register
-from evl_ecg.outputs import SideOutputs
+from evl_ecg.distill.registry import Denominators, DistillLoss, LossContext, LossOutput, register
+from evl_ecg.outputs import SideOutputs, compute_dtype
 
 
 def sorted_l1(p_s: Tensor, p_t: Tensor) -> Tensor:
