@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evl_ecg.auc import roc_auc_macro
 from evl_ecg.data.records import load_records, open_image
 from evl_ecg.eval.generate import generate_predictions
-from evl_ecg.eval.likelihood import label_scores, roc_auc_macro, vocabulary_of
+from evl_ecg.eval.likelihood import label_scores, vocabulary_of
 from evl_ecg.models import load_adapter
 
 SUBSETS = ("ptb-test", "code15-test", "cpsc-test")

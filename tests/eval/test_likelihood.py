@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score
 
+from evl_ecg.auc import roc_auc_macro
 from evl_ecg.ecg.labels import CPSC_LABELS
 from evl_ecg.eval.likelihood import (
     DAGGER,
@@ -22,7 +23,6 @@ from evl_ecg.eval.likelihood import (
     label_scores,
     likelihood_table,
     no_label_answers,
-    roc_auc_macro,
 )
 from evl_ecg.models import build_tiny_student
 

@@ -352,26 +352,6 @@ def label_scores(
     return ids, probs, gold_arr
 
 
-def roc_auc_per_class(gold: np.ndarray, scores: np.ndarray) -> list[float]:
-    """sklearn ``roc_auc_score`` per class column; ``nan`` where the gold column has a single value."""
-    from sklearn.metrics import roc_auc_score
-
-    gold, scores = np.asarray(gold), np.asarray(scores, dtype=np.float64)
-    if gold.shape != scores.shape or gold.ndim != 2:
-        raise ValueError(f"gold and scores must both be N x C, got {gold.shape} and {scores.shape}")
-    out = []
-    for c in range(gold.shape[1]):
-        col = gold[:, c]
-        out.append(float(roc_auc_score(col, scores[:, c])) if len(np.unique(col)) == 2 else math.nan)
-    return out
-
-
-def roc_auc_macro(gold: np.ndarray, scores: np.ndarray) -> float:
-    """Macro ROC-AUC: nan-safe mean of :func:`roc_auc_per_class` (``nan`` if no class has both gold values)."""
-    per = [a for a in roc_auc_per_class(gold, scores) if not math.isnan(a)]
-    return float(np.mean(per)) if per else math.nan
-
-
 def expected_calibration_error(gold: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
     r"""ECE over all (record, class) cells: :math:`\sum_b \frac{n_b}{n} |\bar y_b - \bar p_b|`.
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from evl_ecg.auc import roc_auc_macro, roc_auc_per_class
 from evl_ecg.data.records import Record, RecordError, open_image
 from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import PULSE_MAX_NEW_TOKENS, generate_predictions
@@ -42,8 +43,6 @@ from evl_ecg.eval.likelihood import (
     degeneracy,
     expected_calibration_error,
     label_scores,
-    roc_auc_macro,
-    roc_auc_per_class,
 )
 from evl_ecg.eval.predictions import TASKS, EvalInputError, load_bench, read_json_rows
 from evl_ecg.files import atomic_write_bytes, read_text_file

@@ -234,14 +234,11 @@ def token_statistics(adapter: Any, images: Sequence[bytes], batch_size: int = 32
 
 
 def _macro_auc(targets: np.ndarray, scores: np.ndarray) -> tuple[float, dict[str, float]]:
-    from sklearn.metrics import roc_auc_score
+    """Macro AUC over the findings, and each finding's (:mod:`evl_ecg.auc`; one without both values left out)."""
+    from evl_ecg.auc import roc_auc_macro, roc_auc_per_class
 
-    per = {}
-    for k, code in enumerate(FINDING_CODES):
-        y = targets[:, k]
-        if 0 < y.sum() < len(y):
-            per[code] = float(roc_auc_score(y, scores[:, k]))
-    return (float(np.mean(list(per.values()))) if per else float("nan")), per
+    per = {code: a for code, a in zip(FINDING_CODES, roc_auc_per_class(targets, scores), strict=True) if a == a}
+    return roc_auc_macro(targets, scores), per
 
 
 def pretrain_vision(
