@@ -187,6 +187,94 @@ def synth(
 
 
 @app.command()
+def build(
+    source: Path = typer.Option(
+        ...,
+        "--source",
+        help="The database's folder as published: PTB-XL (ptbxl_database.csv, scp_statements.csv, records500/ or "
+        "records100/), a PhysioNet/CinC Challenge 2020/2021 folder (.hea/.mat records anywhere below it) or "
+        "CODE-15% (exams.csv, exams_part*.hdf5). Only read.",
+    ),
+    kind: str = typer.Option(..., "--kind", help="The database: ptbxl, challenge or code15."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder (the layout of `data synth`): created, or resumed if it holds a build with the same "
+        "settings; a folder holding other files, a build of other settings or a folder inside --source is refused.",
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Only the first N records of the database (by id; the Challenge by path)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seeds the wording and the augmentations (same bytes again)."),
+    workers: int = typer.Option(
+        min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
+    ),
+    size: str | None = typer.Option(
+        None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE}; ECGInstruct: 2200x1700)."
+    ),
+    dpi: int | None = typer.Option(
+        None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size (ECGInstruct: 200)."
+    ),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
+    layout: str = typer.Option(
+        "3x4",
+        "--layout",
+        help="3x4 (default), 6x2 or 12x1. The page shows the first 10 s: a 7 s CODE-15% exam leaves 3x4's V4-V6 "
+        "column blank, which 6x2 avoids.",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Build a corpus from a local public ECG database: its records rendered as images, its labels as the answers of
+    the generator's questions; train.json, bench/<subset>.json (the test split) and val/<subset>.json (validation).
+
+    The splits are PTB-XL's strat_fold (1-8 train, 9 validation, 10 test) or, where the database has none, a hash of
+    the patient (CODE-15%) or record (Challenge) into ten folds, 8 for training; the manifest records the rule, every
+    record's source and labels, and each skipped record with its reason. A rerun resumes: finished records are not
+    read again (docs/data.md "Real databases").
+    """
+    from evl_ecg.data.build import BuildError, build_from_database
+
+    wh, dpi = _size_or_dpi(size, dpi, str(out))
+    if wh is None:  # the letter page at --dpi, recorded as its pixel size (as `data synth` does)
+        from evl_ecg.ecg.render import RenderSpec, geometry
+
+        try:
+            page = geometry(RenderSpec.at_dpi(dpi))
+        except ValueError as exc:
+            _fail(f"{out}: --dpi {dpi}: {str(exc).splitlines()[0]}")
+        wh, dpi = (page.width, page.height), None
+    try:
+        result = build_from_database(
+            source, kind, out, limit=limit, seed=seed, size=wh, dpi=dpi, augment=augment, workers=workers,
+            progress=progress, layout=layout,
+        )  # fmt: skip
+    except (BuildError, ValueError, OSError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    manifest = result.manifest
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    rate = f" ({manifest['settings']['rate']} Hz records)" if manifest["settings"].get("rate") else ""
+    typer.echo(f"wrote {out} from {kind} {source}{rate}: {counts}")
+    typer.echo(f"split: {manifest['split_rule']}")
+    typer.echo(
+        f"records listed {manifest['listed']}, built {sum(result.counts.values())}, skipped {len(result.skipped)}; "
+        f"images rendered {result.rendered}, kept {result.reused}; records resumed {result.resumed}; "
+        f"{result.seconds:.1f} s with {workers} worker(s)"
+    )
+    if result.absent:
+        shown = ", ".join(f"{name} ({n} exams)" for name, n in list(result.absent.items())[:5])
+        more = f" and {len(result.absent) - 5} more" if len(result.absent) > 5 else ""
+        typer.echo(f"not in --source (named by exams.csv, not read): {shown}{more}", err=True)
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} record(s) (listed in manifest.json):", err=True)
+        for item in result.skipped[:20]:
+            typer.echo(f"  {item['id'] or item['source']}: {item['reason']}", err=True)
+        if len(result.skipped) > 20:
+            typer.echo(f"  ... and {len(result.skipped) - 20} more", err=True)
+    if not sum(result.counts.values()):
+        _fail(f"{out}: every record was skipped; nothing to train or test on")
+
+
+@app.command()
 def render(
     record: Path = typer.Argument(..., help=f"An ECG: {formats_help(signals=True)}."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
