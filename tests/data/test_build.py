@@ -455,7 +455,8 @@ def test_hostile_rows_are_skipped_with_their_reason(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_distill_and_eval_run_on_a_built_corpus(tmp_path):
+@pytest.mark.parametrize(("kind", "subset"), [("ptbxl", "ptb-test"), ("challenge", "cpsc-test")])
+def test_distill_and_eval_run_on_a_built_corpus(tmp_path, kind, subset):
     from evl_ecg.data.records import load_records
     from evl_ecg.eval.run import evaluate_model
     from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
@@ -464,7 +465,7 @@ def test_distill_and_eval_run_on_a_built_corpus(tmp_path):
     from evl_ecg.train.pipeline import run
 
     data = tmp_path / "corpus"
-    build("ptbxl", data)
+    build(kind, data)
     texts = corpus_from_records(load_records(data / "train.json"))
     models = tmp_path / "models"
     build_tiny_teacher(texts, seed=0).save_pretrained(models / "teacher")
@@ -496,6 +497,6 @@ def test_distill_and_eval_run_on_a_built_corpus(tmp_path):
 
     doc = evaluate_model(result.student_dir, data / "bench", tmp_path / "eval", max_new_tokens=4, batch_size=2,
                          progress=False)  # fmt: skip
-    assert not doc["errors"] and {r["subset"] for r in doc["results"]} == {"ptb-test"}
-    assert doc["likelihood"]["ptb-test"]["n"] == 2
+    assert not doc["errors"] and {r["subset"] for r in doc["results"]} == {subset}
+    assert doc["likelihood"][subset]["n"] == 2
     assert os.path.isfile(tmp_path / "eval" / "scores.json")
