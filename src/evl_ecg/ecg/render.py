@@ -85,6 +85,8 @@ def check_image_size(width: int, height: int, what: str = "size") -> None:
         )
 
 
+RGB = tuple[int, int, int]
+
 PAPER_RGB = (255, 255, 255)
 MAJOR_RGB = (230, 70, 70)  # 5 mm lines
 MINOR_RGB = (250, 200, 200)  # 1 mm lines
@@ -186,7 +188,10 @@ class RenderSpec:
 
 @dataclass(frozen=True)
 class Augment:
-    """Scan-like distortions, applied after drawing in this order: tint, rotation, blur, noise, JPEG.
+    """Scan- and photo-like distortions, applied after drawing in this order: tint, creases, rotation, perspective,
+    lighting (shading, shadow), blur, low resolution, noise, JPEG (paper, placement, light, optics, sensor, file).
+
+    Every field's default is "off": ``Augment()`` is the identity and leaves a render byte for byte as it was.
 
     Attributes:
         rotation_deg: counter-clockwise rotation about the centre (the image keeps its size; corners
@@ -196,6 +201,23 @@ class Augment:
         tint: 0..1, blend of the page toward aged yellow paper (ink stays dark; multiplicative).
         blur: Gaussian blur radius in px.
         jpeg_quality: encode/decode through JPEG at this quality (1..95).
+        grid_rgb: ``((r, g, b) of the 5 mm lines, (r, g, b) of the 1 mm lines)`` drawn instead of the red grid
+            (None: red). Like ``drop_grid`` it acts while drawing, so :meth:`apply` (an existing image) refuses it.
+        perspective: ``(dx0, dy0, dx1, dy1, dx2, dy2, dx3, dy3)``: where the page's corners (top-left, top-right,
+            bottom-right, bottom-left) move, as fractions of the image width (dx) and height (dy); the page is
+            warped so (a photograph taken off-axis); uncovered pixels get the paper colour. None: no warp.
+        shading: 0..1, uneven lighting: brightness falls linearly across the image by this fraction, toward
+            ``shading_angle_deg`` (0: darker to the right, 90: darker at the top; counter-clockwise).
+        shading_angle_deg: see ``shading``.
+        shadow: ``(x, y, angle_deg, depth)``: the side of a straight edge through ``(x, y)`` (fractions of width
+            and height) that lies toward ``angle_deg`` is darkened by the fraction ``depth`` (0..1), with a soft
+            edge 2 % of the image diagonal wide (a hand's or phone's shadow). None: no shadow.
+        creases: fold lines, each ``(x, y, angle_deg, strength)``: a line through ``(x, y)`` (fractions) at
+            ``angle_deg``, drawn as a dark groove (up to ``0.4 * strength`` darker, a Gaussian of 0.15 % of the
+            diagonal, at least 0.7 px) with the facet on one side up to ``0.1 * strength`` darker (a fold catches
+            the light unevenly).
+        downscale: >= 1: the image is shrunk by this factor (bilinear, anti-aliased) and enlarged back to its size
+            (bilinear), as a low-resolution scan or photo shown at a larger size. 1: off.
     """
 
     rotation_deg: float = 0.0
@@ -204,6 +226,13 @@ class Augment:
     tint: float = 0.0
     blur: float = 0.0
     jpeg_quality: int | None = None
+    grid_rgb: tuple[RGB, RGB] | None = None
+    perspective: tuple[float, ...] | None = None
+    shading: float = 0.0
+    shading_angle_deg: float = 0.0
+    shadow: tuple[float, float, float, float] | None = None
+    creases: tuple[tuple[float, float, float, float], ...] = ()
+    downscale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.noise < 0 or self.blur < 0:
@@ -212,6 +241,33 @@ class Augment:
             raise ValueError(f"tint must be in [0, 1], got {self.tint}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
+        if self.grid_rgb is not None and (
+            len(self.grid_rgb) != 2 or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.grid_rgb)
+        ):
+            raise ValueError(f"grid_rgb must be two (r, g, b) colours with values 0..255, got {self.grid_rgb}")
+        if self.perspective is not None and (
+            len(self.perspective) != 8 or not all(math.isfinite(v) and abs(v) < 0.5 for v in self.perspective)
+        ):
+            raise ValueError(f"perspective must be 8 corner offsets, each in (-0.5, 0.5), got {self.perspective}")
+        if not 0.0 <= self.shading <= 1.0:
+            raise ValueError(f"shading must be in [0, 1], got {self.shading}")
+        if self.shadow is not None and (len(self.shadow) != 4 or not 0.0 <= self.shadow[3] <= 1.0):
+            raise ValueError(f"shadow must be (x, y, angle_deg, depth) with depth in [0, 1], got {self.shadow}")
+        if any(len(c) != 4 or not 0.0 <= c[3] <= 1.0 for c in self.creases):
+            raise ValueError(f"creases must be (x, y, angle_deg, strength) with strength in [0, 1], got {self.creases}")
+        if not (math.isfinite(self.downscale) and self.downscale >= 1.0):
+            raise ValueError(f"downscale must be a factor >= 1, got {self.downscale}")
+
+    def apply(self, image: Image.Image, seed: int = 0) -> Image.Image:
+        """This augmentation applied to an existing RGB ``image`` (a render, a scan), as :func:`render` applies it
+        after drawing: ``aug.apply(render(ecg, spec), seed)`` is ``render(ecg, spec, augment=aug, seed=seed)``.
+
+        ``drop_grid`` and ``grid_rgb`` act while the page is drawn, so they are refused here (``ValueError``).
+        """
+        if self.drop_grid or self.grid_rgb is not None:
+            raise ValueError("drop_grid and grid_rgb act while the page is drawn: use render(), not Augment.apply")
+        img = image if image.mode == "RGB" else image.convert("RGB")
+        return img if self.is_identity else _augment(img, self, np.random.default_rng(seed))
 
     @property
     def is_identity(self) -> bool:
@@ -519,7 +575,9 @@ def _to_ss(v: np.ndarray | float, ss: int, width: int = 1) -> np.ndarray | float
     return (v + 0.5) * ss - 0.5 + (0.0 if width % 2 == 0 else 0.5)
 
 
-def _draw_grid(draw: ImageDraw.ImageDraw, geom: Geometry, ss: int) -> None:
+def _draw_grid(
+    draw: ImageDraw.ImageDraw, geom: Geometry, ss: int, colours: tuple[RGB, RGB] = (MAJOR_RGB, MINOR_RGB)
+) -> None:
     ppm = geom.px_per_mm
     w_ss, h_ss = geom.width * ss, geom.height * ss
     ox, oy = geom.origin
@@ -530,7 +588,7 @@ def _draw_grid(draw: ImageDraw.ImageDraw, geom: Geometry, ss: int) -> None:
     for major in (False, True):
         if not major and not geom.minor_grid:
             continue
-        colour, width = (MAJOR_RGB, major_w) if major else (MINOR_RGB, minor_w)
+        colour, width = (colours[0], major_w) if major else (colours[1], minor_w)
         for k in k_x:
             if (k % 5 == 0) == major:
                 x = _to_ss(ox + k * ppm, ss, width)
@@ -542,14 +600,16 @@ def _draw_grid(draw: ImageDraw.ImageDraw, geom: Geometry, ss: int) -> None:
 
 
 @lru_cache(maxsize=16)  # 11 MB each at 200 DPI
-def _background(spec: RenderSpec, grid: bool) -> Image.Image:
-    """The static page (grid, calibration pulses) at the supersampled size; labels go on top of the traces."""
+def _background(spec: RenderSpec, grid: bool, colours: tuple[RGB, RGB] = (MAJOR_RGB, MINOR_RGB)) -> Image.Image:
+    """The static page (grid, calibration pulses) at the supersampled size; labels go on top of the traces.
+
+    ``colours``: the (5 mm, 1 mm) grid line colours (:attr:`Augment.grid_rgb`; default the red grid)."""
     geom = _page_geometry(spec)
     ss = geom.supersample
     img = Image.new("RGB", (geom.width * ss, geom.height * ss), PAPER_RGB)
     draw = ImageDraw.Draw(img)
     if grid:
-        _draw_grid(draw, geom, ss)
+        _draw_grid(draw, geom, ss, colours)
     ppm = geom.px_per_mm
     if spec.calibration:
         width = _ss_width(_trace_width(spec, ppm), ss)
@@ -586,9 +646,11 @@ def _label_patches(spec: RenderSpec) -> tuple[tuple[tuple[int, int], Image.Image
 
 
 @lru_cache(maxsize=16)
-def _background_1x(spec: RenderSpec, grid: bool) -> tuple[Image.Image, Image.Image]:
+def _background_1x(
+    spec: RenderSpec, grid: bool, colours: tuple[RGB, RGB] = (MAJOR_RGB, MINOR_RGB)
+) -> tuple[Image.Image, Image.Image]:
     """The static page box-downsampled to the output size, and a solid ink image of that size."""
-    bg = _background(spec, grid)
+    bg = _background(spec, grid, colours)
     ss = _page_geometry(spec).supersample
     small = bg.reduce(ss) if ss > 1 else bg
     return small, Image.new("RGB", small.size, INK_RGB)
@@ -643,16 +705,76 @@ def _tint_factors(tint: float) -> tuple[float, float, float]:
     return tuple(1.0 - tint * (1.0 - c / 255.0) for c in TINT_RGB)  # type: ignore[return-value]
 
 
+def _line_distance(width: int, height: int, x: float, y: float, angle_deg: float) -> np.ndarray:
+    """H x W float32: signed distance (px) of each pixel centre from the line through ``(x * width, y * height)``
+    at ``angle_deg`` (counter-clockwise, image y pointing down); positive on the side the normal
+    ``angle_deg + 90`` points to."""
+    a = math.radians(angle_deg + 90.0)
+    nx, ny = math.cos(a), -math.sin(a)  # image y grows downward
+    xs = np.arange(width, dtype=np.float32) - np.float32(x * width)
+    ys = np.arange(height, dtype=np.float32) - np.float32(y * height)
+    return ys[:, None] * np.float32(ny) + xs[None, :] * np.float32(nx)
+
+
+def _scale_brightness(img: Image.Image, factor: np.ndarray) -> Image.Image:
+    """Multiply every channel by the H x W ``factor`` (ink stays dark, paper dims), rounded and clipped."""
+    arr = np.asarray(img).astype(np.float32) * factor[..., None]
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def _perspective_coeffs(width: int, height: int, offsets: tuple[float, ...]) -> list[float]:
+    """Pillow's 8 PERSPECTIVE coefficients mapping output pixels to input pixels when the image corners move by
+    ``offsets`` (fractions of width and height; top-left, top-right, bottom-right, bottom-left)."""
+    src = [(0.0, 0.0), (float(width), 0.0), (float(width), float(height)), (0.0, float(height))]
+    dst = [(sx + offsets[2 * i] * width, sy + offsets[2 * i + 1] * height) for i, (sx, sy) in enumerate(src)]
+    rows, rhs = [], []
+    for (xo, yo), (xi, yi) in zip(dst, src, strict=True):
+        rows.append([xo, yo, 1.0, 0.0, 0.0, 0.0, -xi * xo, -xi * yo])
+        rows.append([0.0, 0.0, 0.0, xo, yo, 1.0, -yi * xo, -yi * yo])
+        rhs += [xi, yi]
+    return np.linalg.solve(np.array(rows), np.array(rhs)).tolist()
+
+
 def _augment(img: Image.Image, aug: Augment, rng: np.random.Generator) -> Image.Image:
-    """Apply ``aug`` in the order tint, rotation, blur, noise, JPEG (paper, placement, optics, sensor, file)."""
+    """Apply ``aug`` in the order tint, creases, rotation, perspective, shading, shadow, blur, downscale, noise, JPEG
+    (paper, placement, light, optics, sensor, file); a field at its default is skipped."""
     if aug.tint > 0:
         factors = _tint_factors(aug.tint)
         img = img.point([min(255, round(v * f)) for f in factors for v in range(256)])
+    if aug.creases:
+        w, h = img.size
+        groove = max(0.7, 0.0015 * math.hypot(w, h))
+        factor = np.ones((h, w), dtype=np.float32)
+        for x, y, angle, strength in aug.creases:
+            d = _line_distance(w, h, x, y, angle)
+            factor *= 1.0 - 0.4 * strength * np.exp(-0.5 * (d / groove) ** 2)
+            factor *= 1.0 - 0.1 * strength * np.clip(d / (4.0 * groove) + 0.5, 0.0, 1.0)
+        img = _scale_brightness(img, factor)
+    fill = tuple(round(c * f) for c, f in zip(PAPER_RGB, _tint_factors(aug.tint), strict=True))
     if aug.rotation_deg:
-        fill = tuple(round(c * f) for c, f in zip(PAPER_RGB, _tint_factors(aug.tint), strict=True))
         img = img.rotate(aug.rotation_deg, resample=Image.Resampling.BILINEAR, fillcolor=fill)
+    if aug.perspective is not None and any(aug.perspective):
+        coeffs = _perspective_coeffs(img.width, img.height, aug.perspective)
+        img = img.transform(img.size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=fill)
+    if aug.shading > 0 or (aug.shadow is not None and aug.shadow[3] > 0):
+        w, h = img.size
+        factor = np.ones((h, w), dtype=np.float32)
+        if aug.shading > 0:
+            # Distance along the direction angle_deg from the line through the centre, scaled to [0, 1] over the image.
+            d = _line_distance(w, h, 0.5, 0.5, aug.shading_angle_deg - 90.0)
+            lo, hi = float(d.min()), float(d.max())
+            factor *= 1.0 - aug.shading * (d - lo) / max(hi - lo, 1e-6)
+        if aug.shadow is not None and aug.shadow[3] > 0:
+            x, y, angle, depth = aug.shadow
+            d = _line_distance(w, h, x, y, angle - 90.0)
+            soft = 0.02 * math.hypot(w, h)
+            factor *= 1.0 - depth * np.clip(d / soft + 0.5, 0.0, 1.0)
+        img = _scale_brightness(img, factor)
     if aug.blur > 0:
         img = img.filter(ImageFilter.GaussianBlur(aug.blur))
+    if aug.downscale > 1.0:
+        small = (max(1, round(img.width / aug.downscale)), max(1, round(img.height / aug.downscale)))
+        img = img.resize(small, Image.Resampling.BILINEAR).resize(img.size, Image.Resampling.BILINEAR)
     if aug.noise > 0:
         # One value per pixel added to all channels (imgaug's AdditiveGaussianNoise default, as ECG-Image-Kit).
         noise = rng.standard_normal((img.height, img.width), dtype=np.float32)
@@ -682,15 +804,16 @@ def render(
     geom = geometry(spec, ecg, start=start)
     ss = geom.supersample
     grid = spec.grid and not aug.drop_grid
+    colours = aug.grid_rgb or (MAJOR_RGB, MINOR_RGB)
     if ss > 1:
         # Anti-aliasing without copying the supersampled page: draw the traces on a one-byte coverage mask at
         # ``ss``x, box-downsample the mask, and lay the ink over the (cached, already downsampled) page with it.
-        background, ink = _background_1x(spec, grid)
+        background, ink = _background_1x(spec, grid, colours)
         mask = Image.new("L", (background.width * ss, background.height * ss), 0)
         _draw_traces(mask, ecg, spec, geom, ss)
         img = Image.composite(ink, background, mask.reduce(ss))
     else:
-        img = _background(spec, grid).copy()
+        img = _background(spec, grid, colours).copy()
         _draw_traces(img, ecg, spec, geom, ss)
     for xy, patch in _label_patches(spec):
         img.paste(patch, xy)
