@@ -643,6 +643,10 @@ class LabelStudy:
         """One row at one (budget, seed): the seed's phase-1 student (made once, whichever row asks first), the row's
         training file, its phase 2 and its evaluation."""
         row = ROWS[name]
+        resumed = (self.out / "runs" / _slug(budget) / name / f"seed-{seed}" / "done.json").exists()
+        with self._lock:
+            if not resumed and self._clock is None:  # the rate counts the cells this invocation runs, from the first
+                self._clock = time.perf_counter()
         with self._seed_lock(budget, seed):  # the seed's split, phase 1, self-training answers and files, once
             _, info = self._split(data, budget, seed)
             student = self._phase1(data, budget, seed, choice["phase1_steps"], self._phase1_dir(budget, seed))
@@ -660,9 +664,12 @@ class LabelStudy:
         )
         with self._lock:
             self._finished += 1
-            rate = (time.perf_counter() - self._started) / self._finished
-            left = rate * (self._total - self._finished) / 60
-            self.log(f"[labels] {self._finished}/{self._total} runs; about {left:.0f} min left")
+            self._ran += 0 if resumed else 1
+            left = ""
+            if self._ran and self._clock is not None:  # seconds per cell of this invocation, over the jobs
+                rate = (time.perf_counter() - self._clock) / self._ran
+                left = f"; about {rate * (self._total - self._finished) / 60:.0f} min left"
+            self.log(f"[labels] {self._finished}/{self._total} runs{left}")
         return result
 
     def _seed_lock(self, budget: str, seed: int) -> threading.Lock:
@@ -683,7 +690,7 @@ class LabelStudy:
             self._teacher_answers(teacher, data, alone)
         # the main budget first: its rows answer the study's question
         order = [s.main_budget, *[b for b in s.budgets if b != s.main_budget]]
-        self._lock, self._finished, self._started = threading.Lock(), 0, time.perf_counter()
+        self._lock, self._finished, self._ran, self._clock = threading.Lock(), 0, 0, None
         self._seed_locks: dict[tuple[str, int], threading.Lock] = {}
         self._total = sum(len(seeds) for _, _, seeds in grid)
         choices: dict[str, dict] = {}
