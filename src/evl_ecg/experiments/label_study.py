@@ -57,6 +57,7 @@ from evl_ecg.experiments.study import (
     _cli,
     _read_curve,
     _write_json,
+    claim_study_folder,
     method_settings,
     run_process,
     study_data,
@@ -272,7 +273,7 @@ class LabelStudy:
 
     def _check_settings(self, teacher: Path) -> None:
         from evl_ecg.models.fingerprint import model_fingerprint
-        from evl_ecg.resume import ResumeKey, ResumeKeyError
+        from evl_ecg.resume import ResumeKey
 
         if not teacher.is_dir():
             raise StudyError(f"--teacher {teacher}: no such model folder")
@@ -281,13 +282,7 @@ class LabelStudy:
         info = {"rows": wanted.pop("rows")}
         wanted["teacher_fingerprint"] = model_fingerprint(teacher)["digest"][:16]
         key = ResumeKey(self.out, "label study", wanted, info=info, fresh_option=None, path=self.out / KEY_FILE)
-        has_output = self.out.is_dir() and any(not p.name.startswith(".") for p in self.out.iterdir())
-        try:
-            key.check(has_output=has_output)
-        except ResumeKeyError as exc:
-            raise StudyError(str(exc)) from None
-        self.out.mkdir(parents=True, exist_ok=True)
-        key.write()
+        claim_study_folder(self.out, key)
 
     def _data(self) -> tuple[Path, Path]:
         s = self.settings

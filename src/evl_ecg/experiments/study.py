@@ -246,6 +246,20 @@ def study_data(
     return data, test
 
 
+def claim_study_folder(out: Path, key: Any, legacy: Callable[[Any], dict[str, Any] | None] | None = None) -> None:
+    """Check a study folder's resume key against ``key`` (a folder with other settings is refused with one
+    :class:`StudyError` line), then create the folder and record the key."""
+    from evl_ecg.resume import ResumeKeyError
+
+    has_output = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+    try:
+        key.check(has_output=has_output, legacy=legacy)
+    except ResumeKeyError as exc:
+        raise StudyError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    key.write()
+
+
 def study_teacher(given: str | None) -> Path:
     """The teacher of a study: ``given``, else the shipped tiny teacher."""
     if given:
@@ -298,16 +312,7 @@ class Study:
         return ResumeKey(self.out, "study", wanted, info=info, fresh_option=None, path=self.out / "study.json")
 
     def _check_settings(self) -> None:
-        from evl_ecg.resume import ResumeKeyError
-
-        key = self.resume_key()
-        has_output = self.out.is_dir() and any(not p.name.startswith(".") for p in self.out.iterdir())
-        try:
-            key.check(has_output=has_output, legacy=_legacy_study_key)
-        except ResumeKeyError as exc:
-            raise StudyError(str(exc)) from None
-        self.out.mkdir(parents=True, exist_ok=True)
-        key.write()
+        claim_study_folder(self.out, self.resume_key(), legacy=_legacy_study_key)
 
     def _data(self) -> tuple[Path, Path]:
         s = self.settings
