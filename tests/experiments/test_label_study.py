@@ -110,7 +110,7 @@ def test_no_stage_reads_a_pool_label(tmp_path):
         budgets=("50%",),
         main_budget="50%",
         seeds=(0,),
-        rows=("control", "self-training", "seq-kd"),
+        rows=("control", "self-training", "seq-kd", "seq-kd+evl-ecg"),
         n_train=12,
         n_val=2,
         test_ptb=2,
@@ -154,7 +154,13 @@ def test_no_stage_reads_a_pool_label(tmp_path):
     for folder in ("self/50pct/seed-0", "answers/teacher"):  # named by the model's fingerprint, which holds its paths
         (a,), (b,) = (sorted((root / folder).glob("answers-*.jsonl")) for root in (first, second))
         assert load_answers(a) == load_answers(b) and len(load_answers(a)) >= 6, folder
-    assert len(_weights(first / "runs/50pct")) >= 3  # a student per row was compared
+    assert len(_weights(first / "runs/50pct")) >= 4  # a student per row was compared
+    # EVL-ECG's terms read the teacher from a cache their run built over its own training file, deleted once trained
+    evl = json.loads((first / "runs/50pct/seq-kd+evl-ecg/seed-0/done.json").read_text())
+    assert evl["train"]["teacher_cache_bytes"] > 0
+    assert not (first / "runs/50pct/seq-kd+evl-ecg/seed-0/teacher-cache").exists()
+    provenance = json.loads((first / "runs/50pct/seq-kd+evl-ecg/seed-0/train/provenance.json").read_text())
+    assert provenance["teacher_cache"]["records"] == 12
     # the budget reaches every run's card, and the study's results
     card = json.loads((first / "runs/50pct/seq-kd/seed-0/train/student/card.json").read_text())
     assert card["facts"]["label_budget"]["budget"] == "50%" and card["facts"]["label_budget"]["pool"] == 6

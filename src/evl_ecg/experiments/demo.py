@@ -350,7 +350,12 @@ def _budget_stages(
             "curve_records": BUDGET_VAL_RECORDS,
             "curve_keep_best": True,
         }
+        cache = run_dir / "teacher-cache"
+        if row.method != "sft":  # the teacher's outputs from one pass over the training file, not one per step
+            settings["teacher_cache"] = str(cache)
         _stage(stage, timings, _train, "kd", run_dir, settings, quick, list(row.sets))
+        if cache.is_dir():  # about 0.6 MB a record: not worth keeping once trained
+            shutil.rmtree(cache)
         best = best_point(json.loads((run_dir / "curve.json").read_text()))
         print(f"[demo] {stage}: kept the student of step {best['step']} (validation AUC {best['auc']:.1f})")
         return run_dir / BEST_DIR if best["step"] > 0 else sft_dir

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -170,6 +171,10 @@ class LabelStudySettings:
     max_new_tokens: int = 32
     answer_tokens: int = 64
     teacher: str | None = None
+    #: rows that read the teacher's outputs (EVL-ECG's terms, Vanilla KL) take them from a teacher-output cache built
+    #: by their run over its own training file (one teacher pass per record, then deleted) instead of running the
+    #: teacher at every step: the same outputs (tests/train/test_teacher_cache.py), so not part of the resume key
+    teacher_cache: bool = True
     quick: bool = False
     threads: int = 2
     jobs: int = 1
@@ -279,7 +284,7 @@ class LabelStudy:
             raise StudyError(f"--teacher {teacher}: no such model folder")
         self.check_teacher_seeds(teacher)
         wanted = self.settings.to_json()
-        info = {"rows": wanted.pop("rows")}
+        info = {"rows": wanted.pop("rows"), "teacher_cache": wanted.pop("teacher_cache")}
         wanted["teacher_fingerprint"] = model_fingerprint(teacher)["digest"][:16]
         key = ResumeKey(self.out, "label study", wanted, info=info, fresh_option=None, path=self.out / KEY_FILE)
         claim_study_folder(self.out, key)
@@ -455,6 +460,9 @@ class LabelStudy:
         ]
         sets += [x.replace("EPS", str(eps)) for x in row.sets]
         sets += [*self._curve_sets(data, steps, labelled, s.choice_points), "curve_keep_best=true"]
+        cache = run_dir / "teacher-cache"
+        if s.teacher_cache and row.method != "sft":  # the run builds it (where its terms can be cached) and reads it
+            sets.append(f"teacher_cache={cache}")
         cmd = _cli(
             "distill",
             "--method",
@@ -469,6 +477,9 @@ class LabelStudy:
             str(run_dir / "train"),
         )
         train = self.run_process([*cmd, *[x for v in sets for x in ("--set", v)]], run_dir / "train.log", s.threads)
+        if cache.is_dir():  # its outputs are the teacher's, rebuilt in a minute: not worth the disk once trained
+            train["teacher_cache_bytes"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+            shutil.rmtree(cache)
         curve = _read_curve(run_dir / "train")
         if not curve:
             raise StudyError(f"{run_dir / 'train'}: the run wrote no validation curve")
@@ -582,7 +593,8 @@ class LabelStudy:
         self, grid: list[tuple[str, str, tuple[int, ...]]], choices: dict[str, dict], eval_s: float
     ) -> float:
         """The grid's wall time, from what has been measured: each budget's phase-1 run, a phase-2 run's seconds per
-        step (x3 for a row that runs the teacher live, as a KD step costs on the tiny pair), and the teacher's
+        step (x3 for a row that runs the teacher live, as a KD step costs on the tiny pair; x1.5 from the teacher-output
+        cache, its build included), and the teacher's
         evaluation as a bound on a student's; runs already finished count 0; divided among the jobs."""
         total = 0.0
         for budget, name, seeds in grid:
@@ -598,7 +610,8 @@ class LabelStudy:
                     continue
                 if not (self._phase1_dir(budget, seed) / "done.json").exists():
                     total += p1 or 0.0
-                total += p2 * choice["phase2_steps"] * (1 if ROWS[name].method == "sft" else 3) + eval_s
+                factor = 1.0 if ROWS[name].method == "sft" else 1.5 if self.settings.teacher_cache else 3.0
+                total += p2 * choice["phase2_steps"] * factor + eval_s
         return total / self.settings.jobs
 
     @staticmethod
