@@ -14,6 +14,7 @@ modules and their optimiser group.
     python benchmarks/step_time.py                         # tiny default on CPU, about 4 minutes on 2 cores
     python benchmarks/step_time.py --repeat 3              # on a shared machine: the fastest of 3 rounds
     python benchmarks/step_time.py --method evl-ecg --method vanilla-kl --method dskd
+    python benchmarks/step_time.py --method label-kd --method evl-ecg   # label-space KD scores candidates per step
     python benchmarks/step_time.py --student DIR --teacher DIR --train-file FILE --gpu   # your checkpoints
     python benchmarks/step_time.py --teacher A --teacher B  # two teachers side by side (live step, cache size)
 

@@ -59,6 +59,12 @@ class SideOutputs:
         findings: ``B x C`` float multi-hot of each record's canonical findings (``labels["findings"]`` in
             :data:`evl_ecg.ecg.labels.FINDINGS` order), for losses over labels (``matryoshka``, ``mic``); ``None``
             when a record of the batch does not carry them.
+        label_logliks: ``B x K`` the summed log-probability of each candidate answer of the sample's label-set
+            question (:meth:`~evl_ecg.models.base.Adapter.candidate_logliks`; label answers in vocabulary order, then
+            the no-label answers), 0 where ``label_mask`` is False (a sample without one, or fewer candidates).
+        label_mask: ``B x K`` bool, the candidates that exist.
+        ce_mask: ``B`` bool, the samples whose answer is a cross-entropy target (``None``: every sample's);
+            a record whose ``meta`` says ``"ce": false`` is context for the other losses only.
     """
 
     logits: Tensor
@@ -79,6 +85,9 @@ class SideOutputs:
     token_offsets: Tensor | None = None
     vocab: list[str] | None = None
     findings: Tensor | None = None
+    label_logliks: Tensor | None = None
+    label_mask: Tensor | None = None
+    ce_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         b, length = self.hidden.shape[:2]

@@ -97,12 +97,15 @@ PTBXL_EXPECTED = {
 
 #: Challenge fixture: the record name's fold (sha256 of the name mod 10, worked out once and written here) and the
 #: CPSC-2018 classes of its '# Dx:' codes: 164889003 AF; 59118001 RBBB + 164884008 PVC; 270492004 I-AVB +
-#: 429622005 STD; 713427006 (complete RBBB, a CPSC RBBB code) + 164931005 STE; 426783006 NORM; 164890007 (atrial
-#: flutter) no CPSC class.
+#: 429622005 STD; 713427006 (complete RBBB, a CPSC RBBB code) + 164931005 STE; 426783006 NORM. Q0112: 426783006
+#: NORM + 164867002 (old MI, outside our SNOMED table: unmapped); E00215: 426783006 NORM + 251146004 (low QRS
+#: voltages, in our table but of no CPSC class: unmapped). E00108 (164890007, atrial flutter) and JS00117 (426177001
+#: sinus bradycardia, 251198002 clockwise rotation) have no code of a CPSC class: skipped.
 CHALLENGE_EXPECTED = {
     "challenge-A0101": (7, "train", ["AF"], "AF"),
     "challenge-A0103": (7, "train", ["RBBB", "PVC"], "RBBB; PVC"),
-    "challenge-E00108": (7, "train", [], "None of the listed diagnoses apply."),
+    "challenge-Q0112": (6, "train", ["NORM"], "NORM"),
+    "challenge-E00215": (0, "train", ["NORM"], "NORM"),
     "challenge-A0104": (8, "val-cpsc-test", ["I-AVB", "STD"], "I-AVB; STD"),
     "challenge-A0114": (9, "cpsc-test", ["RBBB", "STE"], "RBBB; STE"),
     "challenge-A0128": (9, "cpsc-test", ["NORM"], "NORM"),
@@ -159,15 +162,65 @@ def test_challenge_cpsc_classes_and_record_hash_split(built):
     entries = {e["id"]: e for e in manifest["records"]}
     assert entries["challenge-A0114"]["provenance"]["dx"] == ["713427006", "164931005"]
     assert entries["challenge-A0114"]["provenance"]["cpsc_from"] == {"RBBB": ["713427006"], "STE": ["164931005"]}
+    assert entries["challenge-A0114"]["provenance"]["unmapped"] == []
     assert entries["challenge-A0104"]["source"] == "training/cpsc_2018/g1/A0104.hea"
+    assert "sha256(record name)" in manifest["split_rule"]
+
+
+def test_challenge_codes_outside_the_mapping_are_kept_unmapped_and_counted(built):
+    """A code of no CPSC class (unknown to our SNOMED table or not) does not stop the record: the mapped codes give
+    its labels, the others stay in its provenance and the manifest's count; a record with no mapped code is
+    skipped, with its codes."""
+    manifest = corpus(built["challenge"])["manifest"]
+    entries = {e["id"]: e for e in manifest["records"]}
+    low_voltage = entries["challenge-E00215"]["provenance"]
+    assert low_voltage["dx"] == ["426783006", "251146004"]
+    assert low_voltage["cpsc_from"] == {"NORM": ["426783006"]} and low_voltage["unmapped"] == ["251146004"]
+    assert entries["challenge-Q0112"]["provenance"]["unmapped"] == ["164867002"]
     assert manifest["skipped"] == [
         {
-            "id": "challenge-Q0112",
-            "source": "training/cpsc_2018_extra/g1/Q0112.hea",
-            "reason": "unknown SNOMED code '164867002'",
-        }
+            "id": "challenge-JS00117",
+            "source": "training/chapman_shaoxing/g1/JS00117.hea",
+            "reason": "no code maps to a label",
+            "unmapped": ["426177001", "251198002"],
+        },
+        {
+            "id": "challenge-E00108",
+            "source": "training/georgia/g1/E00108.hea",
+            "reason": "no code maps to a label",
+            "unmapped": ["164890007"],
+        },
     ]
-    assert "sha256(record name)" in manifest["split_rule"]
+    assert manifest["unmapped_codes"] == {
+        "records": 4,
+        "codes": {"164867002": 1, "164890007": 1, "251146004": 1, "251198002": 1, "426177001": 1},
+    }
+    assert "kept in the record's provenance as unmapped" in manifest["label_rule"]
+    assert "unmapped_codes" not in corpus(built["ptbxl"])["manifest"]
+
+
+def test_the_command_counts_codes_outside_the_mapping(tmp_path):
+    result = cli("build", "--source", FIXTURES / "challenge", "--kind", "challenge", "--out", tmp_path / "o",
+                 "--no-progress", "--workers", 1)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        "4 record(s) carry codes outside the mapping: 164867002 (x1), 164890007 (x1), 251146004 (x1), "
+        "251198002 (x1), 426177001 (x1)"
+    ) in result.output
+    assert "records listed 9, built 7, skipped 2" in result.output
+    assert "  challenge-E00108: no code maps to a label" in result.output
+
+
+def test_a_malformed_dx_field_skips_the_record_naming_the_field(tmp_path):
+    source = _copy(tmp_path, "challenge")
+    header = source / "training" / "georgia" / "g1" / "E00215.hea"
+    _edit_csv(header, "# Dx: 426783006,251146004", "# Dx: 426783006,low voltage")
+    result = build("challenge", tmp_path / "out", source=source)
+    reasons = {s["id"]: s["reason"] for s in result.skipped}
+    assert reasons["challenge-E00215"] == (
+        "field Dx: 'low voltage' is not a SNOMED CT code (the field holds comma-separated digits)"
+    )
+    assert "challenge-E00215" not in {e["id"] for e in result.manifest["records"]}
 
 
 def test_code15_labels_normal_ecg_and_patient_split(built):

@@ -419,7 +419,7 @@ def test_synth_with_a_trillion_records_exits_at_once_in_bounded_memory(tmp_path)
 
 def test_a_build_the_disk_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(corpus.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     out = tmp_path / "out"
     # by hand: 9 records (3 train + 6 bench) x (64 x 48 px x 0.5 B + 4096 B) = 9 x 5632 = 50688 B > 50000 B free
     settings = corpus.CorpusSettings(n_train=3, n_bench=1, seed=3, size=SIZE)
@@ -433,7 +433,7 @@ def test_a_build_the_disk_cannot_hold_is_refused_before_any_work(tmp_path, monke
         "free; free some space, or ask for fewer records or a smaller size"
     )
     assert list(out.iterdir()) == []  # not even the build marker
-    monkeypatch.setattr(corpus.shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
     assert runner.invoke(app, synth_args(out)).exit_code == 0
 
 

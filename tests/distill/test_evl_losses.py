@@ -466,6 +466,7 @@ def test_global_denominators_make_micro_batches_sum_to_the_full_batch(name: str)
     n = s.attention_mask.sum(1).double()
     den = Denominators(
         response_tokens=float(s.next_token_targets()[1].sum()),
+        ce_tokens=float(s.next_token_targets()[1].sum()),
         student_positions=float(s.attention_mask.sum()),
         student_pairs=float((n * (n - 1)).sum()),
         samples=3.0,
@@ -606,3 +607,20 @@ def test_mhca_normalize_standardises_both_sides_per_position_before_attention_an
     # scaling the student's states changes nothing: the term cannot fall by shrinking them
     scaled = loss(dataclasses.replace(s, hidden=0.1 * s.hidden), t)
     assert float(scaled.loss) == pytest.approx(float(out.loss), rel=1e-2)
+
+
+def test_ce_leaves_out_answers_that_are_context_only() -> None:
+    """``ce_mask`` (records with ``meta`` ``"ce": false``): CE is the token mean over the other samples' answers, by
+    hand from the logits, and its unit ``ce_tokens`` counts only their tokens."""
+    from evl_ecg.train.trainer import count_denominators
+
+    s = _student()
+    masked = dataclasses.replace(s, ce_mask=torch.tensor([True, False, True]))
+    got = build_loss("ce", CONTEXT)(masked, None).loss
+    targets, mask = s.next_token_targets()
+    rows = [(b, p) for b in (0, 2) for p in range(mask.shape[1]) if mask[b, p]]
+    want = sum(-torch.log_softmax(s.logits[b, p].double(), -1)[targets[b, p]] for b, p in rows) / len(rows)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    batch = {"labels": s.labels, "attention_mask": s.attention_mask, "ce_mask": masked.ce_mask}
+    counts = count_denominators([batch])
+    assert counts["ce_tokens"] == len(rows) < counts["response_tokens"] == int(mask.sum())

@@ -85,11 +85,24 @@ def test_challenge_header_dx_gives_snomed_cpsc_labels_and_findings(tmp_path):
     assert ecg.labels_in("code15") == ("RBBB",)  # derived from the findings
 
 
-def test_unknown_snomed_code_names_the_file(tmp_path):
-    hea = _write(tmp_path, "A0002", _signal(500), FILE_NAMES, comments=["Dx: 59118001,999999999"])
-    with pytest.raises(UnknownCodeError) as exc:
+def test_snomed_codes_outside_our_table_are_read_and_listed_not_refused(tmp_path):
+    """The Challenge 2021 folders use many codes we do not map: the signal does not depend on them."""
+    hea = _write(tmp_path, "A0002", _signal(500), FILE_NAMES, comments=["Dx: 59118001,999999999,251146004"])
+    ecg = read_wfdb(hea)
+    assert ecg.labels["snomed"] == ("59118001", "999999999", "251146004")  # every code, as written
+    assert ecg.labels["cpsc"] == ("RBBB",) and ecg.findings == {"RBBB"}
+    assert ecg.meta["snomed_unknown"] == ["999999999"]  # 251146004 (low QRS voltages) is in our table
+    only_unknown = read_wfdb(_write(tmp_path, "A0003", _signal(500), FILE_NAMES, comments=["Dx: 164867002"]))
+    assert only_unknown.labels == {"snomed": ("164867002",), "cpsc": ()} and only_unknown.findings == frozenset()
+    assert "snomed_unknown" not in read_wfdb(_write(tmp_path, "A0004", _signal(500), FILE_NAMES)).meta
+
+
+@pytest.mark.parametrize("dx", ["59118001,RBBB", "59118001;426783006", "-59118001", "59118001 426783006"])
+def test_a_dx_field_that_is_not_snomed_codes_names_the_file_and_field(tmp_path, dx):
+    hea = _write(tmp_path, "A0005", _signal(500), FILE_NAMES, comments=[f"Dx: {dx}"])
+    with pytest.raises(EcgError) as exc:
         read_wfdb(hea)
-    assert "A0002.hea" in str(exc.value) and "999999999" in str(exc.value)
+    _one_line_error(exc, "A0005.hea", "field Dx:", "is not a SNOMED CT code")
 
 
 def test_truncated_dat_is_an_error(tmp_path):

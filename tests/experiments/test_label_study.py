@@ -110,7 +110,7 @@ def test_no_stage_reads_a_pool_label(tmp_path):
         budgets=("50%",),
         main_budget="50%",
         seeds=(0,),
-        rows=("control", "self-training", "seq-kd", "seq-kd+evl-ecg"),
+        rows=("control", "self-training", "seq-kd", "seq-kd+evl-ecg", "label-kd"),
         n_train=12,
         n_val=2,
         test_ptb=2,
@@ -147,7 +147,7 @@ def test_no_stage_reads_a_pool_label(tmp_path):
             step = best_point(run["curve"])["step"]
             assert run["chosen_step"] == step
             assert Path(run["model"]).name == (BEST_DIR if step > 0 else "student"), run["row"]
-    for name in ("pool.json", "labelled.json", "train-teacher.json", "train-self.json"):
+    for name in ("pool.json", "labelled.json", "train-teacher.json", "train-self.json", "train-teacher-context.json"):
         assert (budget / name).read_bytes() == (second / budget.relative_to(first) / name).read_bytes(), name
     for folder in ("phase1", "runs/50pct"):
         assert _weights(first / folder) == _weights(second / folder), folder
@@ -161,6 +161,12 @@ def test_no_stage_reads_a_pool_label(tmp_path):
     assert not (first / "runs/50pct/seq-kd+evl-ecg/seed-0/teacher-cache").exists()
     provenance = json.loads((first / "runs/50pct/seq-kd+evl-ecg/seed-0/train/provenance.json").read_text())
     assert provenance["teacher_cache"]["records"] == 12
+    # label-space KD: the pool's answers are context (no CE), the teacher's label-set scores come from its cache
+    context = json.loads((budget / "train-teacher-context.json").read_text())
+    assert {r["id"] for r in context if (r.get("meta") or {}).get("ce") is False} == pool
+    assert all(r.get("meta", {}).get("ce") is not False for r in context if r["id"] not in pool)
+    provenance = json.loads((first / "runs/50pct/label-kd/seed-0/train/provenance.json").read_text())
+    assert provenance["teacher_cache"]["fields"] == ["label_logliks"]
     # the budget reaches every run's card, and the study's results
     card = json.loads((first / "runs/50pct/seq-kd/seed-0/train/student/card.json").read_text())
     assert card["facts"]["label_budget"]["budget"] == "50%" and card["facts"]["label_budget"]["pool"] == 6

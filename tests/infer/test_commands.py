@@ -104,6 +104,67 @@ def test_predict_folder_into_a_resumable_jsonl(tmp_path, records, student_dir, t
     assert other.exit_code == 1 and line.startswith(f"error: {out}: was written with model=") and "--fresh" in line
 
 
+def _lead_csv(path, ecg) -> None:
+    """``ecg`` as a CSV export: a time column and the 12 leads in mV."""
+    import numpy as np
+
+    from evl_ecg.ecg.leads import LEADS
+
+    t = np.arange(ecg.signal.shape[1]) / ecg.fs
+    np.savetxt(path, np.column_stack([t, ecg.signal.T]), delimiter=",", fmt="%.4f",
+               header=",".join(("time", *LEADS)), comments="")  # fmt: skip
+
+
+#: CODE-15%'s exams.csv: a table of exams, not an ECG (its columns as published; two rows).
+EXAMS_CSV = (
+    "exam_id,age,is_male,nn_predicted_age,1dAVb,RBBB,LBBB,SB,ST,AF,patient_id,death,timey,normal_ecg,trace_file\n"
+    "1001,50,True,52.5,False,True,False,False,False,True,2003,False,3.5,False,exams_part0.hdf5\n"
+    "1002,51,False,53.5,False,False,False,False,False,False,2003,False,3.5,True,exams_part0.hdf5\n"
+)
+
+
+def test_a_folder_scan_takes_the_files_its_formats_content_checks_call_ecgs(tmp_path, records, ecg):
+    import shutil
+
+    from evl_ecg.infer.inputs import expand_inputs
+
+    _lead_csv(tmp_path / "ecg.csv", ecg)
+    (tmp_path / "exams.csv").write_text(EXAMS_CSV)
+    (tmp_path / "notes.xml").write_text("<?xml version='1.0'?><notes>not an ECG</notes>")
+    (tmp_path / "uv.csv").write_text("# fs: 500\nI (uV);II (uV);V1_uV;label\n1;2;3;x\n")  # leads with a stray column
+    (tmp_path / "readme.txt").write_text("a file of no ECG suffix: not looked at")
+    shutil.copy(records["wfdb"], tmp_path)
+    shutil.copy(records["wfdb"].with_suffix(".dat"), tmp_path)
+    specs, notes = expand_inputs([tmp_path])
+    assert specs == [str(tmp_path / name) for name in ("ecg.csv", "rbbb.hea", "uv.csv")]
+    assert notes == [f"{tmp_path}: skipped 2 files that are not an ECG: exams.csv, notes.xml"]
+    assert expand_inputs([tmp_path / "exams.csv"]) == ([str(tmp_path / "exams.csv")], [])  # named: always taken
+
+
+def test_predict_on_a_folder_leaves_files_that_are_not_ecgs_aside_without_failing(tmp_path, records, ecg, student_dir):
+    """A CODE-15% folder's exams.csv is a table, not a broken ECG: named once on stderr, no error, exit 0; the same
+    file named on the command line is read, and its error is an error as before."""
+    import shutil
+
+    folder = tmp_path / "code15"
+    folder.mkdir()
+    (folder / "exams.csv").write_text(EXAMS_CSV)
+    shutil.copy(records["hdf5"], folder / "exams_part0.hdf5")
+    _lead_csv(folder / "ecg.csv", ecg)
+    shutil.copy(records["png"], folder)
+    result = _run("predict", folder, "--model", student_dir, "--json", "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    assert _errors(result) == []
+    skipped = [ln for ln in result.stderr.splitlines() if "not an ECG" in ln]
+    assert skipped == [f"warning: {folder}: skipped 1 file that is not an ECG: exams.csv"]
+    assert sorted(json.loads(line)["kind"] for line in result.stdout.splitlines()) == ["csv", "image"]
+    assert "2 of 2 ECGs read" in result.stderr
+    named = _run("predict", folder / "exams.csv", "--model", student_dir)
+    assert named.exit_code == 1
+    (line,) = _errors(named)
+    assert line.startswith(f"error: {folder / 'exams.csv'}: unknown column 'exam_id'")
+
+
 @pytest.fixture(scope="module")
 def exports(student_dir, corpus, tmp_path_factory) -> dict:
     pytest.importorskip("torchao")

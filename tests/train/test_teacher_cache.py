@@ -55,14 +55,22 @@ def _open(cfg, **kwargs) -> TeacherCache:
     return open_or_build(cfg, load_training_records(cfg), image_loader(cfg), log=None, **kwargs)
 
 
+def _label_sets(cfg, records):
+    """The candidates of each label-set question, where the method's loss reads them (as pipeline.run passes)."""
+    from evl_ecg.data.label_sets import training_candidates
+
+    return training_candidates(records) if "label_logliks" in (spec_fields(get_preset(cfg.method)) or ()) else None
+
+
 def _batches(cfg, adapters, cache: TeacherCache, indices: list[int]):
     from evl_ecg.train.paired import PairedCollator, PairedDataset
     from evl_ecg.train.pipeline import image_loader, load_training_records
 
     records, loader = load_training_records(cfg), image_loader(cfg)
     student, teacher = adapters.student, adapters.teacher
-    live_ds = PairedDataset(records, loader, teacher, student)
-    cached_ds = PairedDataset(records, loader, cache, student)
+    sets = _label_sets(cfg, records)
+    live_ds = PairedDataset(records, loader, teacher, student, label_sets=sets)
+    cached_ds = PairedDataset(records, loader, cache, student, label_sets=sets)
     assert cached_ds.teacher is None  # the cache encodes nothing of the teacher
     live = PairedCollator(student, teacher)([live_ds[i] for i in indices])
     cached = PairedCollator(student, cache)([cached_ds[i] for i in indices])
@@ -75,6 +83,8 @@ def _grads(*modules: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _assert_same_step(a, b, grads_a, grads_b, rel: float = 1e-5, rtol: float = 1e-4) -> None:
+    if "loss/label_kd" in a.logs:  # the batch asks label-set questions: the comparison is not of two zeros
+        assert float(a.logs["label_kd/samples"]) > 0 and float(a.logs["loss/label_kd"]) > 0
     for key, value in a.logs.items():
         if key.startswith("loss/"):
             assert float(b.logs[key]) == pytest.approx(float(value), rel=rel, abs=1e-6), key
@@ -124,7 +134,7 @@ def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
     _assert_same_step(a, b, grads_a, grads_b, rel=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["evl-ecg", "vanilla-kl"])
+@pytest.mark.parametrize("method", ["evl-ecg", "vanilla-kl", "label-kd"])
 def test_a_kd_step_of_the_trainer_from_the_cache_equals_one_with_the_live_teacher(
     method, tmp_path, tiny_corpus, tiny_checkpoints, tiny_config, adapters
 ):
@@ -147,7 +157,7 @@ def test_a_kd_step_of_the_trainer_from_the_cache_equals_one_with_the_live_teache
         trainer = EvlTrainer(
             model=module,
             args=cfg,
-            train_dataset=PairedDataset(records, loader, side, student),
+            train_dataset=PairedDataset(records, loader, side, student, label_sets=_label_sets(cfg, records)),
             data_collator=PairedCollator(student, side),
             teacher=side,
         )

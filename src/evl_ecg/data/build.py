@@ -22,14 +22,19 @@ findings are attached (no published table maps them), so a record's ``labels`` h
   ``diagnostic_class``, whatever its likelihood (0 included). Split: ``strat_fold`` 1-8 train, 9 validation, 10 test
   (PTB-XL's recommended split).
 * Challenge 2020/2021: the CPSC-2018 classes of the ``# Dx:`` SNOMED CT codes
-  (:data:`evl_ecg.ecg.labels.CPSC_SNOMED`, read by :func:`evl_ecg.ecg.readers.read_wfdb`). No official split: the
-  record name's :func:`fold` (the headers name no patient), folds 0-7 train, 8 validation, 9 test.
+  (:data:`evl_ecg.ecg.labels.CPSC_SNOMED`, read by :func:`evl_ecg.ecg.readers.read_wfdb`). A code that gives no
+  class (the 2021 folders, Georgia, Chapman-Shaoxing, Ningbo, PTB-XL, use many: low QRS voltages, atrial flutter,
+  codes outside our SNOMED table) does not stop the record: it is kept in the record's provenance as ``unmapped`` and
+  counted in the manifest's ``unmapped_codes``. A record none of whose codes gives a class has nothing the subset can
+  ask about and is skipped ("no code maps to a label"): its answer would be a negative its codes do not state (a
+  ventricular bigeminy code holds PVCs). No official split: the record name's :func:`fold` (the headers name no
+  patient), folds 0-7 train, 8 validation, 9 test.
 * CODE-15%: the six label columns of ``exams.csv``; an exam with none of them is ``NORM`` when ``normal_ecg`` is true
   and ``ABNORMAL`` otherwise (the scorer's two whole-answer classes). Split: the ``patient_id``'s :func:`fold`, as
   above, so that a patient's exams share a split.
 
-A test or validation record without any label of its subset's vocabulary (a PTB-XL record without a diagnostic
-statement, a Challenge record without a CPSC-2018 class) is skipped with that reason: the subset asks for one.
+A PTB-XL test or validation record without a diagnostic statement is skipped with that reason: the subset asks for
+one (a Challenge record without a CPSC-2018 class is skipped in every split, above).
 
 Resuming: records are processed in chunks of :data:`CHUNK`; each finished chunk is saved under ``.parts/``, and a
 record found there, or in the split files of an earlier complete build, with its image intact, is not read again.
@@ -51,33 +56,28 @@ import json
 import math
 import os
 import re
-import shutil
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evl_ecg.data import resumable
 from evl_ecg.data.corpus import BYTES_PER_PIXEL, BYTES_PER_RECORD, MAX_RECORDS, split_file
 from evl_ecg.data.questions import LABEL_SET_PROMPTS, code15_gold, cpsc_gold, ptbxl_gold
 from evl_ecg.data.records import (
     GPT,
     HUMAN,
     IMAGE_TOKEN,
-    TEMP_NAME,
     Record,
     Turn,
-    dumps_records,
     image_is_valid,
     validate,
     write_png,
 )
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_SNOMED, PTBXL_SUPERCLASSES, VOCABULARIES
-from evl_ecg.files import atomic_write_bytes, human_bytes
 
 #: Database kinds: kind -> (the ECGBench subset its test split forms, the question task and label vocabulary).
 KINDS: dict[str, tuple[str, str]] = {
@@ -89,7 +89,7 @@ CHUNK = 16
 MANIFEST_FORMAT = "evl-ecg database corpus v1 (ECGInstruct / ECGBench record format)"
 #: Version of the build rules (labels, splits, wording): part of the settings, so a corpus made by other rules is
 #: never extended by these.
-BUILD_RULES = 1
+BUILD_RULES = 2
 AUGMENT_FRACTION = 0.5
 
 REAL_NOTE = (
@@ -116,8 +116,9 @@ LABEL_RULES: dict[str, str] = {
         "example_physionet.py aggregates them; a key the table does not list skips the record"
     ),
     "challenge": (
-        "CPSC-2018 classes of the '# Dx:' SNOMED CT codes by evl_ecg.ecg.labels.CPSC_SNOMED; a code outside "
-        "evl_ecg.ecg.labels.SNOMED skips the record"
+        "CPSC-2018 classes of the '# Dx:' SNOMED CT codes by evl_ecg.ecg.labels.CPSC_SNOMED; a code of no class is "
+        "kept in the record's provenance as unmapped (counted in unmapped_codes); a record none of whose codes gives "
+        "a class is skipped (no code maps to a label)"
     ),
     "code15": (
         "CODE-15% labels: the six boolean columns of exams.csv; with none of them the answer is NORM when normal_ecg "
@@ -126,6 +127,8 @@ LABEL_RULES: dict[str, str] = {
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: The SNOMED CT codes that give a CPSC-2018 class; any other code of a Challenge record is unmapped.
+_CPSC_CODES = frozenset(code for codes in CPSC_SNOMED.values() for code in codes)
 
 
 class BuildError(RuntimeError):
@@ -219,19 +222,11 @@ class Candidate:
 
 
 @dataclass
-class BuildResult:
-    """What :func:`build_from_database` did: records per split, skipped records, trace files named by the table but
-    absent, images rendered now, images found valid and kept, records taken from an earlier run, wall time."""
+class BuildResult(resumable.BuildOutcome):
+    """What :func:`build_from_database` did: records per split, skipped records, images rendered now, images found
+    valid and kept, records taken from an earlier run, wall time; and the trace files named by the table but absent."""
 
-    out_dir: Path
-    counts: dict[str, int]
-    skipped: list[dict[str, Any]]
-    absent: dict[str, int]
-    rendered: int
-    reused: int
-    resumed: int
-    seconds: float
-    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    absent: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,8 +258,8 @@ def _read_csv(path: Path, need: tuple[str, ...], **kwargs: Any) -> Any:
     return table
 
 
-def _skip(rid: str | None, source: str, reason: str) -> dict[str, Any]:
-    return {"skip": {"id": rid, "source": source, "reason": reason}}
+def _skip(rid: str | None, source: str, reason: str, **extra: Any) -> dict[str, Any]:
+    return {"skip": {"id": rid, "source": source, "reason": reason, **extra}}
 
 
 def _inside(root: Path, rel: str) -> bool:
@@ -522,7 +517,9 @@ def _labels_and_answer(settings: BuildSettings, cand: Candidate, ecg: Any) -> tu
         labels = list(ecg.labels.get("cpsc", ()))
         answer = cpsc_gold(replace(ecg, labels={"cpsc": tuple(labels)}, findings=frozenset()))
         via = {c: [code for code in codes if code in CPSC_SNOMED[c]] for c in labels}
-        return labels, answer, {"dx": codes, "cpsc_from": via, "mapping": "evl_ecg.ecg.labels.CPSC_SNOMED"}
+        unmapped = [code for code in codes if code not in _CPSC_CODES]
+        extra = {"dx": codes, "cpsc_from": via, "unmapped": unmapped, "mapping": "evl_ecg.ecg.labels.CPSC_SNOMED"}
+        return labels, answer, extra
     labels = list(ecg.labels.get("code15", ()))
     normal = _truth(ecg.meta.get("normal_ecg"))
     extra = {"flags": {c: c in labels for c in CODE15_LABELS}, "normal_ecg": normal}
@@ -578,8 +575,12 @@ def make_record(settings: BuildSettings, out_dir: Path, cand: Candidate) -> dict
     try:
         ecg = _read(settings, cand)
         labels, answer, extra = _labels_and_answer(settings, cand, ecg)
-        if cand.split != "train" and not labels and settings.kind != "code15":
-            what = "PTB-XL diagnostic superclass" if settings.kind == "ptbxl" else "CPSC-2018 class"
+        if settings.kind == "challenge" and not labels:
+            if not extra["dx"]:
+                return _skip(cand.id, cand.source, "the header has no '# Dx:' code")
+            return _skip(cand.id, cand.source, "no code maps to a label", unmapped=extra["unmapped"])
+        if cand.split != "train" and not labels and settings.kind == "ptbxl":
+            what = "PTB-XL diagnostic superclass"
             return _skip(cand.id, cand.source, f"{cand.split} record without a {what}: {settings.subset} asks for one")
         if not (image_path.is_file() and image_is_valid(image_path)):
             augment = Augment.random(rng_render, strength) if augmented else None
@@ -611,7 +612,7 @@ def make_record(settings: BuildSettings, out_dir: Path, cand: Candidate) -> dict
         try:
             write_png(image_path, image)
         except OSError as exc:
-            raise _write_error(image_path, exc) from None
+            raise resumable.write_error(image_path, exc, BuildError) from None
     entry = {
         "id": cand.id,
         "split": cand.split,
@@ -623,26 +624,15 @@ def make_record(settings: BuildSettings, out_dir: Path, cand: Candidate) -> dict
     return {"record": record.to_dict(), "entry": entry, "rendered": image is not None}
 
 
-def _write_error(path: Path, exc: OSError) -> BuildError:
-    why = exc.strerror or str(exc) or type(exc).__name__
-    return BuildError(f"{path}: cannot write ({why}); no record was skipped: fix it and rerun to resume")
-
-
 def _write(path: Path, data: bytes) -> bool:
     """Write ``data`` atomically unless the file already holds exactly it; whether it was written."""
-    try:
-        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-            return False
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    return True
+    return resumable.write_file(path, data, error=BuildError, keep_same=True)
 
 
 def _run_chunk(settings: BuildSettings, out_dir: Path, index: int, cands: list[Candidate]) -> tuple[int, list[Any]]:
     """Build one chunk's records and save them under ``.parts/`` (atomically); returns (index, results)."""
     results = [make_record(settings, out_dir, c) for c in cands]
-    _write(out_dir / ".parts" / f"{index:05d}.json", json.dumps(results, ensure_ascii=False).encode("utf-8"))
+    resumable.save_part(out_dir / ".parts" / f"{index:05d}.json", results, _write)
     return index, results
 
 
@@ -675,36 +665,6 @@ def _own_folder(parts: tuple[str, ...], settings: BuildSettings) -> bool:
     return len(parts) == 2 and parts[0] == "images" and parts[1] in settings.splits()
 
 
-def _scan(out_dir: Path, settings: BuildSettings) -> tuple[list[str], list[Path], list[str]]:
-    """(foreign entries, the build's own temporary files, own files) of ``out_dir``; symlinks are foreign."""
-    foreign: list[str] = []
-    temporary: list[Path] = []
-    own: list[str] = []
-
-    def walk(folder: Path, rel: tuple[str, ...]) -> None:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            parts = (*rel, entry.name)
-            shown = "/".join(parts)
-            if entry.is_symlink():
-                foreign.append(shown)
-            elif entry.is_dir():
-                if _own_folder(parts, settings):
-                    walk(Path(entry.path), parts)
-                else:
-                    foreign.append(shown + "/")
-            elif _own_file(parts, settings):
-                own.append(shown)
-            elif (m := TEMP_NAME.fullmatch(entry.name)) and _own_file((*rel, m.group(1)), settings):
-                temporary.append(Path(entry.path))
-            else:
-                foreign.append(shown)
-
-    walk(out_dir, ())
-    return foreign, temporary, own
-
-
 def _check_out(out: Path, settings: BuildSettings) -> tuple[list[Path], bool]:
     """Refuse an ``out`` that is not a folder, lies inside the database, holds foreign files or a build of other
     settings (nothing is written); returns the build's stale temporary files and whether ``.build.json`` is still to
@@ -719,13 +679,10 @@ def _check_out(out: Path, settings: BuildSettings) -> tuple[list[Path], bool]:
         )
     if not out.exists():
         return [], True  # created once the database's tables have been read
-    foreign, temporary, own = _scan(out, settings)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise BuildError(
-            f"{out}: holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that no {settings.kind} build "
-            f"writes ({shown}); a build fills only an empty folder or its own partial build: use another --out"
-        )
+    scan = resumable.scan_folder(
+        out, lambda parts: _own_file(parts, settings), lambda parts: _own_folder(parts, settings)
+    )
+    resumable.refuse_foreign(out, scan.foreign, who=settings.kind, filler="a build", error=BuildError)
     wanted = settings.to_dict()
     marker, manifest = out / ".build.json", out / "manifest.json"
     recorded = False
@@ -743,20 +700,14 @@ def _check_out(out: Path, settings: BuildSettings) -> tuple[list[Path], bool]:
             doc = doc.get("settings")
         if not isinstance(doc, dict):
             raise BuildError(f"{path}: not a build marker (a JSON object of settings); delete the folder to start over")
-        diff = sorted(k for k in set(doc) | set(wanted) if doc.get(k) != wanted.get(k))
-        if diff:
-            first = diff[0]
-            raise BuildError(
-                f"{out}: already holds a corpus built with other settings ({', '.join(diff)} differ: {path.name} "
-                f"has {first} {doc.get(first)!r}, asked {wanted.get(first)!r}); use another --out or delete the folder"
-            )
+        resumable.refuse_other_settings(out, path, doc, wanted, BuildError)
         recorded = True
-    if own and not recorded:
+    if scan.own and not recorded:
         raise BuildError(
-            f"{out}: holds corpus files ({', '.join(own[:3])}) but no .build.json or manifest.json, so the settings "
-            "they were made with are unknown; use another --out or delete the folder"
+            f"{out}: holds corpus files ({', '.join(scan.own[:3])}) but no .build.json or manifest.json, so the "
+            "settings they were made with are unknown; use another --out or delete the folder"
         )
-    return temporary, not marker.is_file()
+    return scan.temporary, not marker.is_file()
 
 
 def _earlier(out: Path, settings: BuildSettings) -> dict[str, dict[str, Any]]:
@@ -789,29 +740,6 @@ def _earlier(out: Path, settings: BuildSettings) -> dict[str, dict[str, Any]]:
         for rid, item in found.items()
         if isinstance(item["record"].get("image"), str) and image_is_valid(out / "images" / item["record"]["image"])
     }
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    import PIL
-    import wfdb
-
-    from evl_ecg import __version__
-
-    return {
-        "evl_ecg": __version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "wfdb": wfdb.__version__,
-    }
-
-
-def _progress(total: int, enabled: bool, kind: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit="rec", desc=f"build {kind}", dynamic_ncols=True, leave=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -922,7 +850,7 @@ def build_from_database(
         BuildError: one line naming the file (and field): a missing or unreadable table, a missing column, an
             ``out_dir`` holding other files or another build, a file that cannot be written.
     """
-    t0 = time.perf_counter()
+    tally = resumable.Tally()
     settings = _settings(
         source, kind, size=size, dpi=dpi, augment=augment, seed=seed, limit=limit, rate=rate, layout=layout
     )
@@ -936,56 +864,40 @@ def build_from_database(
     cands = [e for e in entries if isinstance(e, Candidate)]
     width, height = settings.size
     need = int(len(cands) * width * height * BYTES_PER_PIXEL + len(cands) * BYTES_PER_RECORD)
-    free = shutil.disk_usage(out).free
-    if need > free:
-        raise BuildError(
-            f"{out}: the corpus needs about {human_bytes(need)} ({len(cands)} records, images of {width}x{height} px) "
-            f"but its disk has {human_bytes(free)} free; free some space, or use --limit or a smaller --size"
-        )
-    if new_marker:
-        _write(out / ".build.json", (json.dumps(settings.to_dict(), indent=1, sort_keys=True) + "\n").encode())
-    for path in temporary:  # left by a killed run; never any other file
-        path.unlink(missing_ok=True)
+    hint = "use --limit or a smaller --size"
+    resumable.check_free_space(out, need, len(cands), settings.size, hint=hint, error=BuildError)
+    resumable.begin(out, settings.to_dict(), new_marker=new_marker, temporary=temporary, write=_write)
 
     earlier = _earlier(out, settings)
     results: dict[str, dict[str, Any]] = {}
     for e in entries:
         if isinstance(e, Candidate) and e.id in earlier:
             results[e.id] = earlier[e.id]
-    resumed = len(results)
+    tally.resumed = len(results)
     todo = [c for c in cands if c.id not in results]
     chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    rendered = reused = 0
-    bar = _progress(len(entries), progress, settings.kind)
-    bar.update(len(entries) - len(cands) + resumed)
-    try:
 
-        def take(res: list[Any], chunk: list[Candidate]) -> None:
-            nonlocal rendered, reused
-            for cand, item in zip(chunk, res, strict=True):
-                if "record" in item:
-                    rendered += item["rendered"] is True
-                    reused += item["rendered"] is False
-                results[cand.id] = item
-                if "skip" in item and log is not None:
-                    log(f"skipped {item['skip']['id']}: {item['skip']['reason']}")
-            bar.update(len(res))
+    def take(job: tuple[Any, ...], done: tuple[int, list[Any]]) -> int:
+        chunk, res = job[3], done[1]
+        for cand, item in zip(chunk, res, strict=True):
+            if "record" in item:
+                tally.rendered += item["rendered"] is True
+                tally.reused += item["rendered"] is False
+            results[cand.id] = item
+            if "skip" in item and log is not None:
+                log(f"skipped {item['skip']['id']}: {item['skip']['reason']}")
+        return len(res)
 
-        if workers <= 1 or len(chunks) <= 1:
-            for i, chunk in enumerate(chunks):
-                take(_run_chunk(settings, out, i, chunk)[1], chunk)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(_run_chunk, settings, out, i, chunk): chunk for i, chunk in enumerate(chunks)}
-                try:
-                    for fut in as_completed(futures):
-                        take(fut.result()[1], futures[fut])
-                except BaseException:
-                    for fut in futures:  # a write error (or Ctrl-C) stops the build: start no further chunk
-                        fut.cancel()
-                    raise
-    finally:
-        bar.close()
+    resumable.run_chunks(
+        _run_chunk,
+        [(settings, out, i, chunk) for i, chunk in enumerate(chunks)],
+        take,
+        workers=workers,
+        total=len(entries),
+        done=len(entries) - len(cands) + tally.resumed,
+        progress=progress,
+        desc=f"build {settings.kind}",
+    )
 
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in settings.splits()}
     records_manifest: list[dict[str, Any]] = []
@@ -1002,14 +914,9 @@ def build_from_database(
             if not isinstance(e, Candidate):
                 log(f"skipped {e['skip']['id'] or e['skip']['source']}: {e['skip']['reason']}")
 
-    files: dict[str, str] = {}
-    for split in settings.splits():
-        if split != "train" and not by_split[split]:
-            continue  # a bench/val file without items is no benchmark (evl_ecg.eval reads every file it finds)
-        rel = split_file(split)
-        records = [Record.from_dict(r, source=f"{out / rel}") for r in by_split[split]]
-        _write(out / rel, dumps_records(records))
-        files[split] = rel
+    # a bench/val file without items is no benchmark (evl_ecg.eval reads every file it finds)
+    written = {s: v for s, v in by_split.items() if s == "train" or v}
+    files = resumable.write_splits(out, written, split_file, _write)
     for split in settings.splits():  # a split emptied since an earlier build of these settings (never by them)
         if split not in files and (out / split_file(split)).is_file():
             (out / split_file(split)).unlink()
@@ -1043,7 +950,8 @@ def build_from_database(
         },
         "augmented": {s: sum(1 for r in v if r["meta"]["augmented"]) for s, v in by_split.items()},
         "absent_trace_files": absent,
-        "versions": _versions(),
+        **({"unmapped_codes": unmapped_codes(records_manifest, skipped)} if settings.kind == "challenge" else {}),
+        "versions": resumable.versions("numpy", "pillow", "wfdb"),
         "skipped": skipped,
         "records": records_manifest,
     }
@@ -1051,19 +959,20 @@ def build_from_database(
         for s, v in by_split.items():
             for whole in ("NORM", "ABNORMAL"):
                 manifest["label_frequencies"][s][whole] = sum(1 for r in v if r["conversations"][1]["value"] == whole)
-    _write(out / "manifest.json", (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    shutil.rmtree(out / ".parts", ignore_errors=True)
-    return BuildResult(
-        out_dir=out,
-        counts=manifest["counts"],
-        skipped=skipped,
-        absent=absent,
-        rendered=rendered,
-        reused=reused,
-        resumed=resumed,
-        seconds=time.perf_counter() - t0,
-        manifest=manifest,
+    return resumable.finish(
+        out, manifest, BuildResult, skipped=skipped, tally=tally, write=_write, ensure_ascii=False, absent=absent
     )
+
+
+def unmapped_codes(records: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Challenge codes that gave no CPSC-2018 class, over the records read (built, or skipped because no code
+    maps): ``{"records": how many carry one, "codes": {code: records carrying it}}``, the most frequent first."""
+    lists = [e["provenance"].get("unmapped", []) for e in records] + [s.get("unmapped", []) for s in skipped]
+    counts = Counter(code for codes in lists for code in dict.fromkeys(codes))
+    return {
+        "records": sum(1 for codes in lists if codes),
+        "codes": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
 
 
 __all__ = [
@@ -1081,4 +990,5 @@ __all__ = [
     "make_record",
     "ptbxl_superclasses",
     "split_of_fold",
+    "unmapped_codes",
 ]

@@ -264,6 +264,16 @@ def build(
         shown = ", ".join(f"{name} ({n} exams)" for name, n in list(result.absent.items())[:5])
         more = f" and {len(result.absent) - 5} more" if len(result.absent) > 5 else ""
         typer.echo(f"not in --source (named by exams.csv, not read): {shown}{more}", err=True)
+    unmapped = manifest.get("unmapped_codes") or {}
+    if unmapped.get("records"):
+        codes = list(unmapped["codes"].items())
+        shown = ", ".join(f"{code} (x{n})" for code, n in codes[:10])
+        more = f" and {len(codes) - 10} more" if len(codes) > 10 else ""
+        typer.echo(
+            f"{unmapped['records']} record(s) carry codes outside the mapping: {shown}{more} (each record's "
+            "provenance lists them as unmapped in manifest.json)",
+            err=True,
+        )
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} record(s) (listed in manifest.json):", err=True)
         for item in result.skipped[:20]:

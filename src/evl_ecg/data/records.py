@@ -65,7 +65,9 @@ class Record:
         id: unique record id.
         image: image path relative to an image root (ECGBench: ``data/ECGBench/images``).
         conversations: alternating human/gpt turns, starting with human.
-        meta: free-form provenance (task type, generator seed, ...); written only when non-empty.
+        meta: free-form provenance (task type, generator seed, ...); written only when non-empty. One key is an
+            instruction to training: ``"ce": false`` makes the answer context only, not a cross-entropy target
+            (:func:`answer_is_target`; a label budget's pool records seen through the teacher's outputs alone).
         labels: label sets the gold answer encodes, per vocabulary (``{"ptbxl": ["MI", "CD"]}``); written only
             when non-empty.
     """
@@ -147,6 +149,13 @@ class Record:
             turns[0].value = with_image_token(turns[0].value)
         validate(record, source=source)
         return record
+
+
+def answer_is_target(record: Any) -> bool:
+    """Whether training fits the record's answer with cross-entropy: yes unless its ``meta`` says ``"ce": false``
+    (the answer is then context for the other losses only)."""
+    meta = record.get("meta") if isinstance(record, Mapping) else getattr(record, "meta", None)
+    return not (isinstance(meta, Mapping) and meta.get("ce") is False)
 
 
 def strip_image_token(text: str) -> str:
@@ -427,6 +436,7 @@ def image_is_valid(path: str | os.PathLike[str]) -> bool:
 
 
 __all__ = [
+    "answer_is_target",
     "GPT",
     "HUMAN",
     "IMAGE_TOKEN",

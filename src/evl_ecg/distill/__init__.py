@@ -2,10 +2,12 @@
 
 Losses see tensors and masks only (:class:`~evl_ecg.outputs.SideOutputs`); no model code. Importing this package
 registers the built-in losses: ``ce``, ``mhca``, ``ot``, ``relation``, the elastic-embedding losses ``matryoshka`` and
-``mic`` (:mod:`evl_ecg.distill.elastic`, off by default) and, when present, the baselines.
+``mic`` (:mod:`evl_ecg.distill.elastic`, off by default), the label-space loss ``label_kd``
+(:mod:`evl_ecg.distill.label_space`) and, when present, the baselines.
 """
 
 import evl_ecg.distill.elastic  # noqa: F401  (registers matryoshka and mic)
+import evl_ecg.distill.label_space  # noqa: F401  (registers label_kd)
 from evl_ecg.distill.losses import CrossEntropyLoss, MHCALoss, OTLoss, RelationLoss  # registers the built-in losses
 from evl_ecg.distill.objective import Objective, ObjectiveConfig
 from evl_ecg.distill.presets import get_preset, list_presets

@@ -67,7 +67,9 @@ class CrossEntropyLoss(DistillLoss):
 
     ``z``: student logits ``B x L_s x V_s``; ``M``: positions whose next token is supervised, both positions valid
     (:func:`~evl_ecg.distill.registry.next_token_targets`: a label left on a padded position never counts);
-    ``N``: ``Denominators.response_tokens`` (local ``|M|``).
+    ``N``: ``Denominators.ce_tokens`` (local ``|M|``). Samples whose answer is context only
+    (``SideOutputs.ce_mask`` False: a record with ``meta`` ``"ce": false``) are left out of ``M``, and out of
+    ``ce_tokens``; without such samples ``ce_tokens`` is ``response_tokens``.
     The log-softmax runs in float32 on the supervised rows only. Needs no teacher.
 
     ``label_smoothing`` (``epsilon``, default 0): the target is ``(1 - epsilon)`` on the next token plus
@@ -75,7 +77,7 @@ class CrossEntropyLoss(DistillLoss):
     teacher-free control of a distillation gain (Yuan et al. 2020).
     """
 
-    unit = "response_tokens"
+    unit = "ce_tokens"
     needs_teacher = False
 
     def __init__(self, *, label_smoothing: float = 0.0, context: LossContext | None = None) -> None:
@@ -88,6 +90,8 @@ class CrossEntropyLoss(DistillLoss):
         self, student: SideOutputs, teacher: SideOutputs | None = None, denominators: Denominators | None = None
     ) -> LossOutput:
         targets, mask = next_token_targets(student)
+        if student.ce_mask is not None:
+            mask = mask & student.ce_mask.view(-1, 1).to(mask.device)
         logits = student.logits[mask]  # N x V_s
         with torch.autocast(device_type=logits.device.type, enabled=False):
             total = F.cross_entropy(

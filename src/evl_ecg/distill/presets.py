@@ -8,6 +8,7 @@ preset             alpha   terms (lambda_k)                                     
 ``ot+mhca``        0.3     ot 0.1, mhca 1.0                                           Table 6 row 3 (+MHCA)
 ``ot+mhca+rel``    0.3     ot 0.1, mhca 1.0, relation 0.03                            Table 6 row 4 (= evl-ecg)
 ``evl-ecg``        0.3     mhca 1.0 (h = 8), relation 0.03, ot 0.1 (eps = 0.1)        Table 4, Table 1
+``label-kd``       1.0     CE 1.0 + label_kd 1.0 (tau = 1)                            not in the paper
 =================  ======  =========================================================  ===========================
 
 The ablation rows keep Table 4's weights (the paper does not re-tune them per row). The baselines (vanilla-kl,
@@ -38,6 +39,8 @@ EVL_PRESETS: dict[str, dict[str, Any]] = {
     "ot+mhca": {"alpha": ALPHA, "terms": {"ot": dict(_OT), "mhca": dict(_MHCA)}},
     "ot+mhca+rel": {"alpha": ALPHA, "terms": {"ot": dict(_OT), "mhca": dict(_MHCA), "relation": dict(_REL)}},
     "evl-ecg": {"alpha": ALPHA, "terms": {"mhca": dict(_MHCA), "relation": dict(_REL), "ot": dict(_OT)}},
+    # not in the paper: the teacher's distribution over a label-set question's answers (distill.label_space)
+    "label-kd": {"alpha": 1.0, "ce_weight": 1.0, "terms": {"label_kd": {"weight": 1.0, "temperature": 1.0}}},
 }
 
 

@@ -47,6 +47,12 @@ def _response_tokens(batch: Any, positions: Tensor) -> Any:
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
+def _ce_tokens(batch: Any, positions: Tensor) -> Any:
+    supervised = batch["labels"][:, 1:] != IGNORE_INDEX
+    ce_mask = batch.get("ce_mask")
+    return (supervised if ce_mask is None else supervised & ce_mask.view(-1, 1).to(supervised.device)).sum()
+
+
 def _student_pairs(batch: Any, positions: Tensor) -> Any:
     n = positions.sum(dim=1).to(torch.float64)
     return (n * (n - 1)).sum()
@@ -64,7 +70,8 @@ def register_unit(unit: Unit) -> Unit:
 
 
 for _unit in (
-    Unit("response_tokens", _response_tokens, help="supervised student tokens (CE, logit losses)"),
+    Unit("response_tokens", _response_tokens, help="supervised student tokens (logit losses)"),
+    Unit("ce_tokens", _ce_tokens, help="supervised student tokens of answers that are CE targets (CE)"),
     Unit("student_positions", lambda b, pos: pos.sum(), True, "student positions of the hidden-state losses"),
     Unit("student_pairs", _student_pairs, True, "(sample, i, j) pairs of such positions, i != j (relation losses)"),
     Unit("samples", lambda b, pos: b["labels"].shape[0], help="samples (per-sample means such as OT)"),

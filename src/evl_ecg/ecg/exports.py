@@ -19,6 +19,10 @@ the others ignored. The delimiter is the header's most frequent of ``,`` ``;`` a
   is assumed); two sources that disagree are refused;
 * an optional ``sample`` or ``index`` column is ignored; any other column is refused by name.
 
+``is_csv`` is the registry's content check (a cheap one: the header row of the first 64 KiB): a CSV file is an ECG
+when at least half of its columns, time and index columns aside, name a lead, so that a folder scan leaves a table of
+other things (CODE-15%'s ``exams.csv``: ``exam_id,age,is_male,...``) aside instead of reporting it as a broken ECG.
+
 **EDF/EDF+** (``read_edf``, with ``edfio``): signals named as leads (``ECG I``, ``I``, ``Lead II``, ``EKG V1``,
 ``aVR``...; :func:`~evl_ecg.ecg.checks.lead_of_label`), the EDF+ annotation signal aside; physical dimension ``mV``,
 ``uV``, ``µV`` or ``V`` applied to the physical values edfio computes from the digital ones; one sampling rate for
@@ -52,7 +56,7 @@ from evl_ecg.ecg.checks import (
 )
 from evl_ecg.ecg.signal import Ecg, EcgError
 
-__all__ = ["CSV_TIME_COLUMNS", "MAX_EDF_BYTES", "is_edf", "read_csv", "read_edf"]
+__all__ = ["CSV_TIME_COLUMNS", "MAX_EDF_BYTES", "is_csv", "is_edf", "read_csv", "read_edf"]
 
 #: Time column names (lower case) and seconds per unit of each.
 CSV_TIME_COLUMNS: dict[str, float] = {
@@ -131,6 +135,41 @@ def _csv_time_rate(t: np.ndarray, column: str, source: str) -> float:
             "an ECG is sampled at one rate"
         )
     return check_fs(round(1.0 / mean, 3), source, f"column {column!r}: sampling rate")
+
+
+#: How much of a file :func:`is_csv` reads to find its header row.
+_SNIFF_BYTES = 64 * 1024
+
+
+def _names_a_lead(column: str) -> bool:
+    """Whether a CSV column header names one of the 12 leads (with or without a unit: ``II``, ``V1 (uV)``)."""
+    try:
+        name, _ = _csv_column_unit(column, "mV", "header")
+        lead_of_label(name)
+    except (EcgError, KeyError):
+        return False
+    return True
+
+
+def is_csv(path: Path) -> bool:
+    """A CSV export of leads: its header row (the first line that is neither blank nor a ``#`` comment, within the
+    first 64 KiB) names a lead in at least half of its columns other than time and index columns, and in one at least.
+    A table of other things (``exam_id,age,is_male,...``) is not; a lead export with a stray column is, and its reader
+    names the column."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    lines = head.decode("utf-8-sig", errors="replace").splitlines()
+    header_line = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), None)
+    if header_line is None:
+        return False
+    delimiter = max((",", ";", "\t"), key=header_line.count)
+    header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter))]
+    columns = [h for h in header if h.lower() not in CSV_TIME_COLUMNS and h.lower() not in _INDEX_COLUMNS]
+    leads = sum(1 for h in columns if len(h) <= _MAX_COLUMN_NAME and _names_a_lead(h))
+    return leads > 0 and 2 * leads >= len(columns)
 
 
 def read_csv(path: str | Path, *, fs: float | None = None) -> Ecg:

@@ -5,8 +5,9 @@ also holds the exports of carts and archives read in :mod:`evl_ecg.ecg.exports` 
 
 Every reader returns an :class:`~evl_ecg.ecg.signal.Ecg`: ``12 x n`` float32 in mV, rows in standard lead
 order, with the dataset's own labels. A record that cannot be used raises :class:`~evl_ecg.ecg.signal.EcgError`
-with one line naming the file (and record) and the reason; a label code no vocabulary knows raises
-:class:`~evl_ecg.ecg.labels.UnknownCodeError` naming the file and the code.
+with one line naming the file (and record) and the reason; a PTB-XL statement code that ``scp_statements.csv`` does
+not list raises :class:`~evl_ecg.ecg.labels.UnknownCodeError` naming the file and the code. A Challenge header's
+SNOMED CT code outside our table is kept, unmapped (:func:`read_wfdb`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from evl_ecg.ecg.checks import ECG_FS_RANGE
 from evl_ecg.ecg.checks import check_finite as _check_finite
 from evl_ecg.ecg.checks import mv_per_unit as _mv_per_unit
 from evl_ecg.ecg.checks import to_standard_order as _to_standard_order
-from evl_ecg.ecg.exports import is_edf, read_csv, read_edf
+from evl_ecg.ecg.exports import is_csv, is_edf, read_csv, read_edf
 from evl_ecg.ecg.labels import (
     CODE15_COLUMNS,
     CODE15_LABELS,
     PTBXL_SUPERCLASSES,
+    SNOMED,
     UnknownCodeError,
     cpsc_labels_from_snomed,
     findings_from_code15,
@@ -221,6 +223,20 @@ def _check_data_size(base: Path, head: Any, source: str) -> None:
             )
 
 
+_SNOMED_CODE = re.compile(r"[0-9]{1,18}")
+
+
+def _dx_codes(field: str, source: str) -> tuple[str, ...]:
+    """The SNOMED CT codes of a ``# Dx:`` field (``'59118001,426783006'``); anything but digits is refused."""
+    codes = tuple(c.strip() for c in field.split(",") if c.strip())
+    for code in codes:
+        if not _SNOMED_CODE.fullmatch(code):
+            raise EcgError(
+                f"{source}: field Dx: {code[:40]!r} is not a SNOMED CT code (the field holds comma-separated digits)"
+            )
+    return codes
+
+
 def read_wfdb(header_path: str | Path) -> Ecg:
     """Read any 12-lead WFDB record (header path with or without ``.hea``).
 
@@ -232,14 +248,15 @@ def read_wfdb(header_path: str | Path) -> Ecg:
     frequency must be a number in :data:`ECG_FS_RANGE`, the length (when given) non-zero, there must be at least one
     signal and one signal line per signal (one segment line per segment in a multi-segment header), each with a
     non-zero ADC gain and a description (the lead name). Header comments
-    ``# Key: value`` go to ``meta`` (keys lower-cased); a Challenge-2020 / CPSC-2018 ``# Dx:`` line of SNOMED CT
-    codes gives ``labels['snomed']`` (the codes), ``labels['cpsc']`` and ``findings``.
+    ``# Key: value`` go to ``meta`` (keys lower-cased); a Challenge 2020/2021 / CPSC-2018 ``# Dx:`` line of SNOMED CT
+    codes gives ``labels['snomed']`` (every code, as written), and ``labels['cpsc']`` and ``findings`` from the codes
+    :data:`~evl_ecg.ecg.labels.SNOMED` knows. A code it does not know (the 2021 folders use many) does not stop the
+    read, since the signal does not depend on it: it gives no label and is listed in ``meta['snomed_unknown']``.
 
     Raises:
         EcgError: missing/truncated files, header/data mismatch (length, checksum), implausible or missing header
             fields (one line: file, field, value, what is wrong), unknown units or leads, not exactly the 12
-            standard leads, NaN samples.
-        UnknownCodeError: a ``# Dx:`` code that is not a SNOMED code we know.
+            standard leads, NaN samples, a ``# Dx:`` field that is not SNOMED CT codes (digits, comma-separated).
     """
     import wfdb
 
@@ -271,16 +288,21 @@ def read_wfdb(header_path: str | Path) -> Ecg:
     comments = _parse_comments(rec.comments or [])
     labels: dict[str, tuple[str, ...]] = {}
     findings: frozenset[str] = frozenset()
+    unknown: list[str] = []
     if "dx" in comments:
-        codes = tuple(c.strip() for c in comments["dx"].split(",") if c.strip())
-        findings = findings_from_snomed(codes, source=source)
-        labels = {"snomed": codes, "cpsc": cpsc_labels_from_snomed(codes, source=source)}
+        codes = _dx_codes(comments["dx"], source)
+        known = [c for c in codes if c in SNOMED]
+        unknown = [c for c in codes if c not in SNOMED]
+        findings = findings_from_snomed(known, source=source)
+        labels = {"snomed": codes, "cpsc": cpsc_labels_from_snomed(known, source=source)}
     meta: dict[str, Any] = {
         "source": source,
         "units": units,
         "comments": list(rec.comments or []),
         "checksums_verified": checked,
     }
+    if unknown:
+        meta["snomed_unknown"] = unknown
     meta.update({k: v for k, v in comments.items() if k != "dx"})
     return Ecg(
         signal=np.ascontiguousarray(signal, dtype=np.float32),
@@ -603,8 +625,10 @@ class Format:
         companions: suffixes that belong to an entry file and are never read alone.
         needs_index: the file holds many exams and a reader needs one named (``FILE:EXAM_ID``).
         read: ``(path, index) -> Ecg``; ``None`` for a format a later stage reads itself (images, by ``infer``).
-        sniff: ``path -> bool``, the content check for a file whose suffix chooses no format (a DICOM file without
-            ``.dcm``); ``None``: suffix only.
+        sniff: ``path -> bool``, the content check: it chooses among formats that share a suffix (``.xml``), finds
+            the format of a file whose suffix chooses none (a DICOM file without ``.dcm``), and tells a folder scan
+            which files of its suffix are ECGs (``.csv``: a table of leads, not CODE-15%'s ``exams.csv``);
+            ``None``: suffix only.
     """
 
     kind: str
@@ -697,7 +721,7 @@ register_format(Format("code15", "a CODE-15% HDF5 file (.hdf5, .h5)", (".hdf5", 
 # Exports of ECG carts and archives (evl_ecg.ecg.exports, evl_ecg.ecg.xml_exports; docs/data.md "ECG file formats").
 # The three XML formats share .xml: their content checks (the root element) choose among them.
 register_format(Format("csv", "a CSV file of the 12 leads (.csv)", (".csv",), (".csv",),
-                       read=lambda p, index: read_csv(p)))  # fmt: skip
+                       read=lambda p, index: read_csv(p), sniff=is_csv))  # fmt: skip
 register_format(Format("edf", "an EDF/EDF+ file (.edf)", (".edf",), (".edf",),
                        read=lambda p, index: read_edf(p), sniff=is_edf))  # fmt: skip
 register_format(Format("muse", "a GE MUSE XML file (.xml)", (".xml",), (".xml",),

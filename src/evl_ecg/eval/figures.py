@@ -306,3 +306,48 @@ def plot_bars(
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_robustness(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``evl-ecg eval robustness``'s figure: the strict macro AUC against the severity, one panel per view unit (a
+    row per subset), one line per model, the clean page at severity 0; the band is each severity's 95 % paired
+    bootstrap interval, drawn around the clean score (clean + [lo, hi] of the change).
+
+    ``doc``: :func:`evl_ecg.eval.robustness.evaluate_robustness`'s document (``results[subset][model][unit][sev]``).
+    """
+    plt = _pyplot()
+    subsets = list(doc["results"])
+    units = list(doc["units"])
+    severities = [float(s) for s in doc["severities"]]
+    fig, axes = plt.subplots(
+        len(subsets), len(units), figsize=(3.2 * len(units), 2.8 * len(subsets)), squeeze=False, sharey="row"
+    )
+    for i, subset in enumerate(subsets):
+        for j, unit in enumerate(units):
+            ax = axes[i][j]
+            for model, rows in doc["results"][subset].items():
+                by_sev = rows.get(unit, {})
+                xs, ys, lo, hi = [], [], [], []
+                clean = (by_sev.get("0") or {}).get("auc")
+                for s in severities:
+                    row = by_sev.get(f"{s:g}")
+                    if row is None or row.get("auc") is None:
+                        continue
+                    xs.append(s)
+                    ys.append(row["auc"])
+                    band = (row.get("lo"), row.get("hi")) if s > 0 else (0.0, 0.0)
+                    ok = clean is not None and None not in band
+                    lo.append(clean + band[0] if ok else row["auc"])
+                    hi.append(clean + band[1] if ok else row["auc"])
+                if not xs:
+                    continue
+                (line,) = ax.plot(xs, ys, marker="o", label=model)
+                ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+            ax.set_title(unit if len(subsets) == 1 else f"{subset}: {unit}", fontsize=9)
+            ax.set_xlabel("severity")
+            if j == 0:
+                ax.set_ylabel("strict macro AUC")
+            ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

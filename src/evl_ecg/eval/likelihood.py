@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -63,18 +62,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evl_ecg.ecg.labels import LONG_NAMES, VOCABULARIES
+from evl_ecg.data.label_sets import (  # noqa: F401 - re-exported: evaluation's names for them
+    CODE15_WHOLE_ANSWERS,
+    DEFAULT_NULL_ANSWER,
+    candidate_answers,
+    candidate_conversation,
+    format_answer,
+    gold_labels,
+    gold_text,
+    infer_answer_style,
+    infer_null_answer,
+    no_label_answers,
+)
+from evl_ecg.ecg.labels import VOCABULARIES
 from evl_ecg.eval.generate import _to_device, question_id
-from evl_ecg.outputs import IGNORE_INDEX
+from evl_ecg.models.base import shared_prompt
 
 logger = logging.getLogger(__name__)
 
 #: ECGBench's multi-label subsets and their label vocabularies (``evl_ecg.ecg.labels.VOCABULARIES``).
 MULTI_LABEL_SUBSETS: dict[str, str] = {"ptb-test": "ptbxl", "code15-test": "code15", "cpsc-test": "cpsc"}
-#: The null answer used when no record of the subset has an empty gold label set.
-DEFAULT_NULL_ANSWER = "None of the listed options apply."
-#: CODE-15%'s whole-answer classes (the gold answer is exactly one of them; no label of the six is present).
-CODE15_WHOLE_ANSWERS = ("NORM", "ABNORMAL")
 #: How :func:`label_probabilities` reads the candidates' log-likelihoods (module docstring), as ``scores.json`` says.
 METHODS = {
     "null": "sigmoid(mean log p(answer naming the label) - mean log p(null answer)); see docs/eval.md",
@@ -86,89 +93,6 @@ NORMALIZATIONS = tuple(METHODS)
 DEGENERATE_HIGH = 0.99
 DEGENERATE_LOW = 0.01
 DEGENERATE_SPREAD = 1e-4
-
-
-def _get(record: Any, name: str) -> Any:
-    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
-
-
-def _turn_value(turn: Any) -> Any:
-    return turn.get("value") if isinstance(turn, Mapping) else getattr(turn, "value", None)
-
-
-def gold_text(record: Any) -> str:
-    """The first gpt turn's value as one string (lists joined with ``"; "``)."""
-    convs = _get(record, "conversations") or []
-    if len(convs) < 2:
-        raise ValueError(f"record {question_id(record)!r} has no gold answer")
-    value = _turn_value(convs[1])
-    return "; ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _gold_or_none(record: Any) -> str | None:
-    try:
-        return gold_text(record)
-    except (ValueError, TypeError, IndexError, KeyError):
-        return None
-
-
-def gold_labels(record: Any, vocabulary: str) -> list[str]:
-    """The record's gold labels in ``vocabulary``: its ``labels[vocabulary]`` if present, else the scorer's rule.
-
-    The scorer's rule (§2.3.1): a label is present if its code is a (case-sensitive) substring of the gold answer;
-    for ``code15`` a gold answer that is exactly ``NORM`` or ``ABNORMAL`` has none of the six labels.
-    """
-    labels = _get(record, "labels") or {}
-    if vocabulary in labels:
-        return [c for c in VOCABULARIES[vocabulary] if c in set(labels[vocabulary])]
-    text = gold_text(record)
-    if vocabulary == "code15" and text.strip() in CODE15_WHOLE_ANSWERS:
-        return []
-    return [c for c in VOCABULARIES[vocabulary] if c in text]
-
-
-def infer_answer_style(records: Sequence[Any], vocabulary: str) -> str:
-    """``"coded"`` if the gold answers spell labels as ``CODE(long name)``, else ``"code"`` (bare codes)."""
-    names = LONG_NAMES[vocabulary]
-    for record in records:
-        text = _gold_or_none(record) or ""
-        if any(f"{c}({names[c]})" in text for c in names):
-            return "coded"
-    return "code"
-
-
-def format_answer(labels: Sequence[str], vocabulary: str, style: str) -> str:
-    """The answer naming ``labels`` in the subset's gold format (``"; "``-joined, as the gold answers)."""
-    if style == "coded":
-        return "; ".join(f"{c}({LONG_NAMES[vocabulary][c]})" for c in labels)
-    if style == "code":
-        return "; ".join(labels)
-    raise ValueError(f"unknown answer style {style!r}; expected 'coded' or 'code'")
-
-
-def infer_null_answer(records: Sequence[Any], vocabulary: str) -> str:
-    """The most frequent gold answer among records with no label (ties: first seen); a default if none."""
-    texts = [(r, _gold_or_none(r)) for r in records]
-    empty = [t.strip() for r, t in texts if t is not None and not gold_labels(r, vocabulary)]
-    if not empty:
-        return "NORM" if vocabulary == "code15" else DEFAULT_NULL_ANSWER
-    counts = Counter(empty)
-    best = max(counts.values())
-    return next(t for t in empty if counts[t] == best)
-
-
-def _with_answer(record: Any, answer: str) -> dict[str, Any]:
-    """A two-turn conversation: the record's first human turn and ``answer``."""
-    convs = _get(record, "conversations")
-    first = convs[0]
-    value = _turn_value(first)
-    if isinstance(value, (list, tuple)):
-        value = "".join(map(str, value))
-    return {
-        "id": question_id(record),
-        "image": _get(record, "image"),
-        "conversations": [{"from": "human", "value": value}, {"from": "gpt", "value": answer}],
-    }
 
 
 @torch.no_grad()
@@ -198,17 +122,11 @@ def shared_prompt_logliks(
     """:func:`answer_logliks` of one record's candidates with their shared prompt run once
     (:meth:`~evl_ecg.models.base.Adapter.continuation_logprobs`): ``(total, count)``, or ``None`` where the
     candidates' token sequences do not share the prompt (the caller then runs them whole)."""
-    firsts = [(s["labels"] != IGNORE_INDEX).nonzero() for s in samples]
-    if any(len(f) == 0 for f in firsts):
-        raise ValueError("a candidate answer has no supervised token")
-    start = min(int(f[0]) for f in firsts)
-    prompt_ids = samples[0]["input_ids"][:start]
-    if start == 0 or any(not torch.equal(s["input_ids"][:start], prompt_ids) for s in samples):
+    split = shared_prompt(samples)
+    if split is None:
         return None
-    cut = ("input_ids", "labels", "attention_mask", "token_offsets")
-    prompt = {k: (v[:start] if k in cut else v) for k, v in samples[0].items()}
-    logp = adapter.continuation_logprobs(prompt, [s["input_ids"][start:] for s in samples])
-    supervised = [s["labels"][start:] != IGNORE_INDEX for s in samples]
+    prompt, continuations, supervised = split
+    logp = adapter.continuation_logprobs(prompt, continuations)
     total = torch.stack([(lp * m).sum() for lp, m in zip(logp, supervised, strict=True)]).float()
     count = torch.stack([m.sum() for m in supervised]).float()
     return total, count
@@ -239,14 +157,6 @@ def label_probabilities(
     if normalization == "softmax":
         return torch.softmax(total, dim=1)[:, :n_classes].numpy()
     raise ValueError(f"unknown normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}")
-
-
-def no_label_answers(null: str, vocabulary: str, normalization: str) -> list[str]:
-    """The no-label candidates of :func:`label_scores`: the null answer, and with ``softmax`` on CODE-15% the other
-    whole answer (``NORM`` / ``ABNORMAL``), so that an abnormal exam outside the six labels has an answer."""
-    if normalization == "softmax" and vocabulary == "code15":
-        return [null] + [a for a in CODE15_WHOLE_ANSWERS if a != null]
-    return [null]
 
 
 def label_scores(
@@ -289,8 +199,7 @@ def label_scores(
     classes = VOCABULARIES[vocabulary]
     style = answer_style or infer_answer_style(records, vocabulary)
     null = null_answer if null_answer is not None else infer_null_answer(records, vocabulary)
-    candidates = [format_answer([c], vocabulary, style) for c in classes]
-    candidates += no_label_answers(null, vocabulary, normalization)
+    candidates = candidate_answers(vocabulary, style, null, normalization)
     n_cand = len(candidates)
     adapter.model.eval()
     ids: list[str] = []
@@ -323,7 +232,7 @@ def label_scores(
         try:
             processed = adapter.process_image(image)  # once per record, not once per candidate
             samples = [
-                adapter.encode(_with_answer(record, answer), image, train=True, processed=processed)
+                adapter.encode(candidate_conversation(record, answer), image, train=True, processed=processed)
                 for answer in candidates
             ]
         except Exception as exc:

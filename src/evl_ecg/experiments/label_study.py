@@ -79,7 +79,8 @@ class Row:
     to other pool records of the same vocabulary). ``method``: the ``evl-ecg distill`` preset. ``sets``: its
     ``--set`` overrides (``EPS``: the label smoothing chosen on validation). ``gold``: how many times the labelled
     records appear (the pool's weight against them). ``teacher``: uses the teacher's knowledge (a candidate for the
-    primary method); the shuffled teacher is a control.
+    primary method); the shuffled teacher is a control. ``pool_ce``: whether the pool's answers are cross-entropy
+    targets; ``False`` makes them context for the method's other terms only (``meta`` ``"ce": false``).
     """
 
     name: str
@@ -89,6 +90,7 @@ class Row:
     gold: int = 1
     teacher: bool = False
     note: str = ""
+    pool_ce: bool = True
 
 
 def evl_sets() -> tuple[str, ...]:
@@ -127,6 +129,31 @@ ROWS: dict[str, Row] = {
             note="seq-kd with the logit baseline (Vanilla KL)",
         ),
         Row("evl-ecg", None, "evl-ecg", evl_sets(), teacher=True, note="EVL-ECG's terms on the labelled records"),
+        Row(
+            "pool-evl-ecg",
+            "teacher",
+            "evl-ecg",
+            evl_sets(),
+            teacher=True,
+            pool_ce=False,
+            note="EVL-ECG's terms on the pool without CE on its answers (the teacher's answers as context)",
+        ),
+        Row(
+            "label-kd",
+            "teacher",
+            "label-kd",
+            teacher=True,
+            pool_ce=False,
+            note="label-space KD: the teacher's distribution over each label-set question's answers; CE on the "
+            "labelled records only (the pool's answers as context)",
+        ),
+        Row(
+            "seq-kd+label-kd",
+            "teacher",
+            "label-kd",
+            teacher=True,
+            note="seq-kd with label-space KD",
+        ),
     )
 }
 #: rows at the main budget (the pool exists), at the other budgets with a pool, and where every record is labelled
@@ -139,8 +166,12 @@ MAIN_ROWS = (
     "seq-kd-gold3",
     "seq-kd+evl-ecg",
     "seq-kd+vanilla-kl",
+    "pool-evl-ecg",
+    "label-kd",
+    "seq-kd+label-kd",
 )
-ALL_LABELLED_ROWS = ("control", "label-smoothing", "evl-ecg")
+#: rows where every record is labelled (the pool is empty): label smoothing and label-space KD where asked for
+ALL_LABELLED_ROWS = ("control", "label-smoothing", "evl-ecg", "label-kd")
 #: the controls the primary method must beat (issue "Where distillation pays", section 4)
 CONTROLS = ("control", "label-smoothing", "self-training", "shuffled-teacher")
 #: seeds the shipped studies and the shipped teacher's data use (the study's corpus and test seeds)
@@ -223,7 +254,7 @@ class LabelStudySettings:
         for b in self.budgets:
             seeds = self.seeds if b == self.main_budget else self.seeds[: self.other_seeds]
             if Budget.parse(b).is_all:  # no pool: the controls and EVL-ECG's terms on the labelled records
-                rows = [r for r in ALL_LABELLED_ROWS if r != "label-smoothing" or r in self.rows]
+                rows = [r for r in ALL_LABELLED_ROWS if r in ("control", "evl-ecg") or r in self.rows]
             elif b == self.main_budget:
                 rows = [r for r in self.rows if ROWS[r].pool is not None or r in ("control", "label-smoothing")]
             elif b in self.seq_kd_budgets:
@@ -412,7 +443,8 @@ class LabelStudy:
         folder, _ = self._split(data, budget, seed)
         if row.pool is None:
             return folder / LABELLED_FILE
-        name = f"train-{row.pool}" + (f"-gold{row.gold}" if row.gold > 1 else "") + ".json"
+        name = f"train-{row.pool}" + (f"-gold{row.gold}" if row.gold > 1 else "")
+        name += ("" if row.pool_ce else "-context") + ".json"
         path = folder / name
         if path.exists():
             return path
@@ -428,6 +460,9 @@ class LabelStudy:
         if empty:
             self.log(f"[labels] {name}: {len(empty)} pool record(s) with an empty answer left out")
         copies = [dataclasses.replace(r, id=f"{r.id}~{k}") for k in range(2, row.gold + 1) for r in labelled]
+        if not row.pool_ce:  # the pool's answers are context for the method's terms, not CE targets
+            ids = {p.id for p in pool}
+            records = [dataclasses.replace(r, meta={"ce": False}) if r.id in ids else r for r in records]
         save_records(path, records + copies)
         return path
 

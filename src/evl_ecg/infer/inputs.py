@@ -19,6 +19,7 @@ from evl_ecg.ecg.signal import Ecg, EcgError
 __all__ = [
     "IMAGE_FORMAT",
     "MAX_IMAGE_SIDE",
+    "MAX_NAMED",
     "MIN_IMAGE_SIDE",
     "EcgInput",
     "InputError",
@@ -183,10 +184,19 @@ def read_input(spec: str | os.PathLike[str], *, source: str | None = None) -> Ec
     return EcgInput(name, fmt.kind, ecg=fmt.read(path, None))
 
 
+#: How many names of files that are not ECGs a folder scan's note lists.
+MAX_NAMED = 10
+
+
 def expand_inputs(items: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[str]]:
-    """Input specs from files and folders: a folder gives its WFDB headers, DICOM files and images (sorted, not
-    recursive). Returns ``(specs, notes)``: ``notes`` says what in a folder was not taken (an HDF5 file needs an
-    exam id)."""
+    """Input specs from files and folders: a folder gives its files that are an entry of a registered format (WFDB
+    headers, DICOM files, exports, images; sorted, not recursive) and that the format's content check, where it has
+    one, takes for an ECG (:func:`_is_ecg`: a CSV table of leads, an XML file of one of the ECG exports). A file named
+    as it is is always taken: its reader says what is wrong with it.
+
+    Returns ``(specs, notes)``: ``notes`` says what in a folder was not taken: an HDF5 file (it needs an exam id) and,
+    in one line a folder, the files of an ECG suffix that are no ECG (CODE-15%'s ``exams.csv``): they are not
+    failures."""
     specs: list[str] = []
     notes: list[str] = []
     for item in items:
@@ -194,14 +204,29 @@ def expand_inputs(items: Iterable[str | os.PathLike[str]]) -> tuple[list[str], l
         if not path.is_dir():
             specs.append(os.fspath(item))
             continue
+        not_ecg: list[str] = []
         for child in sorted(path.iterdir()):
             suffix = child.suffix.lower()
-            fmt = next((f for f in formats() if suffix in f.entries), None)
-            if fmt is not None and not fmt.needs_index:
+            claims = [f for f in formats() if suffix in f.entries]
+            fmt = next((f for f in claims if _is_ecg(f, child)), None)
+            if fmt is None:
+                if claims:
+                    not_ecg.append(child.name)
+            elif not fmt.needs_index:
                 specs.append(str(child))
-            elif fmt is not None:
+            else:
                 notes.append(f"{child}: not taken from the folder; name its exams as {child}:EXAM_ID")
+        if not_ecg:
+            n = len(not_ecg)
+            shown = ", ".join(not_ecg[:MAX_NAMED]) + (f" and {n - MAX_NAMED} more" if n > MAX_NAMED else "")
+            files = "1 file that is" if n == 1 else f"{n} files that are"
+            notes.append(f"{path}: skipped {files} not an ECG: {shown}")
     return specs, notes
+
+
+def _is_ecg(fmt: Format, path: Path) -> bool:
+    """Whether a folder scan takes ``path`` as an ECG of ``fmt``: by its content check where it has one."""
+    return fmt.sniff is None or (path.is_file() and fmt.sniff(path))
 
 
 def is_input_error(exc: BaseException) -> bool:

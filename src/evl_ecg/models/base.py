@@ -338,9 +338,62 @@ class Adapter:
             token_offsets=batch.get("token_offsets"),
             vocab=self.vocab,
             findings=batch.get("findings"),
+            ce_mask=batch.get("ce_mask"),
+            **self._label_set_outputs(batch, requires),
         )
 
     __call__ = forward
+
+    # ---- label-set candidates ------------------------------------------------------------------------------------
+    def encode_candidates(self, conversations: Sequence[Any], image: Any) -> list[dict[str, Tensor]]:
+        """One label-set question's candidate answers (two-turn conversations, :mod:`evl_ecg.data.label_sets`),
+        encoded with their image processed once: what a batch's ``"label_sets"`` entry holds for
+        :meth:`candidate_logliks`."""
+        processed = self.process_image(image)
+        return [self.encode(c, image, train=True, processed=processed) for c in conversations]
+
+    def candidate_logliks(self, entries: Sequence[Sequence[dict[str, Tensor]] | None]) -> tuple[Tensor, Tensor]:
+        """``(total, mask)``, both ``B x K``: the summed log-probability of each candidate answer's supervised tokens
+        (teacher-forced) of each sample's label-set question, and which candidates exist (``None`` entries: samples
+        without one). Differentiable. Each question's prompt and image run once and their key/value cache serves
+        every candidate (:meth:`continuation_logprobs`), except under gradient checkpointing while training, which
+        has no cache: there every candidate runs whole (the same numbers to float rounding)."""
+        device = next(self.model.parameters()).device
+        whole = torch.is_grad_enabled() and self.model.training and activation_checkpointing(self.model)
+        rows: list[Tensor | None] = []
+        for samples in entries:
+            if not samples:
+                rows.append(None)
+                continue
+            split = None if whole else shared_prompt(samples)
+            if split is None:
+                rows.append(summed_logliks(self, samples))
+                continue
+            prompt, continuations, supervised = split
+            logp = self._continuation_logprobs(prompt, continuations)
+            rows.append(torch.stack([(lp * m.to(lp.device)).sum() for lp, m in zip(logp, supervised, strict=True)]))
+        width = max((int(r.shape[0]) for r in rows if r is not None), default=0)
+        total = torch.zeros(len(rows), width, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        padded = []
+        for i, r in enumerate(rows):
+            if r is None:
+                padded.append(total[i])
+                continue
+            mask[i, : r.shape[0]] = True
+            padded.append(F.pad(r.to(device), (0, width - int(r.shape[0]))))
+        return (torch.stack(padded) if padded else total), mask
+
+    def _label_set_outputs(self, batch: Mapping[str, Any], requires: frozenset[str]) -> dict[str, Tensor]:
+        if "label_logliks" not in requires:
+            return {}
+        entries = batch.get("label_sets")
+        if entries is None:
+            raise ValueError(
+                "a loss reads label_logliks, but the batch carries no label sets (PairedDataset(label_sets=...))"
+            )
+        total, mask = self.candidate_logliks(entries)
+        return {"label_logliks": total, "label_mask": mask}
 
     # ---- scoring continuations of one prompt ---------------------------------------------------------------------
     def continuation_position_ids(self, start: int, length: int, rows: int) -> Tensor:
@@ -355,8 +408,12 @@ class Adapter:
         ``prompt``: one encoded sample cut before its first continuation token (its image inputs included);
         ``continuations``: token id vectors. The prompt (and its image) runs once and its key/value cache serves
         every continuation, which equals running each ``prompt + continuation`` whole (tested to float rounding).
-        Returns one vector per continuation: ``log p(c_j | prompt, c_<j)``.
+        Returns one vector per continuation (on the CPU): ``log p(c_j | prompt, c_<j)``.
         """
+        return [lp.cpu() for lp in self._continuation_logprobs(prompt, continuations)]
+
+    def _continuation_logprobs(self, prompt: dict[str, Tensor], continuations: Sequence[Tensor]) -> list[Tensor]:
+        """:meth:`continuation_logprobs` on the model's device, differentiable where gradients are on."""
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate([prompt]).items()}
         out = self.model(**self.model_inputs(batch), use_cache=True, return_dict=True)
@@ -381,7 +438,7 @@ class Adapter:
         )
         logits = torch.cat([out.logits[:, -1:].expand(rows, 1, -1), nxt.logits[:, :-1]], dim=1)
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return [logp[i, : c.shape[0]].cpu() for i, c in enumerate(continuations)]
+        return [logp[i, : c.shape[0]] for i, c in enumerate(continuations)]
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -421,3 +478,45 @@ class Adapter:
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Adapter:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def shared_prompt(samples: Sequence[dict[str, Tensor]]) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]] | None:
+    """``(prompt, continuations, supervised)`` of encoded samples that differ only after a common prompt (one
+    question's candidate answers): the first sample cut before the earliest supervised token, each sample's tokens
+    from there, and which of those are supervised; ``None`` where the samples do not share that prompt."""
+    firsts = [(s["labels"] != IGNORE_INDEX).nonzero() for s in samples]
+    if any(len(f) == 0 for f in firsts):
+        raise ValueError("a candidate answer has no supervised token")
+    start = min(int(f[0]) for f in firsts)
+    prompt_ids = samples[0]["input_ids"][:start]
+    if start == 0 or any(not torch.equal(s["input_ids"][:start], prompt_ids) for s in samples):
+        return None
+    cut = ("input_ids", "labels", "attention_mask", "token_offsets")
+    prompt = {k: (v[:start] if k in cut else v) for k, v in samples[0].items()}
+    continuations = [s["input_ids"][start:] for s in samples]
+    supervised = [s["labels"][start:] != IGNORE_INDEX for s in samples]
+    return prompt, continuations, supervised
+
+
+def summed_logliks(adapter: Adapter, samples: Sequence[dict[str, Tensor]]) -> Tensor:
+    """``B``: the summed log-probability of the supervised tokens of each encoded sample, run whole in one batch
+    (teacher forcing: the logits at ``l`` score the token at ``l + 1``); differentiable where gradients are on."""
+    device = next(adapter.model.parameters()).device
+    batch = adapter.collate(list(samples), padding_side="right")
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out = adapter.forward(batch)
+    targets, mask = out.next_token_targets()
+    if bool((mask.sum(1) == 0).any()):
+        raise ValueError("a candidate answer has no supervised token")
+    logp = F.log_softmax(out.logits.float(), dim=-1)
+    tok = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (tok * mask).sum(1)
+
+
+def activation_checkpointing(model: nn.Module) -> bool:
+    """Whether ``model`` recomputes activations in its backward pass (transformers' gradient/activation
+    checkpointing, under either name), which turns its key/value cache off while training."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if isinstance(getattr(type(model), name, None), property):
+            return bool(getattr(model, name))
+    return False

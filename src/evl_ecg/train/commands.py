@@ -68,6 +68,30 @@ LabelsOpt = Annotated[
     ),
 ]
 LabelSeedOpt = Annotated[int, typer.Option("--label-seed", min=0, help="seed of the labelled records' draw.")]
+ViewsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--views",
+        help="view policy: comma-separated views or families (signal, rendering, image) drawn fresh for each sample "
+        "at every epoch, the same image for both models (views: {names: ...}; severity and p from --set "
+        "views={severity: [0.2, 1.0], p: 0.5}, these defaults otherwise; docs/train.md).",
+    ),
+]
+
+
+def _with_views(views: str | None, overrides: list[str] | None) -> list[str] | None:
+    """``--views NAMES`` as the override ``views={names: [...]}`` (merged with the config's and ``--set``'s)."""
+    if views is None:
+        return overrides
+    from evl_ecg.ecg.views import FAMILIES, VIEWS
+
+    names = [n.strip() for n in views.split(",") if n.strip()]
+    for name in names:
+        if name not in FAMILIES and name not in VIEWS:
+            _fail(f"--views {name}: not a view or a family; known: {', '.join([*FAMILIES, *VIEWS])}")
+    if not names:
+        _fail("--views: name one view or family or more")
+    return [*(overrides or []), f"views={{names: [{', '.join(names)}]}}"]
 
 
 def _budgeted(
@@ -121,8 +145,10 @@ def train_sft(
     overrides: SetOpt = None,
     labels: LabelsOpt = None,
     label_seed: LabelSeedOpt = 0,
+    views: ViewsOpt = None,
 ) -> None:
     """Phase 1: supervised fine-tuning of the student (CE on assistant turns)."""
+    overrides = _with_views(views, overrides)
     if labels is not None:
         data, overrides = _budgeted(data, out, labels, label_seed, overrides, None)
     _run(
@@ -166,6 +192,7 @@ def distill(
             "(the teacher's: sequence-level KD); without it only the labelled records train."
         ),
     ] = None,
+    views: ViewsOpt = None,
 ) -> None:
     """Phase 2: distil the teacher into the student with any registered method."""
     from evl_ecg.distill.presets import list_presets
@@ -174,6 +201,7 @@ def distill(
         _fail(f"unknown method {method!r}; choose one of {', '.join(sorted(list_presets()))}")
     if answers is not None and labels is None:
         _fail("--answers: the pool's answers need a --labels budget (the records they answer)")
+    overrides = _with_views(views, overrides)
     if labels is not None:
         data, overrides = _budgeted(data, out, labels, label_seed, overrides, answers)
     _run(

@@ -179,6 +179,15 @@ class EvlConfig(TrainingArguments):
             "output_dir/best-student whenever a point beats every earlier one (step 0 included)."
         },
     )
+    views: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "view policy (evl_ecg.train.views; off by default): {names: [views or families], severity: "
+            "[low, high], p: probability}; each sample is, with probability p, a fresh view of its record drawn from "
+            "(seed, record id, epoch), the same image for the teacher and the student (needs the live teacher: "
+            "refused with teacher_cache)."
+        },
+    )
 
     @contextlib.contextmanager
     def unsharded_loading(self) -> Iterator[None]:
@@ -260,6 +269,8 @@ class EvlConfig(TrainingArguments):
                 "FSDP runs on GPUs only: with use_cpu accelerate would train plain DDP instead, silently; drop "
                 "use_cpu on a GPU machine, or drop fsdp",
             )
+        if self.views is not None:
+            check_views(self)
         if self.phase == "kd":
             check_objective(self.method, self.objective)
         # Our batches are dicts of per-side tensors the model's signature does not name: keep every column.
@@ -444,6 +455,28 @@ def check_ranges(config: EvlConfig) -> None:
             raise ConfigError(name, f"must be {what}, got {value!r}")
 
 
+def check_views(config: EvlConfig) -> None:
+    """The view policy (``views``) is well formed (:meth:`evl_ecg.train.views.ViewPolicy.from_config`), and the run
+    can give both models the same fresh view: not with a teacher-output cache (its outputs are of the stored pages),
+    nor with persistent data-loader workers (they would keep the first epoch's views)."""
+    from evl_ecg.train.views import ViewPolicy
+
+    try:
+        ViewPolicy.from_config(config.views)
+    except ValueError as exc:
+        raise ConfigError("views", str(exc)) from None
+    if config.teacher_cache:
+        raise ConfigError(
+            "views",
+            "a view policy shows both models the same fresh view at every step, which needs the live teacher; the "
+            "teacher-output cache holds the teacher's outputs on the stored pages: drop teacher_cache (or views)",
+        )
+    if config.dataloader_persistent_workers:
+        raise ConfigError(
+            "views", "a view policy draws a new view each epoch; persistent data-loader workers would keep the first"
+        )
+
+
 def _term_options(name: str, options: Any, cls: type) -> None:
     where = f"terms.{name}" if name != "ce" else "ce"
     if not isinstance(options, dict):
@@ -556,7 +589,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 #: Keys whose mapping values merge key by key when set again (in the YAML, then each ``--set``): a later
 #: ``objective={terms: {mhca: {heads: 4}}}`` changes that option and keeps the objective's other settings.
-MERGED_KEYS = ("objective",)
+MERGED_KEYS = ("objective", "views")
 
 
 def _merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from evl_ecg.data.records import answer_is_target
 from evl_ecg.ecg.labels import findings_multi_hot
 from evl_ecg.models.base import Adapter
 from evl_ecg.models.conversation import record_id
@@ -75,6 +76,7 @@ def encode_pair(
         t, t_cut = encode_truncated(teacher, record, image, max_length, train=train, side="teacher")
     out = {"id": rid, "student": s, "teacher": t, "truncated": [int(s_cut), int(t_cut)]}
     out["findings"] = record_findings(record)
+    out["ce"] = answer_is_target(record)
     return out
 
 
@@ -99,6 +101,19 @@ def encode_truncated(
     return sample, adapter.truncate(sample, max_length, what=what)
 
 
+def encode_label_set(
+    adapter: Adapter, record: Any, image: Image.Image, label_sets: Mapping[str, Sequence[str]]
+) -> list[dict[str, Tensor]] | None:
+    """The record's label-set question with each candidate answer of ``label_sets`` (its vocabulary's), encoded by
+    ``adapter`` (:meth:`~evl_ecg.models.base.Adapter.encode_candidates`); ``None`` where the question has none."""
+    from evl_ecg.data.label_sets import candidate_conversation, record_label_set
+
+    answers = label_sets.get(record_label_set(record) or "")
+    if not answers:
+        return None
+    return adapter.encode_candidates([candidate_conversation(record, a) for a in answers], image)
+
+
 class PairedDataset(Dataset):
     """Records encoded for both models on access (student only for SFT, or for KD from a teacher-output cache: a
     teacher side with nothing to encode). Each sample also carries ``"index"``, its position in ``records`` (the
@@ -110,6 +125,10 @@ class PairedDataset(Dataset):
         teacher_adapter: the teacher's adapter or :class:`~evl_ecg.train.teacher_side.TeacherSide`, or ``None``.
         student_adapter: the student's adapter.
         train: full conversations with labels (``True``) or generation prompts (``False``).
+        label_sets: the candidate answers of each label vocabulary
+            (:func:`evl_ecg.data.label_sets.training_candidates`) when a loss reads ``label_logliks``: a sample whose
+            question is a label-set question then carries ``"label_sets"``, its candidates encoded by each side
+            (:meth:`~evl_ecg.models.base.Adapter.encode_candidates`); other samples carry ``None`` there.
     """
 
     def __init__(
@@ -121,6 +140,7 @@ class PairedDataset(Dataset):
         *,
         train: bool = True,
         max_length: int | None = None,
+        label_sets: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if student_adapter is None:
             raise ValueError("PairedDataset needs a student adapter")
@@ -131,6 +151,7 @@ class PairedDataset(Dataset):
         self.student = student_adapter
         self.train = train
         self.max_length = max_length
+        self.label_sets = label_sets
 
     def __len__(self) -> int:
         return len(self.records)
@@ -140,7 +161,17 @@ class PairedDataset(Dataset):
         image = load_record_image(record, self.image_loader)
         sample = encode_pair(record, image, self.student, self.teacher, train=self.train, max_length=self.max_length)
         sample["index"] = int(index)
+        if self.label_sets is not None:
+            sample["label_sets"] = self._label_sets(record, image)
         return sample
+
+    def _label_sets(self, record: Any, image: Image.Image) -> dict[str, Any] | None:
+        sides = {"student": encode_label_set(self.student, record, image, self.label_sets)}
+        if sides["student"] is None:
+            return None
+        if self.teacher is not None:
+            sides["teacher"] = encode_label_set(self.teacher, record, image, self.label_sets)
+        return sides
 
 
 class PairedCollator:
@@ -171,6 +202,8 @@ class PairedCollator:
             "ids": [s["id"] for s in samples],
             "student": self.student.collate([s["student"] for s in samples], padding_side=self.padding_side),
         }
+        if not all(s.get("ce", True) for s in samples):  # answers that are context only: CE skips them
+            batch["student"]["ce_mask"] = torch.tensor([bool(s.get("ce", True)) for s in samples])
         findings = [s.get("findings") for s in samples]
         if all(f is not None for f in findings):  # the label losses' targets (matryoshka, mic), student side
             batch["student"]["findings"] = findings_multi_hot(findings)
@@ -178,4 +211,8 @@ class PairedCollator:
             batch["truncated"] = torch.tensor([s.get("truncated", [0, 0]) for s in samples], dtype=torch.long).sum(0)
         if self.teacher is not None:
             batch.update(self.teacher.batch(samples, batch["ids"], padding_side=self.padding_side))
+        if any("label_sets" in s for s in samples):  # each side's candidates, one entry per sample (None: no set)
+            for side in ("student", "teacher"):
+                if isinstance(batch.get(side), dict):
+                    batch[side]["label_sets"] = [(s.get("label_sets") or {}).get(side) for s in samples]
         return batch

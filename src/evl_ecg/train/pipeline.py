@@ -54,6 +54,7 @@ from evl_ecg.train.config import EvlConfig
 from evl_ecg.train.paired import PairedCollator, PairedDataset
 from evl_ecg.train.teacher_side import LiveTeacher, TeacherSide
 from evl_ecg.train.trainer import STUDENT_DIR, DistillModule, EvlTrainer, export_student, submodule_state
+from evl_ecg.train.views import viewed_images
 
 PACKAGES = ("evl-ecg", "torch", "transformers", "tokenizers", "accelerate", "pot", "numpy", "pillow", "scikit-learn")
 
@@ -419,6 +420,7 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     check_model_pair(config)
     prepare_output_dir(out_dir)
     records = load_training_records(config)
+    images, view_callbacks = viewed_images(config, image_loader(config))  # a view policy (off: the stored pages)
     checkpoint = None
     if resume is True:
         checkpoint = last_complete_checkpoint(out_dir, warn if config.process_index == 0 else None)
@@ -436,12 +438,21 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     frozen = freeze_vision_encoder(student) if config.freeze_vision else []
     if config.freeze_projector:
         frozen += freeze_projector(student)
-    dataset = PairedDataset(records, image_loader(config), teacher, student, max_length=config.max_length)
+    label_sets = None
+    if "label_logliks" in objective.requires:  # a label-space loss: each label-set question's candidates
+        from evl_ecg.data.label_sets import training_candidates
+
+        label_sets = training_candidates(records)
+        if not label_sets:
+            raise ValueError(f"{config.train_file}: a label-space loss needs label-set questions; none is asked there")
+    dataset = PairedDataset(
+        records, images or image_loader(config), teacher, student, max_length=config.max_length, label_sets=label_sets
+    )
     collator = PairedCollator(student, teacher)
     module = DistillModule(student, objective, requires=objective.requires, frozen=frozen)
     from evl_ecg.train.callbacks import ObjectiveStep
 
-    callbacks = [*(callbacks or []), ObjectiveStep(objective)]
+    callbacks = [*(callbacks or []), ObjectiveStep(objective), *view_callbacks]
     if config.curve_every > 0 and not any(getattr(cb, "learning_curve", False) for cb in callbacks):
         # evaluation sits above training: the caller hands the curve in (evl_ecg.eval.curves.curve_callbacks)
         raise ValueError(

@@ -19,13 +19,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from evl_ecg.data.label_sets import training_candidates
 from evl_ecg.files import atomic_write_bytes, human_bytes
 from evl_ecg.models.conversation import record_id
 from evl_ecg.models.fingerprint import (
     model_fingerprint,
 )
 from evl_ecg.outputs import SideOutputs
-from evl_ecg.train.paired import encode_truncated, load_record_image
+from evl_ecg.train.paired import encode_label_set, encode_truncated, load_record_image
 from evl_ecg.train.teacher_cache.key import (
     BUILD_FILE,
     CACHE_FILE,
@@ -59,27 +60,35 @@ class _TeacherEncodings(torch.utils.data.Dataset):
         image_loader: Any,
         teacher: Any,
         max_length: int | None = None,
+        label_sets: dict[str, list[str]] | None = None,
     ) -> None:
         self.records, self.indices, self.image_loader, self.teacher = records, list(indices), image_loader, teacher
         self.max_length = max_length
+        self.label_sets = label_sets
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, dict[str, Tensor]]:
+    def __getitem__(self, k: int) -> tuple[int, dict[str, Tensor], Any]:
         index = self.indices[k]
         record = self.records[index]
         image = load_record_image(record, self.image_loader)
         # cut to max_length as a live run cuts the teacher's sample (the key holds max_length)
-        return index, encode_truncated(self.teacher, record, image, self.max_length, side="teacher")[0]
+        encoded = encode_truncated(self.teacher, record, image, self.max_length, side="teacher")[0]
+        candidates = None
+        if self.label_sets is not None:  # the candidates a live run's dataset encodes (train.paired.PairedDataset)
+            candidates = encode_label_set(self.teacher, record, image, self.label_sets)
+        return index, encoded, candidates
 
 
 class _Collate:
     def __init__(self, teacher: Any) -> None:
         self.teacher = teacher
 
-    def __call__(self, samples: list[tuple[int, dict[str, Tensor]]]) -> tuple[list[int], dict[str, Tensor]]:
-        return [i for i, _ in samples], self.teacher.collate([s for _, s in samples], padding_side="right")
+    def __call__(self, samples: list[tuple[int, dict[str, Tensor], Any]]) -> tuple[list[int], dict[str, Any]]:
+        batch = self.teacher.collate([s for _, s, _ in samples], padding_side="right")
+        batch["label_sets"] = [c for _, _, c in samples]
+        return [i for i, _, _ in samples], batch
 
 
 @contextmanager
@@ -165,7 +174,8 @@ def build_teacher_cache(
     model = teacher.model
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).eval()
-    requires = frozenset(f for f in ("all_hidden", "attentions") if f in fields)
+    requires = frozenset(f for f in ("all_hidden", "attentions", "label_logliks") if f in fields)
+    label_sets = training_candidates(records) if "label_logliks" in fields else None
     t0 = time.perf_counter()
     with _rng_untouched(), torch.no_grad():
         # record 0 (or the first record still to build) gives the size of one record, before anything is written
@@ -183,7 +193,7 @@ def build_teacher_cache(
             for i in r
         ]
         loader = torch.utils.data.DataLoader(
-            _TeacherEncodings(records, todo, image_loader, teacher, key.get("max_length")),
+            _TeacherEncodings(records, todo, image_loader, teacher, key.get("max_length"), label_sets),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,

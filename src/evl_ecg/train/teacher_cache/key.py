@@ -31,7 +31,9 @@ MAX_SHARD_RECORDS = 4096
 #: per-record integer tensors, always stored (the masks and image positions are derived from them)
 BASE_FIELDS = ("input_ids", "labels", "token_offsets")
 #: what can be stored of the teacher's outputs
-PER_RECORD_FIELDS = ("hidden", "logits", "visual", "all_hidden", "attentions")
+#: (``label_logliks``: the summed log-likelihood of each candidate answer of the record's label-set question, empty
+#: where it has none; the candidates follow from the training file, which the key holds)
+PER_RECORD_FIELDS = ("hidden", "logits", "visual", "all_hidden", "attentions", "label_logliks")
 CONSTANT_FIELDS = ("embedding_weight", "lm_head_weight")
 FIELDS = PER_RECORD_FIELDS + CONSTANT_FIELDS
 

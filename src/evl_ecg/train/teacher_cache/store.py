@@ -56,6 +56,8 @@ def record_tensors(batch: dict[str, Tensor], out: SideOutputs, j: int, fields: I
         rec["all_hidden"] = torch.stack([h[j, :n] for h in out.all_hidden])  # K x L x D
     if "attentions" in fields:
         rec["attentions"] = torch.stack([a[j, :, :n, :n] for a in out.attentions])  # K x H x L x L
+    if "label_logliks" in fields:  # the record's candidates (none: an empty vector)
+        rec["label_logliks"] = out.label_logliks[j][out.label_mask[j]]
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in rec.items()}
 
 
@@ -206,7 +208,8 @@ class TeacherCache:
         ``ids``: the batch's record ids, checked against the cache's. Returns ``input_ids``, ``labels``,
         ``attention_mask``, ``token_offsets`` (``B x L``, ``B x L x 2``) and the stored fields (``hidden``
         ``B x L x D``, ``logits`` ``B x L x V`` with zeros off the response rows, ``visual`` ``B x N x D'``,
-        ``all_hidden`` ``B x K x L x D``, ``attentions`` ``B x K x H x L x L``).
+        ``all_hidden`` ``B x K x L x D``, ``attentions`` ``B x K x H x L x L``, ``label_logliks`` ``B x K`` with
+        ``label_mask``).
         """
         if ids is not None:
             for index, rid in zip(indices, ids, strict=True):
@@ -243,6 +246,11 @@ class TeacherCache:
                 n = r["attentions"].shape[-1]
                 maps[b, :, :, :n, :n] = r["attentions"]
             batch["attentions"] = maps
+        if "label_logliks" in self.fields:
+            sizes = [int(r["label_logliks"].shape[0]) for r in recs]
+            width = max(sizes)
+            batch["label_logliks"] = _pad([r["label_logliks"] for r in recs], 0, width)
+            batch["label_mask"] = torch.arange(width).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
         return batch
 
     # ---- the teacher side of a batch (:class:`~evl_ecg.train.teacher_side.TeacherSide`) ------------------------
@@ -316,4 +324,6 @@ class TeacherCache:
             attention_kind="probs",
             token_offsets=batch["token_offsets"],
             vocab=self.vocab,
+            label_logliks=batch.get("label_logliks"),
+            label_mask=batch.get("label_mask"),
         )
