@@ -83,6 +83,9 @@ def test_quick_demo_runs_the_label_budget_regime_by_default(tmp_path):
     assert doc["labels"] == "10%"
     methods = {r["method"] for r in doc["table"]["rows"]}
     assert methods == {"teacher", "control-student", "seq-kd-student", "seq-kd+evl-ecg-student"}
+    # EVL-ECG's terms read the teacher from a cache built once, deleted after training
+    kd_run = json.loads((out / "seq-kd+evl-ecg" / "provenance.json").read_text())
+    assert kd_run["teacher_cache"]["fields"] and not (out / "seq-kd+evl-ecg" / "teacher-cache").exists()
     budget = json.loads((out / "budget" / "budget.json").read_text())
     assert (budget["labelled"], budget["pool"], budget["records"]) == (5, 43, 48)
     pool = json.loads((out / "budget" / "pool.json").read_text())
