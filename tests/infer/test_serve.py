@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -161,3 +162,30 @@ def test_uploads_are_removed_after_each_request(server, records):
 def test_only_loopback_hosts_count_as_local():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "kind"),
+    [
+        ("muse_rhythm.xml", "muse"),
+        ("aecg_rhythm.xml", "aecg"),
+        ("philips_xli.xml", "philips"),
+        ("ecg_export.edf", "edf"),
+        ("ecg_export.csv", "csv"),
+    ],
+)
+def test_every_export_format_is_an_upload_and_answers_as_the_python_api(server, student_dir, fixture, kind):
+    """The exports a clinic's carts write (hand-made fixtures in each published layout, tests/ecg/fixtures): the
+    upload answers as the Python API on the same file, and no patient identifier of the file reaches the reply."""
+    from evl_ecg.infer.interpreter import Interpreter
+
+    path = Path(__file__).parents[1] / "ecg" / "fixtures" / fixture
+    r = _post(server, [_upload(path)], question="ptbxl")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    local = Interpreter.from_pretrained(student_dir).predict(path, "ptbxl")
+    assert doc["answer"] == local.answer and doc["labels"] == local.labels
+    assert doc["kind"] == local.kind, (doc["kind"], kind)
+    text = json.dumps({k: v for k, v in doc.items() if k != "image_png_base64"})  # base64 holds any letters
+    for identifier in ("DOE", "JANE", "PID-90210", "1951-05-02", "05-02-1951", "19510502", "02-MAY-1951"):
+        assert identifier not in text, identifier
