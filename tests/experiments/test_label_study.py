@@ -18,6 +18,7 @@ from evl_ecg.data.budget import load_answers
 from evl_ecg.eval.curves import BEST_DIR, best_point
 from evl_ecg.experiments.label_study import (
     ALL_LABELLED_ROWS,
+    CONSISTENT_ROWS,
     CONTROLS,
     MAIN_ROWS,
     ROWS,
@@ -34,7 +35,8 @@ def test_the_grid_runs_every_row_at_the_main_budget_and_the_controls_elsewhere()
     assert all(len(grid["10%", r]) == 5 for r in MAIN_ROWS)
     assert {r for b, r in grid if b in ("5%", "25%")} == {"control", "seq-kd"}
     assert {r for b, r in grid if b == "50%"} == {"control"}
-    assert {r for b, r in grid if b == "100%"} == set(ALL_LABELLED_ROWS)  # no pool: no pool rows
+    # no pool: no pool rows; consistent teaching's rows only when asked for (their own long-schedule grid)
+    assert {r for b, r in grid if b == "100%"} == set(ALL_LABELLED_ROWS) - set(CONSISTENT_ROWS)
     assert all(len(seeds) == 3 for (b, _), seeds in grid.items() if b != "10%")
     assert [r for b, r in grid if b == "10%"][0] == "control"  # the control runs first in each budget
     assert set(CONTROLS) <= set(MAIN_ROWS) and not any(ROWS[c].teacher for c in CONTROLS)
@@ -58,6 +60,26 @@ def test_the_grid_runs_every_row_at_the_main_budget_and_the_controls_elsewhere()
 def test_settings_are_refused_by_name(kwargs, message):
     with pytest.raises(StudyError, match=message):
         LabelStudySettings(**kwargs)
+
+
+def test_consistent_teaching_rows_see_views_with_the_live_teacher_and_run_only_when_asked(tmp_path):
+    from evl_ecg.experiments.label_study import CONSISTENT_VIEWS, teacher_sets
+    from evl_ecg.train.config import load_config, tiny_config_path
+
+    cache = tmp_path / "cache"
+    assert teacher_sets(ROWS["consistent-seq-kd+label-kd"], True, cache) == [CONSISTENT_VIEWS]  # never the cache
+    assert teacher_sets(ROWS["views-control"], True, cache) == [CONSISTENT_VIEWS]
+    assert teacher_sets(ROWS["seq-kd+label-kd"], True, cache) == [f"teacher_cache={cache}"]
+    assert teacher_sets(ROWS["seq-kd+label-kd"], False, cache) == [] and teacher_sets(ROWS["seq-kd"], True, cache) == []
+    # the policy is a valid config (and the cache would be refused with it)
+    cfg = load_config(tiny_config_path("kd"), [CONSISTENT_VIEWS], phase="kd", method="label-kd")
+    assert cfg.views["names"] == ["image", "signal"] and cfg.views["p"] == 0.5
+    # outside the default grid; asked for, at the main budget and where every record is labelled
+    assert not set(CONSISTENT_ROWS) & {r for _, r, _ in LabelStudySettings().grid()}
+    rows = ("control", "views-control", "seq-kd+label-kd", "consistent-seq-kd+label-kd")
+    grid = LabelStudySettings(budgets=("10%", "100%"), rows=rows).grid()
+    assert {r for b, r, _ in grid if b == "10%"} == set(rows)
+    assert set(CONSISTENT_ROWS) <= {r for b, r, _ in grid if b == "100%"}
 
 
 def test_a_run_keeps_its_best_validation_point_the_earliest_on_a_tie():

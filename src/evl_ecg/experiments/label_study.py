@@ -80,7 +80,9 @@ class Row:
     ``--set`` overrides (``EPS``: the label smoothing chosen on validation). ``gold``: how many times the labelled
     records appear (the pool's weight against them). ``teacher``: uses the teacher's knowledge (a candidate for the
     primary method); the shuffled teacher is a control. ``pool_ce``: whether the pool's answers are cross-entropy
-    targets; ``False`` makes them context for the method's other terms only (``meta`` ``"ce": false``).
+    targets; ``False`` makes them context for the method's other terms only (``meta`` ``"ce": false``). ``views``:
+    trains with :data:`CONSISTENT_VIEWS` (a fresh view of each page every epoch; with a teacher, the live teacher sees
+    the same view: consistent teaching, Beyer et al. 2022), so never from the teacher-output cache.
     """
 
     name: str
@@ -91,6 +93,23 @@ class Row:
     teacher: bool = False
     note: str = ""
     pool_ce: bool = True
+    views: bool = False
+
+
+#: the view policy of the consistent-teaching rows (evl_ecg.train.views): image and signal views (rendering views held
+#: out, as scripts/view_policy.py measures them), half the samples, severities 0.2 to 1
+CONSISTENT_VIEWS = "views={names: [image, signal], severity: [0.2, 1.0], p: 0.5}"
+
+
+def teacher_sets(row: Row, teacher_cache: bool, cache: Path) -> list[str]:
+    """How ``row``'s run sees the teacher: a view policy and the live teacher (``row.views``: consistent teaching), or
+    a teacher-output cache in ``cache`` that the run builds and reads (a row whose objective reads the teacher, when
+    ``teacher_cache``), or nothing."""
+    if row.views:
+        return [CONSISTENT_VIEWS]
+    if teacher_cache and row.method != "sft":
+        return [f"teacher_cache={cache}"]
+    return []
 
 
 def evl_sets() -> tuple[str, ...]:
@@ -154,6 +173,21 @@ ROWS: dict[str, Row] = {
             teacher=True,
             note="seq-kd with label-space KD",
         ),
+        Row(
+            "views-control",
+            None,
+            "sft",
+            views=True,
+            note="the control with the consistent rows' view policy (no teacher)",
+        ),
+        Row(
+            "consistent-seq-kd+label-kd",
+            "teacher",
+            "label-kd",
+            teacher=True,
+            views=True,
+            note="seq-kd with label-space KD, a fresh view of each page every epoch for both models (live teacher)",
+        ),
     )
 }
 #: rows at the main budget (the pool exists), at the other budgets with a pool, and where every record is labelled
@@ -170,8 +204,20 @@ MAIN_ROWS = (
     "label-kd",
     "seq-kd+label-kd",
 )
-#: rows where every record is labelled (the pool is empty): label smoothing and label-space KD where asked for
-ALL_LABELLED_ROWS = ("control", "label-smoothing", "evl-ecg", "label-kd")
+#: rows where every record is labelled (the pool is empty): label smoothing, label-space KD and the consistent rows
+#: where asked for
+ALL_LABELLED_ROWS = (
+    "control",
+    "label-smoothing",
+    "evl-ecg",
+    "label-kd",
+    "views-control",
+    "consistent-seq-kd+label-kd",
+)
+#: consistent teaching's rows (issue "What the teacher knows beyond its answers"): outside the default grid, run with
+#: a long schedule shared by the rows it compares (docs/train.md 6a: ``--rows control,views-control,label-kd,
+#: seq-kd+label-kd,consistent-seq-kd+label-kd --phase2-steps 12000``)
+CONSISTENT_ROWS = ("views-control", "consistent-seq-kd+label-kd")
 #: the controls the primary method must beat (issue "Where distillation pays", section 4)
 CONTROLS = ("control", "label-smoothing", "self-training", "shuffled-teacher")
 #: seeds the shipped studies and the shipped teacher's data use (the study's corpus and test seeds)
@@ -256,7 +302,11 @@ class LabelStudySettings:
             if Budget.parse(b).is_all:  # no pool: the controls and EVL-ECG's terms on the labelled records
                 rows = [r for r in ALL_LABELLED_ROWS if r in ("control", "evl-ecg") or r in self.rows]
             elif b == self.main_budget:
-                rows = [r for r in self.rows if ROWS[r].pool is not None or r in ("control", "label-smoothing")]
+                rows = [
+                    r
+                    for r in self.rows
+                    if ROWS[r].pool is not None or ROWS[r].views or r in ("control", "label-smoothing")
+                ]
             elif b in self.seq_kd_budgets:
                 rows = ["control", "seq-kd"]
             else:
@@ -496,8 +546,7 @@ class LabelStudy:
         sets += [x.replace("EPS", str(eps)) for x in row.sets]
         sets += [*self._curve_sets(data, steps, labelled, s.choice_points), "curve_keep_best=true"]
         cache = run_dir / "teacher-cache"
-        if s.teacher_cache and row.method != "sft":  # the run builds it (where its terms can be cached) and reads it
-            sets.append(f"teacher_cache={cache}")
+        sets += teacher_sets(row, s.teacher_cache, cache)
         cmd = _cli(
             "distill",
             "--method",
@@ -645,7 +694,8 @@ class LabelStudy:
                     continue
                 if not (self._phase1_dir(budget, seed) / "done.json").exists():
                     total += p1 or 0.0
-                factor = 1.0 if ROWS[name].method == "sft" else 1.5 if self.settings.teacher_cache else 3.0
+                live = ROWS[name].views or not self.settings.teacher_cache
+                factor = 1.0 if ROWS[name].method == "sft" else 3.0 if live else 1.5
                 total += p2 * choice["phase2_steps"] * factor + eval_s
         return total / self.settings.jobs
 
@@ -1004,6 +1054,8 @@ def run_label_study(
 
 
 __all__ = [
+    "CONSISTENT_ROWS",
+    "CONSISTENT_VIEWS",
     "ROWS",
     "LabelStudy",
     "evl_sets",
