@@ -4,9 +4,19 @@ never leaves half a file), with the modes ``open()`` would give, and byte counts
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (a table or a training file of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def human_bytes(n: float) -> str:

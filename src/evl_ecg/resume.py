@@ -26,7 +26,6 @@ metadata) and passes as ``stored``. See docs/hostile.md, "The resume rule".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from evl_ecg.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ def key_file(out: str | os.PathLike[str], *, folder: bool) -> Path:
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """``sha256:<16 hex>`` of a file's bytes (an input whose content the output depends on)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
+    return "sha256:" + sha256_file(path)[:16]
 
 
 def show(value: Any, limit: int = 80) -> str:

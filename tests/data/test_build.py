@@ -509,12 +509,11 @@ def test_hostile_rows_are_skipped_with_their_reason(tmp_path):
 
 
 @pytest.mark.parametrize(("kind", "subset"), [("ptbxl", "ptb-test"), ("challenge", "cpsc-test")])
-def test_distill_and_eval_run_on_a_built_corpus(tmp_path, kind, subset):
+def test_distill_and_eval_run_on_a_built_corpus(tmp_path, kind, subset, tiny_config):
     from evl_ecg.data.records import load_records
     from evl_ecg.eval.run import evaluate_model
     from evl_ecg.models.tiny import build_tiny_student, build_tiny_teacher
     from evl_ecg.models.tokenizers import corpus_from_records
-    from evl_ecg.train.config import load_config
     from evl_ecg.train.pipeline import run
 
     data = tmp_path / "corpus"
@@ -523,23 +522,8 @@ def test_distill_and_eval_run_on_a_built_corpus(tmp_path, kind, subset):
     models = tmp_path / "models"
     build_tiny_teacher(texts, seed=0).save_pretrained(models / "teacher")
     build_tiny_student(texts, seed=0).save_pretrained(models / "student")
-    config = load_config(
-        None,
-        output_dir=str(tmp_path / "kd"),
-        train_file=str(data / "train.json"),
-        phase="kd",
-        student=str(models / "student"),
-        teacher=str(models / "teacher"),
-        per_device_train_batch_size=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        dataloader_num_workers=0,
+    config = tiny_config(
+        tmp_path / "kd", data, phase="kd", student=str(models / "student"), teacher=str(models / "teacher")
     )
     result = run(config)
     totals = [h["loss/total"] for h in result.log_history if "loss/total" in h]

@@ -29,30 +29,3 @@ def tiny_checkpoints(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     teacher.save_pretrained(root / "teacher")
     student.save_pretrained(root / "student")
     return {"teacher": root / "teacher", "student": root / "student"}
-
-
-@pytest.fixture(scope="session")
-def tiny_config():
-    """``tiny_config(output_dir, corpus, **overrides) -> EvlConfig``: a short CPU run on the tiny corpus."""
-    return _tiny_config
-
-
-def _tiny_config(tmp: Path, corpus: Path, **kwargs):
-    from evl_ecg.train.config import load_config
-
-    base = dict(
-        output_dir=str(tmp),
-        train_file=str(corpus / "train.json"),
-        per_device_train_batch_size=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        dataloader_num_workers=0,
-    )
-    base.update(kwargs)
-    return load_config(None, **base)

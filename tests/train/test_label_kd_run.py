@@ -29,32 +29,22 @@ def test_a_live_distillation_run_trains_the_label_space_loss(tmp_path, tiny_corp
 
 
 def test_consistent_teaching_runs_label_space_kd_on_fresh_views_with_the_live_teacher(
-    tmp_path, tiny_corpus, tiny_checkpoints
+    tmp_path, tiny_corpus, tiny_checkpoints, tiny_config
 ):
     """The label study's consistent-teaching row: label-space KD under the view policy (image and signal views), the
     teacher live on each view; the candidates are scored on the viewed page (one image per sample for both models)."""
     from evl_ecg.experiments.label_study import CONSISTENT_VIEWS
-    from evl_ecg.train.config import load_config
     from evl_ecg.train.pipeline import run
 
-    cfg = load_config(
-        None,
+    cfg = tiny_config(
+        tmp_path / "run",
+        tiny_corpus,
         [CONSISTENT_VIEWS],
-        output_dir=str(tmp_path / "run"),
-        train_file=str(tiny_corpus / "train.json"),
         phase="kd",
         method="label-kd",
         student=str(tiny_checkpoints["student"]),
         teacher=str(tiny_checkpoints["teacher"]),
         per_device_train_batch_size=4,
-        max_steps=2,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        dataloader_num_workers=0,
     )
     assert cfg.views and not cfg.teacher_cache
     run(cfg)

@@ -45,7 +45,7 @@ from evl_ecg.data.records import (
     save_records,
     validate,
 )
-from evl_ecg.files import atomic_write_bytes, read_text_file
+from evl_ecg.files import atomic_write_bytes, read_text_file, sha256_file
 
 LABELLED_FILE = "labelled.json"
 POOL_FILE = "pool.json"
@@ -218,10 +218,6 @@ def split(records: Sequence[Record], budget: Budget | str, seed: int) -> tuple[l
     return labelled, pool
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_split(
     train_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], budget: Budget | str, seed: int
 ) -> dict[str, Any]:
@@ -242,7 +238,7 @@ def write_split(
         "pool": len(pool),
         "records": len(records),
         "source": str(train_file),
-        "source_sha256": _sha256(train_file),
+        "source_sha256": sha256_file(train_file),
     }
     atomic_write_bytes(out / BUDGET_FILE, json.dumps(info, indent=1).encode())
     return info

@@ -78,6 +78,7 @@ from evl_ecg.data.records import (
     write_png,
 )
 from evl_ecg.ecg.labels import CODE15_LABELS, CPSC_SNOMED, PTBXL_SUPERCLASSES, VOCABULARIES
+from evl_ecg.files import sha256_file
 
 #: Database kinds: kind -> (the ECGBench subset its test split forms, the question task and label vocabulary).
 KINDS: dict[str, tuple[str, str]] = {
@@ -232,14 +233,6 @@ class BuildResult(resumable.BuildOutcome):
 # --------------------------------------------------------------------------------------------------
 # Listing the records of each database (the tables, no signal)
 # --------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_csv(path: Path, need: tuple[str, ...], **kwargs: Any) -> Any:
@@ -793,7 +786,7 @@ def _settings(
         if not path.is_file():
             raise BuildError(f"{path}: not found; a {kind} folder holds {' and '.join(names)}")
         try:
-            tables[name] = _sha256(path)
+            tables[name] = sha256_file(path)
         except OSError as exc:
             raise BuildError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     return BuildSettings(

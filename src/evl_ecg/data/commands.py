@@ -99,6 +99,37 @@ def _read(path: Path, index: int | None) -> Any:
         _fail(message if str(path) in message else f"{where}: {message}")
 
 
+def _echo_skipped(skipped: list[dict[str, Any]], what: str, name: Any) -> None:
+    """On stderr: how many ``what`` a build skipped, the first 20 by ``name(item)`` with their reasons."""
+    typer.echo(f"skipped {len(skipped)} {what} (listed in manifest.json):", err=True)
+    for item in skipped[:20]:
+        typer.echo(f"  {name(item)}: {item['reason']}", err=True)
+    if len(skipped) > 20:
+        typer.echo(f"  ... and {len(skipped) - 20} more", err=True)
+
+
+def _workers_option() -> Any:
+    return typer.Option(
+        min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
+    )
+
+
+def _size_option() -> Any:
+    return typer.Option(
+        None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE}; ECGInstruct: 2200x1700)."
+    )
+
+
+def _dpi_option() -> Any:
+    return typer.Option(
+        None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size (ECGInstruct: 200)."
+    )
+
+
+def _augment_option() -> Any:
+    return typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half.")
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(
@@ -131,16 +162,10 @@ def synth(
         help="Synthetic-ECG generator: 2 (default: closer to real ECGs, docs/signals.md 2.1) or 1 (frozen: the "
         "corpora of earlier releases and of the v1 teacher rebuild identically). Recorded in manifest.json.",
     ),
-    workers: int = typer.Option(
-        min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
-    ),
-    size: str | None = typer.Option(
-        None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE}; ECGInstruct: 2200x1700)."
-    ),
-    dpi: int | None = typer.Option(
-        None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size (ECGInstruct: 200)."
-    ),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
+    workers: int = _workers_option(),
+    size: str | None = _size_option(),
+    dpi: int | None = _dpi_option(),
+    augment: bool = _augment_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build a synthetic ECGInstruct training set and the six ECGBench-style test subsets.
@@ -176,11 +201,7 @@ def synth(
         f"{result.seconds:.1f} s with {workers} worker(s)"
     )
     if result.skipped:
-        typer.echo(f"skipped {len(result.skipped)} item(s) (listed in manifest.json):", err=True)
-        for item in result.skipped[:20]:
-            typer.echo(f"  {item['id']}: {item['reason']}", err=True)
-        if len(result.skipped) > 20:
-            typer.echo(f"  ... and {len(result.skipped) - 20} more", err=True)
+        _echo_skipped(result.skipped, "item(s)", lambda item: item["id"])
         empty = [s for s, n in result.manifest["requested"].items() if n and not result.counts[s]]
         if empty:
             _fail(f"{out}: every item of {', '.join(empty)} was skipped")
@@ -206,16 +227,10 @@ def build(
         None, "--limit", min=1, help="Only the first N records of the database (by id; the Challenge by path)."
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the wording and the augmentations (same bytes again)."),
-    workers: int = typer.Option(
-        min(2, os.cpu_count() or 1), "--workers", min=1, help="Worker processes (does not change the output)."
-    ),
-    size: str | None = typer.Option(
-        None, "--size", help=f"Image WIDTHxHEIGHT in px (default {DEFAULT_SIZE}; ECGInstruct: 2200x1700)."
-    ),
-    dpi: int | None = typer.Option(
-        None, "--dpi", min=1, help="Draw the letter page at this DPI instead of --size (ECGInstruct: 200)."
-    ),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Paper-image augmentations on ~half."),
+    workers: int = _workers_option(),
+    size: str | None = _size_option(),
+    dpi: int | None = _dpi_option(),
+    augment: bool = _augment_option(),
     layout: str = typer.Option(
         "3x4",
         "--layout",
@@ -275,11 +290,7 @@ def build(
             err=True,
         )
     if result.skipped:
-        typer.echo(f"skipped {len(result.skipped)} record(s) (listed in manifest.json):", err=True)
-        for item in result.skipped[:20]:
-            typer.echo(f"  {item['id'] or item['source']}: {item['reason']}", err=True)
-        if len(result.skipped) > 20:
-            typer.echo(f"  ... and {len(result.skipped) - 20} more", err=True)
+        _echo_skipped(result.skipped, "record(s)", lambda item: item["id"] or item["source"])
     if not sum(result.counts.values()):
         _fail(f"{out}: every record was skipped; nothing to train or test on")
 

@@ -60,7 +60,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from evl_ecg.data.label_sets import (  # noqa: F401 - re-exported: evaluation's names for them
     CODE15_WHOLE_ANSWERS,
@@ -75,8 +74,8 @@ from evl_ecg.data.label_sets import (  # noqa: F401 - re-exported: evaluation's 
     no_label_answers,
 )
 from evl_ecg.ecg.labels import VOCABULARIES
-from evl_ecg.eval.generate import _to_device, question_id
-from evl_ecg.models.base import shared_prompt
+from evl_ecg.eval.generate import question_id
+from evl_ecg.models.base import shared_prompt, summed_logliks
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +99,10 @@ def answer_logliks(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> 
     """``(total, count)``, each ``B``: summed log-probability of the supervised tokens of each encoded sample and
     their number (teacher forcing, one batch).
 
-    Uses :meth:`SideOutputs.next_token_targets`: the logits at ``l`` score the token at ``l + 1``.
+    Uses :meth:`SideOutputs.next_token_targets`: the logits at ``l`` score the token at ``l + 1``
+    (:func:`~evl_ecg.models.base.summed_logliks`, which training's label-space loss also runs).
     """
-    device = next(adapter.model.parameters()).device
-    batch = _to_device(adapter.collate(list(samples), padding_side="right"), device)
-    out = adapter.forward(batch)
-    targets, mask = out.next_token_targets()
-    rows, cols = mask.nonzero(as_tuple=True)
-    logp = F.log_softmax(out.logits[rows, cols].float(), dim=-1)
-    tok = logp.gather(-1, targets[rows, cols].unsqueeze(-1)).squeeze(-1)
-    total = torch.zeros(mask.shape[0], dtype=torch.float32, device=tok.device).index_add_(0, rows, tok)
-    count = mask.sum(1).to(torch.float32)
-    if bool((count == 0).any()):
-        raise ValueError("a candidate answer has no supervised token")
+    total, count = summed_logliks(adapter, samples)
     return total.cpu(), count.cpu()
 
 

@@ -367,7 +367,7 @@ class Adapter:
                 continue
             split = None if whole else shared_prompt(samples)
             if split is None:
-                rows.append(summed_logliks(self, samples))
+                rows.append(summed_logliks(self, samples)[0])
                 continue
             prompt, continuations, supervised = split
             logp = self._continuation_logprobs(prompt, continuations)
@@ -498,19 +498,24 @@ def shared_prompt(samples: Sequence[dict[str, Tensor]]) -> tuple[dict[str, Tenso
     return prompt, continuations, supervised
 
 
-def summed_logliks(adapter: Adapter, samples: Sequence[dict[str, Tensor]]) -> Tensor:
-    """``B``: the summed log-probability of the supervised tokens of each encoded sample, run whole in one batch
-    (teacher forcing: the logits at ``l`` score the token at ``l + 1``); differentiable where gradients are on."""
+def summed_logliks(adapter: Adapter, samples: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    """``(total, count)``, each ``B``: the summed log-probability of the supervised tokens of each encoded sample and
+    their number, run whole in one batch (teacher forcing: :meth:`SideOutputs.next_token_targets`, the logits at ``l``
+    score the token at ``l + 1``; the log-softmax on the supervised rows only). Differentiable where gradients are on.
+    """
     device = next(adapter.model.parameters()).device
     batch = adapter.collate(list(samples), padding_side="right")
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     out = adapter.forward(batch)
     targets, mask = out.next_token_targets()
-    if bool((mask.sum(1) == 0).any()):
+    count = mask.sum(1).to(torch.float32)
+    if bool((count == 0).any()):
         raise ValueError("a candidate answer has no supervised token")
-    logp = F.log_softmax(out.logits.float(), dim=-1)
-    tok = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return (tok * mask).sum(1)
+    rows, cols = mask.nonzero(as_tuple=True)
+    logp = F.log_softmax(out.logits[rows, cols].float(), dim=-1)
+    tok = logp.gather(-1, targets[rows, cols].unsqueeze(-1)).squeeze(-1)
+    total = torch.zeros(mask.shape[0], dtype=torch.float32, device=tok.device).index_add(0, rows, tok)
+    return total, count
 
 
 def activation_checkpointing(model: nn.Module) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from evl_ecg.files import sha256_file
 from evl_ecg.models.fingerprint import (
     canonical_json,
     describe_differences,
@@ -86,12 +87,6 @@ def method_fields(methods: Iterable[str], overrides: dict[str, Any] | None = Non
 
 
 # ---- the key ---------------------------------------------------------------------------------------------------
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_signature(train_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -101,8 +96,8 @@ def data_signature(train_file: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no training file")
     manifest = path.parent / "manifest.json"
     return {
-        "train_file_sha256": _file_sha256(path),
-        "manifest_sha256": _file_sha256(manifest) if manifest.is_file() else None,
+        "train_file_sha256": sha256_file(path),
+        "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
     }
 
 
