@@ -101,10 +101,14 @@ def test_a_shared_prompt_gives_the_scores_of_whole_candidates(family, normalizat
     calls = []
     handle = model.model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
     try:
+        _, one, _ = label_scores(model, RECORDS, load_image, "cpsc", normalization=normalization, batch_size=1)
+        assert len(calls) == 2 * len(RECORDS)  # the prompt, then every candidate at once: per record
+        calls.clear()
         _, shared, _ = label_scores(model, RECORDS, load_image, "cpsc", normalization=normalization)
     finally:
         handle.remove()
-    assert len(calls) == 2 * len(RECORDS)  # the prompt, then every candidate at once: per record
+    assert len(calls) == 2  # the records' prompts (one length) as one batch, then all their candidates
+    np.testing.assert_allclose(shared, one, atol=2e-5)
     _, whole, _ = label_scores(model, RECORDS, load_image, "cpsc", normalization=normalization, share_prompt=False)
     np.testing.assert_allclose(shared, whole, atol=2e-5)
     if normalization == "null":
@@ -289,3 +293,38 @@ def test_each_image_is_processed_once_for_all_its_candidates(student, monkeypatc
     null = manual_mean_loglik(student, RECORDS[1], NONE)
     want = 1 / (1 + math.exp(-(manual_mean_loglik(student, RECORDS[1], CPSC_LABELS[1]) - null)))
     assert probs[1, 1] == pytest.approx(want, abs=2e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen3vl", "llava"])
+def test_prompts_of_several_lengths_and_candidate_counts_batch_like_one_at_a_time(family, student):
+    """Records whose prompts differ in length, and candidate sets of different sizes, are grouped by (length,
+    count); each group is one batch and every record gets its own numbers back, in order: those of scoring it alone
+    (Qwen3-VL: each prompt's own rope delta)."""
+    from evl_ecg.data.label_sets import candidate_conversation
+    from evl_ecg.models import build_tiny_teacher
+    from evl_ecg.models.base import prompt_groups, shared_prompt
+
+    texts = [PROMPT.replace("<image>\n", ""), NONE, "; ".join(CPSC_LABELS), "AF; RBBB", "PVC; STE"]
+    model = student if family == "qwen3vl" else build_tiny_teacher(texts * 8, seed=0)
+    longer = PROMPT.replace("normal ECG.", "normal ECG, or another rhythm.")
+    records = [cpsc_record(0, NONE), cpsc_record(1, NONE), cpsc_record(2, NONE), cpsc_record(3, NONE)]
+    records[1]["conversations"][0]["value"] = longer
+    answer_sets = [["AF", "NORM", NONE], ["AF", "NORM", NONE], ["AF", NONE], ["PVC", "STE", NONE]]
+    # records 0 and 3: pages of one area, one wide and one square (the same token count; Qwen3-VL: other rope deltas)
+    sizes = [(128, 32), (64, 64), (64, 64), (64, 64)]
+    images = [load_image(r).resize(size) for r, size in zip(records, sizes, strict=True)]
+    splits = []
+    for record, answers, image in zip(records, answer_sets, images, strict=True):
+        samples = model.encode_candidates([candidate_conversation(record, a) for a in answers], image)
+        splits.append(shared_prompt(samples))
+    lengths = [int(s[0]["input_ids"].shape[0]) for s in splits]
+    assert lengths[0] == lengths[3] and lengths[1] > lengths[2]
+    groups = prompt_groups(dict(enumerate(splits)))
+    assert [0, 3] in groups and len(groups) == 3  # record 2: two candidates; record 1: a longer prompt
+    batched = model.batch_continuation_logprobs([s[0] for s in splits], [s[1] for s in splits])
+    for (prompt, continuations, _), got in zip(splits, batched, strict=True):
+        alone = model.continuation_logprobs(prompt, continuations)
+        assert len(got) == len(alone) == len(continuations)
+        for g, a, c in zip(got, alone, continuations, strict=True):
+            assert g.shape == a.shape == c.shape
+            torch.testing.assert_close(g, a, atol=2e-5, rtol=1e-5)

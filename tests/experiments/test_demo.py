@@ -77,10 +77,13 @@ def test_quick_demo_runs_the_label_budget_regime_by_default(tmp_path):
         "teacher": {"ptb-test": 91.7},
     }  # fmt: skip
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(tmp_path)])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--study", str(tmp_path), "--jobs", "2"])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text())
     assert doc["labels"] == "10%"
+    # the three phase-2 runs in two worker processes, the teacher answering the pool beside the control
+    assert "phase 2 (3 runs, 2 at a time)" in doc["timings_s"] and "teacher answers" in doc["timings_s"]
+    assert "2 at a time with" in result.output
     methods = {r["method"] for r in doc["table"]["rows"]}
     assert methods == {"teacher", "control-student", "seq-kd-student", "seq-kd+evl-ecg-student"}
     # EVL-ECG's terms read the teacher from a cache built once, deleted after training
@@ -111,6 +114,8 @@ def test_demo_refuses_a_label_budget_it_cannot_read(tmp_path):
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--labels", "ten"])
     assert result.exit_code != 0 and "ten" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--quick", "--jobs", "0"])
+    assert result.exit_code != 0 and "--jobs" in result.output and "Traceback" not in result.output
 
 
 def test_demo_names_a_study_folder_without_results(tmp_path):

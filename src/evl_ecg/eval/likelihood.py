@@ -107,19 +107,17 @@ def answer_logliks(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> 
 
 
 def shared_prompt_logliks(
-    adapter: Any, samples: Sequence[dict[str, torch.Tensor]]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`answer_logliks` of one record's candidates with their shared prompt run once
-    (:meth:`~evl_ecg.models.base.Adapter.continuation_logprobs`): ``(total, count)``, or ``None`` where the
-    candidates' token sequences do not share the prompt (the caller then runs them whole)."""
-    split = shared_prompt(samples)
-    if split is None:
-        return None
-    prompt, continuations, supervised = split
-    logp = adapter.continuation_logprobs(prompt, continuations)
-    total = torch.stack([(lp * m).sum() for lp, m in zip(logp, supervised, strict=True)]).float()
-    count = torch.stack([m.sum() for m in supervised]).float()
-    return total, count
+    adapter: Any, splits: Sequence[tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`answer_logliks` of several records' candidates, each record's shared prompt run once
+    (:func:`~evl_ecg.models.base.shared_prompt` gives each ``(prompt, continuations, supervised)``), the prompts of one
+    length batched (:meth:`~evl_ecg.models.base.Adapter.batch_continuation_logprobs`): ``(total, count)`` per record."""
+    logps = adapter.batch_continuation_logprobs([s[0] for s in splits], [s[1] for s in splits])
+    out = []
+    for logp, (_, _, supervised) in zip(logps, splits, strict=True):
+        total = torch.stack([(lp * m).sum() for lp, m in zip(logp, supervised, strict=True)]).float()
+        out.append((total, torch.stack([m.sum() for m in supervised]).float()))
+    return out
 
 
 def answer_loglik(adapter: Any, samples: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -177,9 +175,9 @@ def label_scores(
             logged and left out of the arrays).
         normalization: ``"null"`` (each label against the null answer, per token) or ``"softmax"`` (over the
             candidate answers, summed log-likelihoods); :func:`label_probabilities`.
-        share_prompt: run each record's prompt (and image) once and score every candidate from its key/value cache
-            (:func:`shared_prompt_logliks`: the same numbers to float rounding, 2-3.5x faster on the tiny models;
-            ``benchmarks/eval_cost.py``); ``False``: each candidate whole, ``batch_size`` per forward.
+        share_prompt: run each record's prompt (and image) once and score every candidate from its key/value cache,
+            ``batch_size`` records' prompts per forward (:func:`shared_prompt_logliks`: the same numbers to float
+            rounding; ``benchmarks/eval_cost.py``); ``False``: each candidate whole, ``batch_size`` per forward.
 
     Returns:
         ``(ids, probs, gold)``: ``probs`` ``N x C`` float64 in (0, 1), ``gold`` ``N x C`` int 0/1.
@@ -198,10 +196,15 @@ def label_scores(
     pending_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
     failures = failed if failed is not None else []
 
-    def flush() -> None:
+    shared: list[tuple[dict[str, torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def flush() -> None:  # in record order: whichever buffer holds records holds the earliest
         if pending:
             pending_scores.append(answer_logliks(adapter, pending))
             pending.clear()
+        if shared:
+            pending_scores.extend(shared_prompt_logliks(adapter, shared))
+            shared.clear()
 
     from tqdm.auto import tqdm
 
@@ -231,11 +234,16 @@ def label_scores(
             continue
         ids.append(qid)
         gold_rows.append([int(c in gold) for c in classes])
-        shared = shared_prompt_logliks(adapter, samples) if share_prompt else None
-        if shared is not None:  # in record order: flush the candidates run whole before this record's
-            flush()
-            pending_scores.append(shared)
+        split = shared_prompt(samples) if share_prompt else None
+        if split is not None:  # batched with the next records' prompts; the candidates run whole go first
+            if pending:
+                flush()
+            shared.append(split)
+            if len(shared) >= batch_size:
+                flush()
             continue
+        if shared:
+            flush()
         for sample in samples:
             pending.append(sample)
             if len(pending) >= batch_size:

@@ -42,6 +42,14 @@ def demo(
             "regime (every record labelled)."
         ),
     ] = "10%",
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="with a label budget: phase-2 runs at once, each in its own process with cores / jobs threads "
+            "(default: one per core, at most 3).",
+        ),
+    ] = None,
 ) -> None:
     """synth -> label budget -> teacher answers the pool -> student SFT on the labelled records -> control, the
     label study's primary method and it with EVL-ECG's terms, same steps -> evaluation, results table."""
@@ -58,6 +66,7 @@ def demo(
             generator=generator,
             teacher=teacher,
             labels=labels,
+            jobs=jobs,
         )
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -254,6 +254,30 @@ def _check_teacher(given: Path, teacher_dir: Path) -> None:
             )
 
 
+def _phase2_run(stage: str, run_dir: Path, settings: dict[str, Any], quick: bool, sets: list[str],
+                threads: int | None) -> dict[str, Any]:  # fmt: skip
+    """One phase-2 run of the label-budget regime, in this process or a worker's (``threads``: its torch threads):
+    trains, drops its teacher-output cache, and returns its seconds and the validation point it kept."""
+    from evl_ecg.eval.curves import best_point
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    _train("kd", run_dir, settings, quick, sets)
+    cache = Path(settings.get("teacher_cache") or run_dir / "teacher-cache")
+    if cache.is_dir():  # about 0.6 MB a record: not worth keeping once trained
+        shutil.rmtree(cache)
+    best = best_point(json.loads((run_dir / "curve.json").read_text()))
+    return {"stage": stage, "seconds": round(time.perf_counter() - t0, 1), "best": best}
+
+
+def default_jobs() -> int:
+    """Phase-2 runs of the demo at once: one per core, at most the three runs (1 on a 1-core machine)."""
+    return max(1, min(3, os.cpu_count() or 1))
+
+
 def _all_labelled_stages(
     out: Path, train_file: str, teacher_dir: Path, seed: int, quick: bool, timings: dict, paper_objective: bool
 ) -> tuple[dict[str, Path], Path, Path, Path, Path]:
@@ -280,15 +304,17 @@ def _budget_stages(
     timings: dict,
     study: dict[str, Any] | None,
     paper_objective: bool,
+    jobs: int = 1,
 ) -> tuple[dict[str, Path], Path, Path, Path, Path]:
     """The label-budget regime (module docstring): the split, the teacher's pool answers, phase 1 on the labelled
-    records, and three phase-2 runs that each keep their best validation point."""
+    records, and three phase-2 runs that each keep their best validation point (``jobs`` at a time, in worker
+    processes where ``jobs > 1``)."""
     import dataclasses
 
     from evl_ecg.data.budget import BUDGET_FILE, LABELLED_FILE, POOL_FILE, compose, load_answers, load_pool, write_split
     from evl_ecg.data.records import load_records, save_records
     from evl_ecg.eval.answers import answer_pool
-    from evl_ecg.eval.curves import BEST_DIR, best_point
+    from evl_ecg.eval.curves import BEST_DIR
     from evl_ecg.experiments.label_study import ROWS, LabelStudySettings, evl_sets
 
     split_dir = out / "budget"
@@ -334,10 +360,9 @@ def _budget_stages(
             save_records(path, records + copies)
         return path
 
-    def phase2(stage: str, row: Any) -> Path:
-        run_dir = out / stage
+    def phase2_settings(row: Any, train_file: Path) -> dict[str, Any]:
         settings = {
-            "train_file": str(pool_file(row)),
+            "train_file": str(train_file),
             "seed": seed,
             "student": str(sft_dir),
             "teacher": str(teacher_dir),
@@ -350,19 +375,52 @@ def _budget_stages(
             "curve_records": BUDGET_VAL_RECORDS,
             "curve_keep_best": True,
         }
-        cache = run_dir / "teacher-cache"
         if row.method != "sft":  # the teacher's outputs from one pass over the training file, not one per step
-            settings["teacher_cache"] = str(cache)
-        _stage(stage, timings, _train, "kd", run_dir, settings, quick, list(row.sets))
-        if cache.is_dir():  # about 0.6 MB a record: not worth keeping once trained
-            shutil.rmtree(cache)
-        best = best_point(json.loads((run_dir / "curve.json").read_text()))
-        print(f"[demo] {stage}: kept the student of step {best['step']} (validation AUC {best['auc']:.1f})")
-        return run_dir / BEST_DIR if best["step"] > 0 else sft_dir
+            settings["teacher_cache"] = str(out / row.name / "teacher-cache")
+        return settings
 
-    control_dir = phase2("control", ROWS["control"])
-    primary_dir = phase2(primary.name, primary)
-    kd_dir = phase2(with_terms.name, with_terms)
+    rows = [("control", ROWS["control"]), (primary.name, primary), (with_terms.name, with_terms)]
+    results: dict[str, dict[str, Any]] = {}
+    if jobs <= 1:
+        for stage, row in rows:
+            settings = phase2_settings(row, pool_file(row))
+            args = (stage, out / stage, settings, quick, list(row.sets), None)
+            results[stage] = _stage(stage, timings, _phase2_run, *args)
+    else:  # the runs side by side, ``threads`` torch threads each; the teacher answers the pool beside the control
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        t0 = time.perf_counter()
+        print(f"[demo] phase 2: {len(rows)} runs, {jobs} at a time with {threads} torch thread(s) each", flush=True)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+
+            def submit(stage: str, row: Any) -> Any:
+                print(f"[demo] {stage} ...", flush=True)
+                settings = phase2_settings(row, pool_file(row))
+                return pool.submit(_phase2_run, stage, out / stage, settings, quick, list(row.sets), threads)
+
+            futures = [submit(*rows[0])]
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)  # the teacher's answers share the cores with the running jobs
+            try:
+                futures += [submit(*rows[2]), submit(*rows[1])]  # the longest (the terms) first
+            finally:
+                torch.set_num_threads(before)
+            for future in futures:
+                result = future.result()
+                results[result["stage"]] = result
+                print(f"[demo] {result['stage']} done in {result['seconds']:.1f} s", flush=True)
+        timings[f"phase 2 ({len(rows)} runs, {jobs} at a time)"] = round(time.perf_counter() - t0, 1)
+
+    def kept(stage: str) -> Path:
+        best = results[stage]["best"]
+        print(f"[demo] {stage}: kept the student of step {best['step']} (validation AUC {best['auc']:.1f})")
+        return out / stage / BEST_DIR if best["step"] > 0 else sft_dir
+
+    control_dir, primary_dir, kd_dir = (kept(stage) for stage, _ in rows)
     models = {
         "teacher": teacher_dir,
         "control-student": control_dir,
@@ -382,6 +440,7 @@ def run_demo(
     generator: int = 2,
     teacher: str | os.PathLike[str] | None = None,
     labels: str = "10%",
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run every stage into ``out`` and return the summary written to ``results.json``.
 
@@ -394,8 +453,14 @@ def run_demo(
     puts beside this run's seed (default: the shipped summary, ``assets/tiny-study.json``). ``generator``: the
     synthetic-ECG generator of the corpus (1, the frozen first one; 2, closer to real ECGs). ``teacher``: a teacher
     folder to use in place of the shipped one (copied into ``out/teacher/student``; a demo folder holding another
-    teacher is refused).
+    teacher is refused). ``jobs``: under a budget, the phase-2 runs at once, each in a worker process with
+    ``cores // jobs`` torch threads (default :func:`default_jobs`: one per core, at most 3; 1 runs them in this
+    process, one after another). Thread counts can change a run's last digits, so compare demos run with one
+    ``jobs``.
     """
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: give at least 1")
     from evl_ecg.data.budget import Budget
 
     budget = Budget.parse(labels)
@@ -446,7 +511,7 @@ def run_demo(
             )
     if regime is not None:
         models, sft_dir, control_dir, kd_dir, kd_run = _budget_stages(
-            out, data, teacher_dir, regime, seed, quick, timings, summary_of_study, paper_objective
+            out, data, teacher_dir, regime, seed, quick, timings, summary_of_study, paper_objective, jobs
         )
     else:
         models, sft_dir, control_dir, kd_dir, kd_run = _all_labelled_stages(

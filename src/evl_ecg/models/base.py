@@ -360,18 +360,21 @@ class Adapter:
         has no cache: there every candidate runs whole (the same numbers to float rounding)."""
         device = next(self.model.parameters()).device
         whole = torch.is_grad_enabled() and self.model.training and activation_checkpointing(self.model)
-        rows: list[Tensor | None] = []
-        for samples in entries:
+        rows: list[Tensor | None] = [None] * len(entries)
+        splits: dict[int, tuple[dict[str, Tensor], list[Tensor], list[Tensor]]] = {}
+        for i, samples in enumerate(entries):
             if not samples:
-                rows.append(None)
                 continue
             split = None if whole else shared_prompt(samples)
             if split is None:
-                rows.append(summed_logliks(self, samples)[0])
-                continue
-            prompt, continuations, supervised = split
-            logp = self._continuation_logprobs(prompt, continuations)
-            rows.append(torch.stack([(lp * m.to(lp.device)).sum() for lp, m in zip(logp, supervised, strict=True)]))
+                rows[i] = summed_logliks(self, samples)[0]
+            else:
+                splits[i] = split
+        for group in prompt_groups(splits):  # prompts of one length and candidate count run as one batch
+            logps = self._continuation_logprobs([splits[i][0] for i in group], [splits[i][1] for i in group])
+            for i, logp in zip(group, logps, strict=True):
+                supervised = splits[i][2]
+                rows[i] = torch.stack([(lp * m.to(lp.device)).sum() for lp, m in zip(logp, supervised, strict=True)])
         width = max((int(r.shape[0]) for r in rows if r is not None), default=0)
         total = torch.zeros(len(rows), width, device=device)
         mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
@@ -397,8 +400,9 @@ class Adapter:
 
     # ---- scoring continuations of one prompt ---------------------------------------------------------------------
     def continuation_position_ids(self, start: int, length: int, rows: int) -> Tensor:
-        """Position ids of ``rows`` continuations of ``length`` tokens after a prompt of ``start`` tokens that the
-        model has just run (:meth:`continuation_logprobs`): ``start, start + 1, ...`` (``rows x length``)."""
+        """Position ids of ``rows`` continuations of ``length`` tokens after prompts of ``start`` tokens that the
+        model has just run (:meth:`continuation_logprobs`; the rows of each prompt together, in prompt order):
+        ``start, start + 1, ...`` (``rows x length``)."""
         return torch.arange(start, start + length).view(1, length).expand(rows, length)
 
     @torch.no_grad()
@@ -410,23 +414,46 @@ class Adapter:
         every continuation, which equals running each ``prompt + continuation`` whole (tested to float rounding).
         Returns one vector per continuation (on the CPU): ``log p(c_j | prompt, c_<j)``.
         """
-        return [lp.cpu() for lp in self._continuation_logprobs(prompt, continuations)]
+        return [lp.cpu() for lp in self._continuation_logprobs([prompt], [continuations])[0]]
 
-    def _continuation_logprobs(self, prompt: dict[str, Tensor], continuations: Sequence[Tensor]) -> list[Tensor]:
-        """:meth:`continuation_logprobs` on the model's device, differentiable where gradients are on."""
+    @torch.no_grad()
+    def batch_continuation_logprobs(
+        self, prompts: Sequence[dict[str, Tensor]], continuations: Sequence[Sequence[Tensor]]
+    ) -> list[list[Tensor]]:
+        """:meth:`continuation_logprobs` of several prompts, each with its own continuations: prompts of one length
+        and one number of continuations run as one batch (:func:`prompt_groups`), the rest on their own. The same
+        numbers as one prompt at a time, to float rounding."""
+        out: list[list[Tensor]] = [[] for _ in prompts]
+        for group in prompt_groups(dict(enumerate(zip(prompts, continuations, strict=True)))):
+            logps = self._continuation_logprobs([prompts[i] for i in group], [continuations[i] for i in group])
+            for i, logp in zip(group, logps, strict=True):
+                out[i] = [lp.cpu() for lp in logp]
+        return out
+
+    def _continuation_logprobs(
+        self, prompts: Sequence[dict[str, Tensor]], continuations: Sequence[Sequence[Tensor]]
+    ) -> list[list[Tensor]]:
+        """Per prompt, the log-probabilities of its continuations, on the model's device, differentiable where
+        gradients are on. The prompts must have one length and one number of continuations each
+        (:func:`prompt_groups`): they run as one batch, and their key/value cache, each prompt's repeated for its
+        continuations, serves every continuation in a second forward."""
         device = next(self.model.parameters()).device
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate([prompt]).items()}
+        per = len(continuations[0])
+        if any(len(c) != per for c in continuations) or len({int(p["input_ids"].shape[0]) for p in prompts}) != 1:
+            raise ValueError("prompts scored together need one length and one number of continuations each")
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate(list(prompts)).items()}
         out = self.model(**self.model_inputs(batch), use_cache=True, return_dict=True)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
-        rows, start = len(continuations), int(batch["input_ids"].shape[1])
-        length = max(int(c.shape[0]) for c in continuations)
+        flat = [c for cs in continuations for c in cs]
+        rows, start = len(flat), int(batch["input_ids"].shape[1])
+        length = max(int(c.shape[0]) for c in flat)
         ids = torch.full((rows, length), self.pad_token_id, dtype=torch.long, device=device)
         mask = torch.zeros(rows, start + length, dtype=torch.long, device=device)
         mask[:, :start] = 1
-        for i, c in enumerate(continuations):
+        for i, c in enumerate(flat):
             ids[i, : c.shape[0]] = c.to(device)
             mask[i, start : start + c.shape[0]] = 1
-        cache.batch_repeat_interleave(rows)
+        cache.batch_repeat_interleave(per)
         name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         nxt = self.model(
             input_ids=ids,
@@ -436,9 +463,11 @@ class Adapter:
             return_dict=True,
             **{name: cache},
         )
-        logits = torch.cat([out.logits[:, -1:].expand(rows, 1, -1), nxt.logits[:, :-1]], dim=1)
+        first = out.logits[:, -1:].repeat_interleave(per, 0)
+        logits = torch.cat([first, nxt.logits[:, :-1]], dim=1)
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return [logp[i, : c.shape[0]] for i, c in enumerate(continuations)]
+        rows_of = [logp[i, : c.shape[0]] for i, c in enumerate(flat)]
+        return [rows_of[j * per : (j + 1) * per] for j in range(len(prompts))]
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -496,6 +525,18 @@ def shared_prompt(samples: Sequence[dict[str, Tensor]]) -> tuple[dict[str, Tenso
     continuations = [s["input_ids"][start:] for s in samples]
     supervised = [s["labels"][start:] != IGNORE_INDEX for s in samples]
     return prompt, continuations, supervised
+
+
+def prompt_groups(items: Mapping[int, Sequence[Any]], size: int = 8) -> list[list[int]]:
+    """The keys of ``items`` (``index -> (prompt, continuations, ...)``) in groups that run as one batch: the same
+    prompt length and number of continuations, at most ``size`` prompts, in the keys' order within a group."""
+    groups: dict[tuple[int, int], list[list[int]]] = {}
+    for i, (prompt, continuations, *_) in items.items():
+        runs = groups.setdefault((int(prompt["input_ids"].shape[0]), len(continuations)), [[]])
+        if len(runs[-1]) >= size:
+            runs.append([])
+        runs[-1].append(i)
+    return [g for runs in groups.values() for g in runs]
 
 
 def summed_logliks(adapter: Adapter, samples: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:

@@ -90,11 +90,14 @@ class Qwen3VLAdapter(Adapter):
         }
 
     def continuation_position_ids(self, start: int, length: int, rows: int) -> Tensor:
-        """Multimodal RoPE positions of the text after the prompt: ``start + j`` plus the prompt's rope delta (what
-        the image's grid positions shifted), as in generation; ``3 x rows x length``."""
+        """Multimodal RoPE positions of the text after the prompts: ``start + j`` plus each prompt's rope delta
+        (what its image's grid positions shifted), as in generation; ``3 x rows x length``, each prompt's rows
+        together."""
         text = torch.arange(start, start + length).view(1, 1, length).expand(3, rows, length)
         delta = getattr(self.model.model, "rope_deltas", None)
-        return text if delta is None else text + delta.to(text.device).repeat_interleave(rows, 0)
+        if delta is None:
+            return text
+        return text + delta.to(text.device).repeat_interleave(rows // delta.shape[0], 0)
 
     def check_template(self) -> bool:
         """Whether the tokenizer's own chat template renders what :meth:`render` builds (warns if not)."""
