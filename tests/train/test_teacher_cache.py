@@ -93,9 +93,16 @@ def _assert_same_step(a, b, grads_a, grads_b, rel: float = 1e-5, rtol: float = 1
         torch.testing.assert_close(grads_b[name], grad, rtol=rtol, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("method", TEACHER_METHODS)
+#: MHCA keyed on the teacher's text positions, its queries on the student's response positions (the label study's
+#: ``seq-kd+evl-ecg-keys-text``): the cache must hold more of the teacher than the queries' positions
+KEYS_TEXT = ("hidden_positions=response", "objective={terms: {mhca: {teacher_positions: text}}}")
+
+
+@pytest.mark.parametrize(
+    "method, sets", [(m, ()) for m in TEACHER_METHODS] + [("evl-ecg", KEYS_TEXT)], ids=[*TEACHER_METHODS, "keys-text"]
+)
 def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
-    method, tmp_path, tiny_corpus, tiny_checkpoints, tiny_config, adapters
+    method, sets, tmp_path, tiny_corpus, tiny_checkpoints, tiny_config, adapters
 ):
     """Each preset with a cache of only its own fields: same loss terms and same gradients (student and objective)
     as with the live teacher. The batch holds the records of one build batch in another order (same padded length,
@@ -104,7 +111,7 @@ def test_every_method_reads_from_the_cache_what_it_reads_from_the_live_teacher(
     other compositions: the trainer test below."""
     from evl_ecg.train.pipeline import build_objective
 
-    cfg = _config(tiny_config, tiny_corpus, tiny_checkpoints, tmp_path, method=method)
+    cfg = _config(tiny_config, tiny_corpus, tiny_checkpoints, tmp_path, method=method, sets=list(sets))
     cache = _open(cfg)
     assert cache.fields == spec_fields(get_preset(method))
     from evl_ecg.train.teacher_side import TeacherSide

@@ -173,6 +173,18 @@ ROWS: dict[str, Row] = {
             teacher=True,
             note="seq-kd with label-space KD",
         ),
+        *(
+            Row(
+                f"seq-kd+evl-ecg-keys-{keys}",
+                "teacher",
+                "evl-ecg",
+                (*evl_sets(), f"objective={{terms: {{mhca: {{teacher_positions: {keys}}}}}}}"),
+                teacher=True,
+                note=f"seq-kd+evl-ecg with MHCA's keys on the teacher's {what} (teacher_positions: {keys}); the "
+                "row itself keys on its response positions, as its queries",
+            )
+            for keys, what in (("all", "every position (the paper's)"), ("text", "text positions (no image)"))
+        ),
         Row(
             "views-control",
             None,
@@ -203,6 +215,8 @@ MAIN_ROWS = (
     "pool-evl-ecg",
     "label-kd",
     "seq-kd+label-kd",
+    "seq-kd+evl-ecg-keys-all",
+    "seq-kd+evl-ecg-keys-text",
 )
 #: rows where every record is labelled (the pool is empty): label smoothing, label-space KD and the consistent rows
 #: where asked for
