@@ -389,6 +389,7 @@ def _budget_stages(
     else:  # the runs side by side, ``threads`` torch threads each; the teacher answers the pool beside the control
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         t0 = time.perf_counter()
@@ -410,7 +411,13 @@ def _budget_stages(
             finally:
                 torch.set_num_threads(before)
             for future in futures:
-                result = future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:  # a worker killed (out of memory?): finished runs are kept
+                    raise ValueError(
+                        f"{out}: a phase-2 worker process died ({exc}); the finished runs are kept: rerun the same "
+                        "command, with --jobs 1 if memory is short"
+                    ) from exc
                 results[result["stage"]] = result
                 print(f"[demo] {result['stage']} done in {result['seconds']:.1f} s", flush=True)
         timings[f"phase 2 ({len(rows)} runs, {jobs} at a time)"] = round(time.perf_counter() - t0, 1)

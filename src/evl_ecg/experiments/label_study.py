@@ -230,7 +230,7 @@ ALL_LABELLED_ROWS = (
 )
 #: consistent teaching's rows (issue "What the teacher knows beyond its answers"): outside the default grid, run with
 #: a long schedule shared by the rows it compares (docs/train.md 6a: ``--rows control,views-control,label-kd,
-#: seq-kd+label-kd,consistent-seq-kd+label-kd --phase2-steps 12000``)
+#: seq-kd+label-kd,consistent-seq-kd+label-kd --phase2-steps 3000``)
 CONSISTENT_ROWS = ("views-control", "consistent-seq-kd+label-kd")
 #: the controls the primary method must beat (issue "Where distillation pays", section 4)
 CONTROLS = ("control", "label-smoothing", "self-training", "shuffled-teacher")
