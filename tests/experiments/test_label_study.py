@@ -9,6 +9,7 @@ byte of vision pretraining, phase 1 and each row, must be identical, because no 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -192,3 +193,29 @@ def test_no_stage_reads_a_pool_label(tmp_path):
     assert card["facts"]["label_budget"]["file"] == "train-teacher.json"
     assert res["settings"]["budgets"] == ["50%"] and res["labelled"] == {"50%": 6}
     assert res["primary"]["row"] == "seq-kd" and (first / "figures" / "labels.png").is_file()
+
+
+def test_a_partial_report_says_what_is_not_known_yet():
+    """While budgets and controls are still to run, labels saved and the Required answer say so, not 'does not
+    hold'; once a control's interval reaches 0 the answer is known."""
+    from evl_ecg.experiments.label_study import label_markdown
+
+    settings = {"n_train": 2000, "data_seed": 21, "generator": 2, "test_seed": 2100, "test_ptb": 500, "quick": False,
+                "budgets": ["5%", "10%"], "main_budget": "10%"}  # fmt: skip
+    above = {"diff": 10.5, "lo": 7.8, "hi": 13.1}
+    res = {
+        "settings": settings,
+        "teacher": {"ptb-test": 92.1},
+        "partial": True,
+        "table": {"10%": {"control": {"ptb-test": {"auc_mean": 63.8, "auc_std": 3.0}}}},
+        "choices": {},
+        "labelled": {"10%": 200},
+        "primary": {"rule": "by validation", "row": "seq-kd", "validation": {"seq-kd": 73.8}},
+        "labels_saved": {"ptb-test": {"records": math.inf, "lo": math.inf, "hi": math.inf}},
+        "answers": {"vs control": above, "vs self-training": above, "required_holds": False},
+    }
+    text = label_markdown(res)
+    assert "budgets still to run: 5%" in text
+    assert "not known yet (controls still to run: label-smoothing, shuffled-teacher)" in text
+    res["answers"]["vs self-training"] = {"diff": 0.5, "lo": -0.4, "hi": 1.4}
+    assert "Required (above every control, each interval excluding 0): does not hold" in label_markdown(res)

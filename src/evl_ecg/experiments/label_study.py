@@ -1036,11 +1036,13 @@ def label_markdown(res: dict[str, Any]) -> str:
     def records(x: float) -> str:
         return f"{x:.0f}" if math.isfinite(x) else f"> {largest}"
 
+    missing = [b for b in s["budgets"] if b not in res["table"]]
+    so_far = f" so far (budgets still to run: {', '.join(missing)})" if missing else ""
     for subset, ls in res["labels_saved"].items():
         if not math.isfinite(ls["records"]):
             lines.append(
-                f"- Labels saved ({subset}): no budget of the control reaches the primary method (more than "
-                f"{largest} labelled records; interval [{records(ls['lo'])}, {records(ls['hi'])}])"
+                f"- Labels saved ({subset}): no budget of the control run{so_far} reaches the primary method (more "
+                f"than {largest} labelled records; interval [{records(ls['lo'])}, {records(ls['hi'])}])"
             )
             continue
         lines.append(
@@ -1052,10 +1054,11 @@ def label_markdown(res: dict[str, Any]) -> str:
         if isinstance(b, dict):
             lines.append(f"- Primary {name} (PTB-XL): {_fmt(b)}" if name.startswith("vs ") else f"- {name}: {_fmt(b)}")
     if "required_holds" in res["answers"]:
-        lines.append(
-            f"- Required (above every control, each interval excluding 0): "
-            f"{'holds' if res['answers']['required_holds'] else 'does not hold'}"
-        )
+        ran = [c for c in CONTROLS if f"vs {c}" in res["answers"]]
+        verdict = "holds" if res["answers"]["required_holds"] else "does not hold"
+        if len(ran) < len(CONTROLS) and not any(res["answers"][f"vs {c}"]["lo"] <= 0 for c in ran):
+            verdict = f"not known yet (controls still to run: {', '.join(c for c in CONTROLS if c not in ran)})"
+        lines.append(f"- Required (above every control, each interval excluding 0): {verdict}")
     lines += ["", f"Wall time of this invocation: {res.get('wall_seconds', 0):.0f} s", ""]
     return "\n".join(lines)
 
