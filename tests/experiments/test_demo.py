@@ -82,7 +82,11 @@ def test_quick_demo_runs_the_label_budget_regime_by_default(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert doc["labels"] == "10%"
     # the three phase-2 runs in two worker processes, the teacher answering the pool beside the control
-    assert "phase 2 (3 runs, 2 at a time)" in doc["timings_s"] and "teacher answers" in doc["timings_s"]
+    times = doc["timings_s"]
+    assert "teacher answers" in times and {"control (worker)", "seq-kd (worker)"} <= set(times)
+    wall = times["phase 2 (3 runs, 2 at a time; wall)"]
+    assert max(times["control (worker)"], times["seq-kd+evl-ecg (worker)"]) <= wall  # overlapped, not summed
+    assert "| total (wall) |" in doc["table_markdown"] and "side by side" in doc["table_markdown"]
     assert "2 at a time with" in result.output
     methods = {r["method"] for r in doc["table"]["rows"]}
     assert methods == {"teacher", "control-student", "seq-kd-student", "seq-kd+evl-ecg-student"}
