@@ -442,7 +442,9 @@ class Adapter:
         if any(len(c) != per for c in continuations) or len({int(p["input_ids"].shape[0]) for p in prompts}) != 1:
             raise ValueError("prompts scored together need one length and one number of continuations each")
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate(list(prompts)).items()}
-        out = self.model(**self.model_inputs(batch), use_cache=True, return_dict=True)
+        params = inspect.signature(self.model.forward).parameters
+        last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last logits only
+        out = self.model(**self.model_inputs(batch), use_cache=True, return_dict=True, **last)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         flat = [c for cs in continuations for c in cs]
         rows, start = len(flat), int(batch["input_ids"].shape[1])
@@ -454,7 +456,7 @@ class Adapter:
             ids[i, : c.shape[0]] = c.to(device)
             mask[i, start : start + c.shape[0]] = 1
         cache.batch_repeat_interleave(per)
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        name = "cache" if "cache" in params else "past_key_values"
         nxt = self.model(
             input_ids=ids,
             attention_mask=mask,
