@@ -668,3 +668,25 @@ def test_a_label_budget_trains_on_the_labelled_records_only(tmp_path, tiny_corpu
         "pretrain_vision_data=fresh",
     )
     _assert_one_error(_cli("train", "sft", "--data", train, "--out", tmp_path / "y", "--labels", "lots"), "lots")
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_without_another_step(
+    tmp_path, tiny_corpus, tiny_checkpoints, tiny_config
+):
+    """A run killed after writing its checkpoint at max_steps (before its export) has nothing left to train:
+    transformers' Trainer, resumed there, would run one more optimiser step (the label study saw a ``1201``-step
+    run); the rerun exports the checkpoint's weights, and its log ends at max_steps."""
+    from evl_ecg.train.pipeline import run
+
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        out, tiny_corpus, phase="sft", student=str(tiny_checkpoints["student"]), save_strategy="steps", save_steps=2
+    )
+    run(cfg)
+    whole = _weights(out / "student")
+    shutil.rmtree(out / "student")  # killed between the last checkpoint and the export
+    result = run(cfg)
+    assert max(h["step"] for h in result.log_history) == 2
+    resumed = _weights(out / "student")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -967,8 +967,19 @@ def label_results(runs: list[dict], test: Path, s: LabelStudySettings, choices: 
 
 
 def label_figures(res: dict[str, Any], folder: Path) -> dict[str, str]:
-    """``labels.png``: strict PTB-XL AUC (test) against labelled records, one line per row with its seeds' band."""
-    from evl_ecg.eval.figures import plot_label_budgets
+    """``labels.png``: strict PTB-XL AUC (test) against labelled records, one line per row with its seeds' band;
+    ``curves-<budget>.png``: each row's validation curve over its phase-2 steps (mean over seeds, their band)."""
+    from evl_ecg.eval.figures import plot_label_budgets, plot_learning_curves
+
+    out: dict[str, str] = {}
+    curves: dict[str, dict[str, list[list[dict]]]] = {}
+    for run in res.get("runs", []):
+        if run.get("curve"):
+            curves.setdefault(run["budget"], {}).setdefault(run["row"], []).append(run["curve"])
+    for budget, by_row in curves.items():
+        ylabel = f"validation strict PTB-XL AUC, {budget} labels"
+        path = plot_learning_curves(by_row, folder / f"curves-{_slug(budget)}.png", ylabel=ylabel)
+        out[f"curves {budget}"] = str(path)
 
     series: dict[str, dict[int, list[float]]] = {}
     for budget, rows in res["table"].items():
@@ -976,10 +987,10 @@ def label_figures(res: dict[str, Any], folder: Path) -> dict[str, str]:
             if "ptb-test" in cells:
                 series.setdefault(row, {})[res["labelled"][budget]] = cells["ptb-test"]["auc_per_seed"]
     if not series:
-        return {}
+        return out
     title = f"label budgets (primary: {res['primary']['row']})"
     path = plot_label_budgets(series, folder / "labels.png", teacher=res["teacher"].get("ptb-test"), title=title)
-    return {"labels": str(path)}
+    return {"labels": str(path), **out}
 
 
 def _fmt(b: dict | None) -> str:

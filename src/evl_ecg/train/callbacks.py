@@ -29,4 +29,19 @@ class ObjectiveStep(TrainerCallback):
         self._set(state)
 
 
-__all__ = ["ObjectiveStep"]
+class TrainingDone(Exception):
+    """Raised by :class:`StopAtMaxSteps` before a step past ``max_steps``: the run has nothing left to train."""
+
+
+class StopAtMaxSteps(TrainerCallback):
+    """Stop before an optimiser step past ``max_steps``. transformers' Trainer, resumed from a checkpoint written at
+    ``max_steps`` (a run killed between its last checkpoint and its export), runs one more step before it checks
+    the limit; this raises :class:`TrainingDone` at that step's start, before its forward pass, with the
+    checkpoint's weights and state loaded (:func:`evl_ecg.train.pipeline.run` catches it and exports them)."""
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.max_steps > 0 and state.global_step >= args.max_steps:
+            raise TrainingDone(f"step {state.global_step} of {args.max_steps}: nothing left to train")
+
+
+__all__ = ["ObjectiveStep", "StopAtMaxSteps", "TrainingDone"]

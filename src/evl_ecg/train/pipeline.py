@@ -450,9 +450,9 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
     )
     collator = PairedCollator(student, teacher)
     module = DistillModule(student, objective, requires=objective.requires, frozen=frozen)
-    from evl_ecg.train.callbacks import ObjectiveStep
+    from evl_ecg.train.callbacks import ObjectiveStep, StopAtMaxSteps, TrainingDone
 
-    callbacks = [*(callbacks or []), ObjectiveStep(objective), *view_callbacks]
+    callbacks = [*(callbacks or []), ObjectiveStep(objective), StopAtMaxSteps(), *view_callbacks]
     if config.curve_every > 0 and not any(getattr(cb, "learning_curve", False) for cb in callbacks):
         # evaluation sits above training: the caller hands the curve in (evl_ecg.eval.curves.curve_callbacks)
         raise ValueError(
@@ -474,7 +474,11 @@ def run(config: EvlConfig, *, resume: bool | str = True, callbacks: list[Any] | 
         if teacher is not None and teacher.kind == "cache":
             extra["teacher_cache"] = teacher.describe()
         write_provenance(config, out_dir, objective=str(objective), phase=config.phase, records=len(records), **extra)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except TrainingDone:  # resumed from a checkpoint at max_steps: its weights and state are loaded, nothing to train
+        if checkpoint is None:
+            raise
     cut = trainer.truncated_counts()
     if config.process_index == 0 and any(cut.values()):
         sides = ", ".join(f"{n} {side}" for side, n in cut.items() if n)
