@@ -9,8 +9,9 @@ Stages, each kept when it is finished (a rerun into the same ``--out`` resumes):
 1. ``OUT/data``: the training corpus (``data synth --train TRAIN --bench 0 --seed 0``, half its pages augmented as
    usual); ``OUT/bench``: the test bench (``--train 0 --bench RECORDS --no-augment --seed 1000``; ptb-test is read);
 2. ``OUT/sft``: phase 1 with ``configs/tiny/sft.yaml`` (unless ``--sft DIR``), the one start of every phase-2 run;
-3. ``OUT/plain/seed-S`` and ``OUT/views/seed-S``: phase 2 with ``configs/tiny/kd.yaml`` (``--method``, the shipped
-   teacher, live), the same in both arms but for ``views: {names: POLICY, severity: [0.2, 1.0], p: 0.5}``;
+3. ``OUT/plain/seed-S`` and ``OUT/views/seed-S``: phase 2 with ``configs/tiny/kd.yaml`` (``--method`` with the tiny
+   settings the studies use, ``TINY_METHOD_SETS``; the shipped teacher, live), the same in both arms but for
+   ``views: {names: POLICY, severity: [0.2, 1.0], p: 0.5}``;
 4. ``OUT/robust``: ``evl-ecg eval robustness`` of every student, every family at severities 0.5 and 1.
 
 Prints, per family and severity, each arm's strict macro AUC (mean +- std over seeds) and views - plain with its
@@ -44,6 +45,7 @@ def main() -> None:
     from evl_ecg.data.corpus import build_corpus
     from evl_ecg.eval.robustness import evaluate_robustness
     from evl_ecg.eval.stats import label_matrices, macro_auc, mean_std, paired_bootstrap
+    from evl_ecg.experiments.study import TINY_METHOD_SETS, method_settings
     from evl_ecg.models.tiny import shipped_teacher
     from evl_ecg.train.config import load_config, tiny_config_path
     from evl_ecg.train.pipeline import run
@@ -69,10 +71,10 @@ def main() -> None:
         stage("bench", build_corpus, bench, n_train=0, n_bench=args.records, seed=1000, augment=False, workers=2,
               progress=False)  # fmt: skip
 
-    def train(phase: str, run_dir: Path, **settings) -> Path:
+    def train(phase: str, run_dir: Path, sets: list[str] | None = None, **settings) -> Path:
         if (run_dir / "student" / "config.json").is_file():
             return run_dir / "student"
-        cfg = load_config(tiny_config_path(phase), None, output_dir=str(run_dir), train_file=str(data / "train.json"),
+        cfg = load_config(tiny_config_path(phase), sets, output_dir=str(run_dir), train_file=str(data / "train.json"),
                           **{**settings, **quick})  # fmt: skip
         return run(cfg).student_dir
 
@@ -83,8 +85,9 @@ def main() -> None:
         for arm in ("plain", "views"):
             extra = {"views": policy} if arm == "views" else {}
             students[(arm, seed)] = stage(f"{arm} seed {seed}", train, "kd", out / arm / f"seed-{seed}",
-                                          student=str(sft), teacher=str(shipped_teacher()), method=args.method,
-                                          seed=seed, max_steps=args.steps, **extra)  # fmt: skip
+                                          sets=method_settings(TINY_METHOD_SETS, args.method), student=str(sft),
+                                          teacher=str(shipped_teacher()), method=args.method, seed=seed,
+                                          max_steps=args.steps, **extra)  # fmt: skip
     models = [students[(arm, s)] for arm in ("plain", "views") for s in seeds]
     doc = stage("robustness", evaluate_robustness, models, bench / "bench", out / "robust",
                 records=args.records, likelihood=args.likelihood, n_boot=200 if args.quick else 2000,
@@ -107,6 +110,10 @@ def main() -> None:
             found[s] = (Y, P)
         return found
 
+    for arm in ("plain", "views"):  # a student that says one thing for every page measures nothing
+        for s, (_, P) in matrices(arm, "clean").items():
+            if len({tuple(row) for row in P.tolist()}) == 1:
+                print(f"warning: {arm} seed {s}: one answer for every clean page (AUC 50): a collapsed student")
     rows = []
     conditions = [("clean", "0", "clean")] + [
         (family, f"{s:g}", f"{family}/{s:g}") for family in FAMILIES for s in doc["severities"] if s > 0
