@@ -370,11 +370,9 @@ class Adapter:
                 rows[i] = summed_logliks(self, samples)[0]
             else:
                 splits[i] = split
-        for group in prompt_groups(splits):  # prompts of one length and candidate count run as one batch
-            logps = self._continuation_logprobs([splits[i][0] for i in group], [splits[i][1] for i in group])
-            for i, logp in zip(group, logps, strict=True):
-                supervised = splits[i][2]
-                rows[i] = torch.stack([(lp * m.to(lp.device)).sum() for lp, m in zip(logp, supervised, strict=True)])
+        for i, logp in self._grouped_logprobs(splits).items():
+            supervised = splits[i][2]
+            rows[i] = torch.stack([(lp * m.to(lp.device)).sum() for lp, m in zip(logp, supervised, strict=True)])
         width = max((int(r.shape[0]) for r in rows if r is not None), default=0)
         total = torch.zeros(len(rows), width, device=device)
         mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
@@ -423,11 +421,16 @@ class Adapter:
         """:meth:`continuation_logprobs` of several prompts, each with its own continuations: prompts of one length
         and one number of continuations run as one batch (:func:`prompt_groups`), the rest on their own. The same
         numbers as one prompt at a time, to float rounding."""
-        out: list[list[Tensor]] = [[] for _ in prompts]
-        for group in prompt_groups(dict(enumerate(zip(prompts, continuations, strict=True)))):
-            logps = self._continuation_logprobs([prompts[i] for i in group], [continuations[i] for i in group])
-            for i, logp in zip(group, logps, strict=True):
-                out[i] = [lp.cpu() for lp in logp]
+        got = self._grouped_logprobs(dict(enumerate(zip(prompts, continuations, strict=True))))
+        return [[lp.cpu() for lp in got[i]] for i in range(len(prompts))]
+
+    def _grouped_logprobs(self, items: Mapping[int, Sequence[Any]]) -> dict[int, list[Tensor]]:
+        """``index -> (prompt, continuations, ...)`` scored a group at a time (:func:`prompt_groups`): ``index ->``
+        the log-probabilities of its continuations, on the model's device."""
+        out: dict[int, list[Tensor]] = {}
+        for group in prompt_groups(items):
+            logps = self._continuation_logprobs([items[i][0] for i in group], [items[i][1] for i in group])
+            out.update(zip(group, logps, strict=True))
         return out
 
     def _continuation_logprobs(
