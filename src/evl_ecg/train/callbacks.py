@@ -40,8 +40,8 @@ class StopAtMaxSteps(TrainerCallback):
     checkpoint's weights and state loaded (:func:`evl_ecg.train.pipeline.run` catches it and exports them)."""
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if args.max_steps > 0 and state.global_step >= args.max_steps:
-            raise TrainingDone(f"step {state.global_step} of {args.max_steps}: nothing left to train")
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise TrainingDone(f"step {state.global_step} of {state.max_steps}: nothing left to train")
 
 
 __all__ = ["ObjectiveStep", "StopAtMaxSteps", "TrainingDone"]
